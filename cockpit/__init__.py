@@ -1,0 +1,1 @@
+"""Training Cockpit's terminal app (Textual). It never imports torch."""

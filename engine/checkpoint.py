@@ -1,0 +1,174 @@
+"""Checkpoints: atomic writes, keep the last K plus the best, load with fallback.
+
+A checkpoint is complete or absent: it is written to a temporary file in the same
+directory, flushed and fsynced, renamed into place, and the directory is fsynced. Loading
+uses ``weights_only=True`` so a crafted file cannot run code, and a truncated or corrupt
+newest file makes loading fall back to the previous valid one, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+FORMAT = 1
+REQUIRED = ("format", "step", "model", "optimizer", "trainer", "rng", "config")
+_NAME = re.compile(r"^step-(\d{8,})\.pt$")
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG the run draws from, in a form `weights_only` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": _py_state_to_list(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put every RNG back where `capture_rng` found it."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state_to_list(st: tuple) -> list:
+    version, internal, gauss = st
+    return [version, list(internal), gauss]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, write: Callable[[Any], None]) -> int:
+    """Write a file through a same-directory temporary and a rename; return its size."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return size
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Replace a small JSON file atomically."""
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+@dataclass
+class Saved:
+    """One checkpoint on disk."""
+
+    path: Path
+    step: int
+    bytes: int
+    seconds: float
+
+
+class CheckpointStore:
+    """The run's checkpoints/ folder."""
+
+    def __init__(self, folder: Path, keep_last: int = 3):
+        self.folder, self.keep_last = folder, keep_last
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def files(self) -> list[tuple[int, Path]]:
+        """(step, path) of every complete checkpoint file, oldest first."""
+        found = []
+        for p in self.folder.iterdir():
+            m = _NAME.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def clean_temporaries(self) -> None:
+        """Remove temporaries left by a writer that was killed mid-save."""
+        for p in self.folder.glob(".*.tmp-*"):
+            p.unlink(missing_ok=True)
+
+    def save(self, state: dict[str, Any], step: int, best: bool = False) -> Saved:
+        """Write `state` as step-NNNNNNNN.pt, update the pointers, prune old files."""
+        start = time.perf_counter()
+        path = self.folder / f"step-{step:08d}.pt"
+        size = write_atomic(path, lambda f: torch.save(state, f))
+        write_json_atomic(self.folder / "latest", {"file": path.name, "step": step})
+        if best:
+            write_json_atomic(self.folder / "best", {"file": path.name, "step": step})
+        self.prune()
+        return Saved(path, step, size, time.perf_counter() - start)
+
+    def pointer(self, name: str) -> str | None:
+        """The file a pointer (latest, best) names, if readable."""
+        try:
+            return json.loads((self.folder / name).read_text())["file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def prune(self) -> None:
+        """Delete all but the newest keep_last files and the best one."""
+        keep = {p.name for _, p in self.files()[-self.keep_last:]}
+        best = self.pointer("best")
+        for _, p in self.files():
+            if p.name not in keep and p.name != best:
+                p.unlink(missing_ok=True)
+
+    def load_latest(self, warn: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
+        """The newest checkpoint that loads and is complete; older ones on failure."""
+        for _, path in reversed(self.files()):
+            try:
+                return load(path), path
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped
+                warn(f"checkpoint {path.name} is unusable ({_short(exc)}); trying the previous one")
+        return None
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Load and check one checkpoint (weights only: unpickling cannot run code)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError("not a checkpoint dictionary")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if state["format"] != FORMAT:
+        raise ValueError(f"format version {state['format']}, this engine reads {FORMAT}")
+    return state
+
+
+def _short(exc: Exception) -> str:
+    lines = f"{type(exc).__name__}: {exc}".splitlines()
+    # torch's weights-only refusal puts the reason on a later line
+    reason = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln), "")
+    return (lines[0][:120] + (f" {reason[:200]}" if reason else "")).strip()

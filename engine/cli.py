@@ -1,0 +1,137 @@
+"""`cockpit-engine`: train headless, resume, send commands, print the example config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from engine import config as config_mod
+from engine.errors import BadInput
+from engine.protocol import COMMANDS, EXIT_BAD_INPUT
+
+EPILOG = """exit codes: 0 finished, 1 failed, 2 bad input (config, arguments, data paths),
+3 stopped with a resumable checkpoint (SIGTERM, Ctrl+C or the stop command).
+
+examples:
+  cockpit-engine example-config > run.toml
+  cockpit-engine run run.toml --set train.epochs=5 --set optim.lr=0.01
+  cockpit-engine resume runs/20261123-221500-small_cnn-3f9a
+  cockpit-engine send runs/20261123-221500-small_cnn-3f9a checkpoint
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config field (repeatable), e.g. --set train.epochs=5")
+    p.add_argument("--runs-dir", help="root of run directories (default: $COCKPIT_RUNS or ./runs)")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cockpit-engine", description="Train PyTorch models headless, with exact checkpoint and resume.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="start a new run from a TOML config")
+    p.add_argument("config", help="path of the TOML config file")
+    p.add_argument("--run-id", help="name of the run directory (default: time-name-random)")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="train the built-in demo (bundled digits, no download)")
+    p.add_argument("--run-id", help="name of the run directory")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
+    p.add_argument("run", help="run directory, or run id under the runs directory")
+    _common(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("send", help="send a control command to a running engine")
+    p.add_argument("run", help="run directory, or run id under the runs directory")
+    p.add_argument("cmd", choices=COMMANDS, help="the command")
+    p.add_argument("--lr", type=float, help="learning rate, for the set command")
+    p.add_argument("--runs-dir", help="root of run directories")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("example-config", help="print a complete, commented example config")
+    p.add_argument("--markdown", action="store_true", help="print the field reference as a Markdown table")
+    p.set_defaults(func=cmd_example)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config, args.set)
+    return _start(cfg, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    raw = config_mod.tomllib.loads(resources.files("engine").joinpath("demo.toml").read_text())
+    cfg = config_mod.validate(config_mod.apply_overrides(raw, args.set), "demo config")
+    return _start(cfg, args)
+
+
+def _start(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from engine import session  # torch is imported only once the config is valid
+    from engine.rundir import runs_root
+
+    return session.start(cfg, runs_root(args.runs_dir, cfg.logging.runs_dir), args.run_id, args.json)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from engine.rundir import find_run, runs_root
+
+    run = find_run(args.run, runs_root(args.runs_dir, None))
+    config_mod.load(run / "config.toml", args.set)  # refuse bad overrides before torch loads
+    from engine import session
+
+    return session.resume(run, args.set, args.json)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from engine.protocol import send_command
+    from engine.rundir import find_run, runs_root
+
+    run = find_run(args.run, runs_root(args.runs_dir, None))
+    try:
+        status = json.loads((run / "status.json").read_text())
+        socket_path = status["socket"]
+    except (OSError, ValueError, KeyError):
+        raise BadInput(f"run {str(run)!r}: no status.json naming a control socket; is it running?") from None
+    extra = {"lr": args.lr} if args.cmd == "set" else {}
+    try:
+        reply = send_command(socket_path, args.cmd, **extra)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise BadInput(f"run {str(run)!r}: no engine is listening (state {status.get('state')!r})") from None
+    print(json.dumps(reply))
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from engine import schema_doc
+
+    print(schema_doc.markdown_reference() if args.markdown else schema_doc.example_toml())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BadInput as exc:
+        print(f"cockpit-engine: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

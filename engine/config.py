@@ -1,0 +1,401 @@
+"""The run configuration: one TOML file validated into a typed tree (pydantic).
+
+Every field has a description; `cockpit-engine example-config` prints them as a commented
+example and the README's field reference is generated from the same schema. Validation
+errors name the field path, the value given and what was expected; unknown keys get a
+"did you mean". Nothing here imports torch, so a bad config is refused in a fraction of a
+second and before anything is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.errors import BadInput
+
+BUILTIN_DATASETS = (
+    "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic",
+)
+DATASETS_WITH_ROOT = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _is_import_path(name: str) -> bool:
+    return ":" in name and all(part.isidentifier() for part in name.replace(":", ".").split("."))
+
+
+class ModelConfig(Section):
+    """Which network to train."""
+
+    name: str = Field(
+        "small_cnn",
+        description="'small_cnn' (a compact CNN for tiny images), any torchvision "
+        "classification model ('resnet18', 'mobilenet_v3_small', ...), or your own "
+        "'package.module:factory' called as factory(num_classes=, in_channels=, **factory_args)",
+    )
+    num_classes: Optional[int] = Field(
+        None, ge=2, description="Output classes; default: taken from the dataset"
+    )
+    in_channels: Optional[int] = Field(
+        None, ge=1, description="Input channels; default: taken from the dataset"
+    )
+    weights_path: Optional[str] = Field(
+        None, description="Local file with pretrained weights (a state_dict) to start from"
+    )
+    pretrained: Optional[str] = Field(
+        None, description="Hub weights are never downloaded: set weights_path to a local file"
+    )
+    factory_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for a model factory"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.pretrained is not None:
+            raise ValueError(
+                f"pretrained={self.pretrained!r}: weights are never downloaded from a hub; "
+                "download them yourself and set model.weights_path to the local file"
+            )
+        return self
+
+
+class AugmentConfig(Section):
+    """Training-time augmentation, applied per sample with a seed derived from (seed, epoch, index)."""
+
+    random_crop_padding: int = Field(
+        0, ge=0, description="Pad by this many pixels, then crop back at a random offset (0: off)"
+    )
+    horizontal_flip: bool = Field(False, description="Flip left-right with probability 0.5")
+    normalize: bool = Field(True, description="Subtract mean and divide by std per channel")
+    mean: Optional[list[float]] = Field(
+        None, description="Per-channel mean for normalization; default: the dataset's own"
+    )
+    std: Optional[list[float]] = Field(
+        None, description="Per-channel std for normalization; default: the dataset's own"
+    )
+
+
+class DataConfig(Section):
+    """Where the samples come from and how they are loaded."""
+
+    name: str = Field(
+        "digits",
+        description="'digits' (scikit-learn's bundled 8x8 handwritten digits, no download), "
+        "'mnist', 'fashion_mnist', 'cifar10', 'cifar100' (torchvision's on-disk layout under "
+        "root), 'imagefolder' (root/train/<class>/*, root/val/<class>/*), 'synthetic' "
+        "(random tensors, for benchmarks), or 'package.module:factory' returning "
+        "(train_dataset, val_dataset)",
+    )
+    root: Optional[str] = Field(None, description="Directory of an on-disk dataset")
+    download: bool = Field(
+        False, description="Let torchvision download a missing dataset into root (off: never)"
+    )
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share held out for validation where the set has no split"
+    )
+    image_size: Optional[int] = Field(
+        None, ge=1, description="Resize imagefolder images to this square size"
+    )
+    synthetic_samples: int = Field(2048, ge=1, description="Synthetic: training samples")
+    synthetic_shape: list[int] = Field(
+        [3, 32, 32], min_length=3, max_length=3, description="Synthetic: [channels, height, width]"
+    )
+    synthetic_classes: int = Field(10, ge=2, description="Synthetic: number of classes")
+    factory_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for a dataset factory"
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the trainer)")
+    pin_memory: bool = Field(False, description="Page-locked host batches for faster GPU copies")
+    persistent_workers: bool = Field(
+        False, description="Keep workers alive between epochs (needs num_workers > 0)"
+    )
+    prefetch_factor: Optional[int] = Field(
+        None, ge=1, description="Batches each worker loads ahead (needs num_workers > 0)"
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.name not in BUILTIN_DATASETS and not _is_import_path(self.name):
+            raise ValueError(
+                f"name={self.name!r}: expected one of {', '.join(BUILTIN_DATASETS)} "
+                f"or 'package.module:factory'{_suggest(self.name, BUILTIN_DATASETS)}"
+            )
+        if self.name in DATASETS_WITH_ROOT and not self.root:
+            raise ValueError(f"root: data.name={self.name!r} reads from disk; set data.root")
+        if self.num_workers == 0 and self.persistent_workers:
+            raise ValueError("persistent_workers=true needs num_workers > 0: raise data.num_workers")
+        if self.num_workers == 0 and self.prefetch_factor is not None:
+            raise ValueError("prefetch_factor needs num_workers > 0: raise data.num_workers")
+        return self
+
+
+class OptimConfig(Section):
+    """The optimizer."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field("adamw", description="sgd, adam or adamw")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (the schedule scales it)")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="SGD Nesterov momentum (needs momentum > 0)")
+    betas: list[float] = Field(
+        [0.9, 0.999], min_length=2, max_length=2, description="Adam/AdamW betas"
+    )
+    eps: float = Field(1e-8, gt=0, description="Adam/AdamW epsilon")
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimConfig":
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov=true needs optim.name='sgd' and optim.momentum > 0")
+        return self
+
+
+class ScheduleConfig(Section):
+    """The learning rate as a pure function of the optimizer step."""
+
+    name: Literal["constant", "cosine", "step", "onecycle"] = Field(
+        "cosine", description="constant, cosine (to min_lr_ratio), step (decay by gamma), onecycle"
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 over this many steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine: final lr as a share of lr")
+    step_size: int = Field(1000, ge=1, description="Step: decay every this many steps")
+    gamma: float = Field(0.1, gt=0, le=1, description="Step: decay factor")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="Onecycle: share of steps spent rising")
+    div_factor: float = Field(25.0, ge=1, description="Onecycle: initial lr = lr / div_factor")
+    final_div_factor: float = Field(1e4, ge=1, description="Onecycle: final lr = initial / this")
+
+
+class TrainConfig(Section):
+    """The loop itself."""
+
+    epochs: int = Field(10, ge=1, description="Passes over the training set")
+    max_steps: Optional[int] = Field(
+        None, ge=1, description="Stop after this many optimizer steps (default: epochs decide)"
+    )
+    batch_size: int = Field(64, ge=1, description="Samples per micro-batch")
+    eval_batch_size: Optional[int] = Field(None, ge=1, description="Default: batch_size")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="fp32, fp16 (autocast + GradScaler) or bf16 (autocast, no scaler)"
+    )
+    device: str = Field("auto", description="'auto' (cuda if present), 'cpu', 'cuda' or 'cuda:N'")
+    seed: int = Field(0, ge=0, description="Seed for weights, shuffling and augmentation")
+    deterministic: bool = Field(
+        True, description="Deterministic algorithms (bit-exact resume on the CPU)"
+    )
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    grad_clip_norm: Optional[float] = Field(
+        None, gt=0, description="Clip the gradient's global norm to this (default: off)"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing")
+    channels_last: bool = Field(False, description="channels_last memory format for conv nets")
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager on failure)")
+    compile_mode: str = Field("default", description="torch.compile mode")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        ok = self.device in ("auto", "cpu", "cuda") or (
+            self.device.startswith("cuda:") and self.device[5:].isdigit()
+        )
+        if not ok:
+            raise ValueError(
+                f"device={self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            )
+        return self
+
+
+class CheckpointConfig(Section):
+    """When checkpoints are written and which are kept."""
+
+    every_steps: Optional[int] = Field(
+        None, ge=1, description="Save every this many optimizer steps (default: off)"
+    )
+    every_minutes: Optional[float] = Field(
+        None, gt=0, description="Save when this many minutes passed since the last save"
+    )
+    on_epoch_end: bool = Field(True, description="Save after each epoch's validation")
+    keep_last: int = Field(3, ge=2, description="Newest checkpoints kept (at least 2)")
+    best_metric: Optional[Literal["val_accuracy", "val_loss"]] = Field(
+        "val_accuracy", description="Also keep the best checkpoint by this metric"
+    )
+
+
+class LoggingConfig(Section):
+    """Telemetry: events, TensorBoard, the console."""
+
+    runs_dir: Optional[str] = Field(
+        None, description="Root of run directories (else --runs-dir, $COCKPIT_RUNS, ./runs)"
+    )
+    run_name: Optional[str] = Field(None, description="Readable part of the run id")
+    every_steps: int = Field(
+        10, ge=1, description="Read the loss every this many steps (a host-device sync)"
+    )
+    max_step_events_per_s: float = Field(
+        10.0, gt=0, description="Step events are coalesced to at most this rate"
+    )
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars to tb/")
+    status_every_s: float = Field(2.0, gt=0, description="status.json refresh interval")
+
+
+class CostConfig(Section):
+    """What the run costs."""
+
+    price_per_hour: Optional[float] = Field(
+        None, ge=0, description="Price of this machine per hour, for cost events"
+    )
+    currency: str = Field("USD", description="Currency of price_per_hour")
+
+
+class FeatureSection(Section):
+    """A section whose feature lands in a later release: accepted only while disabled."""
+
+    enabled: bool = Field(False, description="Not available in this version")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FeatureSection":
+        if self.enabled:
+            raise ValueError("enabled=true: this feature is not available in this version yet")
+        return self
+
+
+class DistillConfig(FeatureSection):
+    """Knowledge distillation (planned)."""
+
+
+class QuantizeConfig(FeatureSection):
+    """Quantization (planned)."""
+
+
+class SweepConfig(FeatureSection):
+    """Optuna sweeps (planned)."""
+
+
+class SpotConfig(FeatureSection):
+    """Spot-instance interruption handling (planned)."""
+
+
+class Config(Section):
+    """A whole run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    spot: SpotConfig = Field(default_factory=SpotConfig)
+
+
+# ---- loading --------------------------------------------------------------------------
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = Config
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _format_error(err: dict[str, Any], source: str) -> str:
+    loc = tuple(p for p in err["loc"])
+    path = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        known = parent.model_fields if parent else {}
+        hint = _suggest(str(loc[-1]), known) or f"; known keys: {', '.join(known)}"
+        return f"{source}: {path} = {err['input']!r}: unknown key{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error":
+        prefix = f"{path}." if path else ""
+        return f"{source}: {prefix}{msg}"
+    return f"{source}: {path} = {err['input']!r}: {msg[0].lower()}{msg[1:]}"
+
+
+def validate(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw dict into a Config, raising BadInput listing every problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [_format_error(e, source) for e in exc.errors()]
+        raise BadInput("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one ``--set section.key=value``; the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise BadInput(f"--set {text!r}: expected section.key=value, e.g. train.epochs=5")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return [p.strip() for p in key.strip().split(".")], value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw config dict with each ``--set`` applied."""
+    out = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise BadInput(f"--set {text!r}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML file, turning a missing file or a syntax error into BadInput."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"config file {str(p)!r}: not found (write one with `cockpit-engine example-config > run.toml`)")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"config file {str(p)!r}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"config file {str(p)!r}: not UTF-8 text: {exc}") from None
+
+
+def load(path: str | os.PathLike[str] | None, overrides: list[str] = ()) -> Config:
+    """Load a config file (or the defaults when path is None) with overrides applied."""
+    raw = read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    return validate(apply_overrides(raw, list(overrides)), source)
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML text (None values are left out: they are defaults)."""
+    import tomli_w
+
+    return tomli_w.dumps(cfg.model_dump(exclude_none=True))

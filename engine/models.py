@@ -1,0 +1,100 @@
+"""Models: a small CNN for tiny images, any torchvision classifier by name, or a factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.config import Config
+from engine.data import DataSpec, import_factory
+from engine.errors import BadInput
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks and a linear head; works from 8x8 digits to 32x32 CIFAR."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.features = nn.Sequential(
+            block(in_channels, width), block(width, width), nn.MaxPool2d(2),
+            block(width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(2 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _adapt_input(model: nn.Module, in_channels: int) -> None:
+    """Swap the first convolution for one taking `in_channels` inputs."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels != in_channels:
+                    setattr(parent, name, nn.Conv2d(
+                        in_channels, child.out_channels, child.kernel_size, child.stride,
+                        child.padding, child.dilation, child.groups, child.bias is not None))
+                return
+
+
+def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    import torchvision
+
+    names = _torchvision_names()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names + ["small_cnn"], n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise BadInput(
+            f"model.name = {name!r}: not 'small_cnn', a torchvision classification model, or "
+            f"'package.module:factory'{hint}"
+        )
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    _adapt_input(model, in_channels)
+    return model
+
+
+def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
+    """The configured model, with classes and input channels adapted to the data."""
+    num_classes = cfg.model.num_classes or spec.num_classes
+    in_channels = cfg.model.in_channels or spec.in_channels
+    name = cfg.model.name
+    if name == "small_cnn":
+        model: nn.Module = SmallCNN(num_classes, in_channels, **cfg.model.factory_args)
+    elif ":" in name:
+        fn = import_factory(name, "model.name")
+        model = fn(num_classes=num_classes, in_channels=in_channels, **cfg.model.factory_args)
+        if not isinstance(model, nn.Module):
+            raise BadInput(f"model.name = {name!r}: factory returned {type(model).__name__}, not an nn.Module")
+    else:
+        model = _torchvision(name, num_classes, in_channels)
+    if cfg.model.weights_path:
+        load_weights(model, cfg.model.weights_path)
+    return model
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a local state_dict (weights only: no code runs while unpickling)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"model.weights_path = {path!r}: file not found")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the user's file
+        raise BadInput(f"model.weights_path = {path!r}: cannot load weights: {exc}") from None

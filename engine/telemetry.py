@@ -1,0 +1,218 @@
+"""Telemetry sinks: the events file, TensorBoard, engine.log and the console.
+
+The loop calls `Telemetry.emit(type, **fields)` and never prints. Step events are
+coalesced to a bounded rate by the events file and the console, so a fast loop cannot
+flood the file or the terminal; TensorBoard still gets every logged step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from engine.protocol import encode_event, make_event
+
+
+class Sink(Protocol):
+    """Anything that takes events."""
+
+    def emit(self, event: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Coalescer:
+    """Holds back step events so at most `rate` per second pass; the newest always wins."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self.last = 0.0
+        self.pending: dict[str, Any] | None = None
+
+    def offer(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Events to write now, in order."""
+        if event["type"] == "step":
+            now = time.monotonic()
+            if now - self.last >= self.interval:
+                self.last, self.pending = now, None
+                return [event]
+            self.pending = event
+            return []
+        return self.flush() + [event]
+
+    def flush(self) -> list[dict[str, Any]]:
+        """The held-back step event, if any."""
+        out, self.pending = ([self.pending] if self.pending else []), None
+        if out:
+            self.last = time.monotonic()
+        return out
+
+
+class EventsFile:
+    """Appends protocol lines to events.jsonl, one write per line so readers never see half a line."""
+
+    def __init__(self, path: Path, rate: float):
+        self.file = open(path, "a", encoding="utf-8", buffering=1)
+        self.gate = Coalescer(rate)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        for e in self.gate.offer(event):
+            self.file.write(encode_event(e))
+
+    def close(self) -> None:
+        for e in self.gate.flush():
+            self.file.write(encode_event(e))
+        self.file.close()
+
+
+SCALARS = {
+    "step": {"loss": "train/loss", "lr": "train/lr", "samples_per_s": "perf/samples_per_s"},
+}
+
+
+class TensorBoard:
+    """Scalars in tb/, read by TensorBoard; a resume purges the points it recomputes."""
+
+    def __init__(self, folder: Path, resume_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step makes TensorBoard drop points at or after it from the earlier session,
+        # so a resumed run shows no duplicates for steps it trains again.
+        purge = resume_step + 1 if resume_step is not None else None
+        self.writer = SummaryWriter(str(folder), purge_step=purge, flush_secs=10)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        kind, step = event["type"], event.get("step")
+        if kind == "step":
+            for key, tag in SCALARS["step"].items():
+                if isinstance(event.get(key), (int, float)):
+                    self.writer.add_scalar(tag, event[key], step)
+        elif kind == "eval":
+            for key, value in event["metrics"].items():
+                self.writer.add_scalar(f"val/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def describe(event: dict[str, Any]) -> str | None:
+    """A one-line human description of an event (None: not worth a line)."""
+    kind = event["type"]
+    if kind == "step":
+        return (f"epoch {event['epoch'] + 1} step {event['step']} loss {event['loss']:.4f} "
+                f"lr {event['lr']:.3g} {event['samples_per_s']:,.0f} samples/s "
+                f"ETA {fmt_duration(event.get('eta_s'))}")
+    if kind == "eval":
+        parts = " ".join(f"{k} {v:.4f}" for k, v in event["metrics"].items())
+        return f"epoch {event['epoch'] + 1} validation: {parts}"
+    if kind == "state":
+        if event["state"] == "checkpointing":
+            return None  # the checkpoint event gets its own line
+        extra = f" ({event['reason']})" if event.get("reason") else ""
+        return f"state {event['state']}{extra}"
+    if kind == "checkpoint":
+        return (f"checkpoint saved at step {event['step']}: {event['path']} "
+                f"({event['bytes'] / 1e6:.1f} MB, {event['seconds']:.2f} s)")
+    if kind == "resume":
+        return f"resumed from {event['checkpoint']} at step {event['step']}"
+    if kind == "log":
+        return f"{event['level']}: {event['message']}"
+    if kind == "error":
+        return f"error: {event['message']}\n{event.get('traceback', '')}".rstrip()
+    return None
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """3h02m, 4m05s, 12s, or '?'."""
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Narrator:
+    """describe() with memory: a state already announced is not announced again."""
+
+    def __init__(self) -> None:
+        self.state: str | None = None
+
+    def __call__(self, event: dict[str, Any]) -> str | None:
+        if event["type"] == "state":
+            if event["state"] in (self.state, "checkpointing"):
+                return None
+            self.state = event["state"]
+        return describe(event)
+
+
+class LogFile:
+    """engine.log: a timestamped line for every event but the (frequent) steps' bulk."""
+
+    def __init__(self, path: Path, every_s: float = 10.0):
+        self.file = open(path, "a", encoding="utf-8", buffering=1)
+        self.gate = Coalescer(1.0 / every_s)
+        self.narrate = Narrator()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        for e in self.gate.offer(event):
+            text = self.narrate(e)
+            if text:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["t"]))
+                self.file.write(f"{stamp} {text}\n")
+
+    def close(self) -> None:
+        self.gate.flush()
+        self.file.close()
+
+
+class Console:
+    """stdout: a live progress line on a terminal, plain lines otherwise, or JSON lines."""
+
+    def __init__(self, mode: str, rate: float, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+        self.mode = mode  # "tty", "plain" or "json"
+        self.gate = Coalescer(rate if mode != "plain" else 0.2)
+        self.line_open = False
+        self.narrate = Narrator()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        for e in self.gate.offer(event):
+            self._write(e)
+
+    def _write(self, e: dict[str, Any]) -> None:
+        if self.mode == "json":
+            self.stream.write(encode_event(e))
+        elif self.mode == "tty" and e["type"] == "step":
+            self.stream.write("\r\x1b[K" + (describe(e) or ""))
+            self.line_open = True
+        else:
+            text = self.narrate(e)
+            if text:
+                self.stream.write(("\r\x1b[K" if self.line_open else "") + text + "\n")
+                self.line_open = False
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.line_open:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+class Telemetry:
+    """Fans each event out to every sink."""
+
+    def __init__(self, sinks: list[Sink]):
+        self.sinks = sinks
+
+    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+        event = make_event(type_, **fields)
+        for sink in self.sinks:
+            sink.emit(event)
+        return event
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

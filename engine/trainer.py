@@ -1,0 +1,421 @@
+"""The training loop: restore, then step / evaluate / checkpoint / obey commands, then close."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine import checkpoint as ckpt
+from engine.config import Config
+from engine.control import ControlServer, Pending
+from engine.data import DataSpec, EpochSampler, Prepared, batches_per_epoch, make_loader
+from engine.optim import build_optimizer
+from engine.protocol import EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED
+from engine.rundir import RunDir, socket_path_for
+from engine.schedule import lr_at
+from engine.telemetry import Telemetry
+
+
+@dataclass
+class Position:
+    """Where the run is: everything besides tensors that a checkpoint must restore."""
+
+    step: int = 0          # optimizer steps taken
+    epoch: int = 0         # current epoch (0-based)
+    batch: int = 0         # micro-batches of this epoch already consumed
+    peak_lr: float = 0.0   # the schedule's peak (changed by the `set` command)
+    best: float | None = None
+    train_seconds: float = 0.0
+    samples: int = 0
+
+
+class StopRun(Exception):
+    """Leave the loop at a step boundary, checkpoint, and exit with code 3."""
+
+    def __init__(self, reason: str, pending: Pending | None = None):
+        super().__init__(reason)
+        self.reason, self.pending = reason, pending
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """One run in one process."""
+
+    def __init__(self, cfg: Config, spec: DataSpec, model: nn.Module, run: RunDir,
+                 telemetry: Telemetry, resume: dict[str, Any] | None = None):
+        self.cfg, self.spec, self.run, self.tele = cfg, spec, run, telemetry
+        t = cfg.train
+        self.device = pick_device(t.device)
+        self.model = model.to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = self._maybe_compile(self.model)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.precision)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        self._build_loaders()
+        self.pos = Position(peak_lr=cfg.optim.lr)
+        self.store = ckpt.CheckpointStore(run.checkpoints, cfg.checkpoint.keep_last)
+        self.server = ControlServer(socket_path_for(run.path), self.status)
+        self.state = "starting"
+        self.stop_signal: str | None = None
+        self.last_save_step, self.last_save_time = -1, time.monotonic()
+        self.last_status = 0.0
+        self.last_loss: float | None = None
+        if resume is not None:
+            self._restore(resume)
+
+    # ---- set-up ---------------------------------------------------------------------
+
+    def _maybe_compile(self, model: nn.Module) -> Any:
+        if not self.cfg.train.compile:
+            return model
+        try:
+            return torch.compile(model, mode=self.cfg.train.compile_mode)
+        except Exception as exc:  # noqa: BLE001 - compile failures fall back to eager
+            self.tele.emit("log", level="warning", message=f"torch.compile failed, running eager: {exc}")
+            return model
+
+    def _build_loaders(self) -> None:
+        cfg, spec = self.cfg, self.spec
+        train = Prepared(spec.train, spec, cfg.data.augment, cfg.train.seed, train=True)
+        val = Prepared(spec.val, spec, cfg.data.augment, cfg.train.seed, train=False)
+        self.sampler = EpochSampler(len(train), cfg.train.seed, shuffle=True)
+        self.loader = make_loader(train, cfg, cfg.train.batch_size, self.sampler)
+        eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size
+        self.val_loader = make_loader(val, cfg, eval_bs, EpochSampler(len(val), 0, shuffle=False))
+        self.batches = batches_per_epoch(len(train), cfg.train.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches / cfg.train.grad_accum_steps)
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.pos = Position(**state["trainer"])
+        self.pos.peak_lr = state["scheduler"]["peak_lr"]
+        ckpt.restore_rng(state["rng"])
+        self.last_save_step = self.pos.step
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from this step boundary."""
+        return {
+            "format": ckpt.FORMAT,
+            "step": self.pos.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": {"name": self.cfg.schedule.name, "peak_lr": self.pos.peak_lr},
+            "trainer": asdict(self.pos),
+            "data": {"epoch": self.pos.epoch, "offset": self.pos.batch * self.cfg.train.batch_size,
+                     "seed": self.cfg.train.seed},
+            "rng": ckpt.capture_rng(),
+            "config": self.cfg.model_dump(),
+            "torch_version": str(torch.__version__),
+        }
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    def train(self) -> int:
+        """Run to the end (0), to a stop (3) or to a failure (1)."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.server.start()
+        self.started = time.monotonic()
+        try:
+            self.set_state("running")
+            while not self.finished():
+                self.run_epoch()
+            self.save("final")
+            self.set_state("finished")
+            return EXIT_FINISHED
+        except StopRun as stop:
+            return self._stop(stop)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, then exit 1
+            self.tele.emit("error", message=f"{type(exc).__name__}: {exc}",
+                           traceback=traceback.format_exc())
+            self.set_state("failed", reason=f"{type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+        finally:
+            self.server.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def finished(self) -> bool:
+        return self.pos.step >= self.total_steps or self.pos.epoch >= self.cfg.train.epochs
+
+    def run_epoch(self) -> None:
+        """Train from the current position to the end of the epoch (or max_steps)."""
+        self.sampler.set_position(self.pos.epoch, self.pos.batch * self.cfg.train.batch_size)
+        self.model.train()
+        meter = StepMeter()
+        accum = self.cfg.train.grad_accum_steps
+        for x, y in meter.timed(self.loader):
+            self.micro_step(x, y, meter)
+            self.pos.batch += 1
+            if self.pos.batch % accum and self.pos.batch < self.batches:
+                continue
+            self.optimizer_step(meter)
+            self.after_step(meter)
+            if self.pos.step >= self.total_steps:
+                break
+        self.end_epoch()
+
+    def micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: "StepMeter") -> None:
+        """Forward and backward for one micro-batch; gradients accumulate."""
+        t0 = time.perf_counter()
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            loss = self.loss_fn(self.forward(x), y)
+        self.scaler.scale(loss / self.cfg.train.grad_accum_steps).backward()
+        meter.add_loss(loss.detach(), len(y))
+        meter.compute += time.perf_counter() - t0
+
+    def optimizer_step(self, meter: "StepMeter") -> None:
+        """Unscale, clip, step, update the scaler, zero the gradients."""
+        t0 = time.perf_counter()
+        lr = lr_at(self.pos.step, self.total_steps, self.pos.peak_lr, self.cfg.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.cfg.train.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.step += 1
+        meter.lr, meter.steps = lr, meter.steps + 1
+        meter.optim += time.perf_counter() - t0
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def after_step(self, meter: "StepMeter") -> None:
+        """Log, checkpoint on schedule, and obey commands and signals: all at a step boundary."""
+        if self.pos.step % self.cfg.logging.every_steps == 0 or self.pos.step == self.total_steps:
+            self.log_step(meter)
+        c = self.cfg.checkpoint
+        due_steps = c.every_steps and self.pos.step % c.every_steps == 0
+        due_time = c.every_minutes and time.monotonic() - self.last_save_time >= c.every_minutes * 60
+        if due_steps or due_time:
+            self.save("periodic")
+        self.obey()
+        if time.monotonic() - self.last_status >= self.cfg.logging.status_every_s:
+            self.write_status()
+
+    def log_step(self, meter: "StepMeter") -> None:
+        """One step event; reading the loss here is the only host-device sync of the step."""
+        report = meter.report()
+        self.pos.samples += report["samples"]
+        self.pos.train_seconds += report["wall_s"]
+        self.last_loss = report["loss"]
+        elapsed = self.pos.train_seconds
+        eta = elapsed / max(1, self.pos.step) * (self.total_steps - self.pos.step) if elapsed else None
+        self.tele.emit(
+            "step", step=self.pos.step, epoch=self.pos.epoch, batch=self.pos.batch,
+            batches_per_epoch=self.batches, loss=report["loss"], lr=report["lr"],
+            samples_per_s=report["samples_per_s"], steps_per_s=report["steps_per_s"],
+            eta_s=eta, time_data_s=report["data"], time_compute_s=report["compute"],
+            time_optim_s=report["optim"], time_comm_s=0.0,
+        )
+        self._emit_cost(eta)
+
+    def _emit_cost(self, eta: float | None) -> None:
+        price = self.cfg.cost.price_per_hour
+        if price is None:
+            return
+        spent = price * self.pos.train_seconds / 3600
+        projected = spent + price * (eta or 0) / 3600
+        self.tele.emit("cost", price_per_hour=price, source="config", accumulated=spent,
+                       projected=projected, currency=self.cfg.cost.currency)
+
+    def end_epoch(self) -> None:
+        """Validate when the epoch is complete (or the run is), then checkpoint."""
+        epoch_done = self.pos.batch >= self.batches
+        if not epoch_done and self.pos.step < self.total_steps:
+            return
+        metrics = self.evaluate()
+        self.tele.emit("eval", step=self.pos.step, epoch=self.pos.epoch, metrics=metrics)
+        if epoch_done:
+            self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
+        best = self._is_best(metrics)
+        if best or self.cfg.checkpoint.on_epoch_end:
+            self.save("epoch", best=best)
+
+    def _is_best(self, metrics: dict[str, float]) -> bool:
+        name = self.cfg.checkpoint.best_metric
+        if name is None:
+            return False
+        value = metrics[name.removeprefix("val_")]
+        better = self.pos.best is None or (
+            value > self.pos.best if name == "val_accuracy" else value < self.pos.best)
+        if better:
+            self.pos.best = value
+        return better
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss and top-1 accuracy over the whole validation set."""
+        self.model.eval()
+        total, correct, loss_sum = 0, torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        for x, y in self.val_loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.cfg.train.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                logits = self.forward(x)
+            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            total += len(y)
+        self.model.train()
+        return {"loss": loss_sum.item() / total, "accuracy": correct.item() / total}
+
+    # ---- checkpoints, commands, state -------------------------------------------------
+
+    def save(self, reason: str, best: bool = False) -> ckpt.Saved | None:
+        """Checkpoint now (once per step unless it must be marked best)."""
+        if self.pos.step == self.last_save_step and not best:
+            return None
+        previous = self.state
+        self.set_state("checkpointing")
+        saved = self.store.save(self.snapshot(), self.pos.step, best=best)
+        self.last_save_step, self.last_save_time = self.pos.step, time.monotonic()
+        self.tele.emit("checkpoint", path=str(saved.path), step=saved.step,
+                       seconds=round(saved.seconds, 4), bytes=saved.bytes, reason=reason, best=best)
+        self.set_state(previous)
+        return saved
+
+    def obey(self) -> None:
+        """Act on signals and queued commands; block here while paused."""
+        for pending in self.server.poll():
+            self.handle(pending)
+        while self.state == "paused":
+            if self.stop_signal:
+                raise StopRun(self.stop_signal)
+            pending = self.server.wait(0.5)
+            if pending:
+                self.handle(pending)
+            elif time.monotonic() - self.last_status >= self.cfg.logging.status_every_s:
+                self.write_status()
+        if self.stop_signal:
+            raise StopRun(self.stop_signal)
+
+    def handle(self, pending: Pending) -> None:
+        """Carry out one command and answer it."""
+        cmd = pending.cmd
+        if cmd == "checkpoint":
+            saved = self.save("command")
+            path = str(saved.path) if saved else str(self.run.checkpoints / f"step-{self.pos.step:08d}.pt")
+            pending.answer(step=self.pos.step, path=path, bytes=saved.bytes if saved else None,
+                           seconds=saved.seconds if saved else 0.0)
+        elif cmd == "pause":
+            if self.state != "paused":
+                self.set_state("paused")
+            pending.answer(state="paused", step=self.pos.step)
+        elif cmd == "continue":
+            if self.state == "paused":
+                self.set_state("running")
+            pending.answer(state=self.state, step=self.pos.step)
+        elif cmd == "set":
+            self._set_lr(pending)
+        elif cmd == "stop":
+            raise StopRun("stop command", pending)
+
+    def _set_lr(self, pending: Pending) -> None:
+        """Make the current lr the requested one; the schedule keeps its shape from here."""
+        lr = float(pending.request["lr"])
+        factor = lr_at(self.pos.step, self.total_steps, 1.0, self.cfg.schedule)
+        self.pos.peak_lr = lr / factor if factor > 1e-12 else lr
+        self.tele.emit("log", level="info", message=f"learning rate set to {lr:g} at step {self.pos.step}")
+        pending.answer(lr=lr, peak_lr=self.pos.peak_lr, step=self.pos.step)
+
+    def _stop(self, stop: StopRun) -> int:
+        self.set_state("stopping", reason=stop.reason)
+        saved = self.save("stop") or None
+        path = str(saved.path) if saved else self.store.pointer("latest")
+        if stop.pending:
+            stop.pending.answer(state="stopped", step=self.pos.step, path=path)
+        self.set_state("stopped", reason=stop.reason, exit_code=EXIT_STOPPED)
+        return EXIT_STOPPED
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl+C: leave at once
+        self.stop_signal = name
+
+    def set_state(self, state: str, **extra: Any) -> None:
+        """Record a state change in the events and status.json."""
+        self.state = state
+        self.tele.emit("state", state=state, step=self.pos.step, **extra)
+        self.write_status(**extra)
+
+    def status(self) -> dict[str, Any]:
+        """What `status` replies and status.json holds."""
+        return {"state": self.state, "step": self.pos.step, "epoch": self.pos.epoch,
+                "total_steps": self.total_steps, "loss": self.last_loss,
+                "lr": lr_at(self.pos.step, self.total_steps, self.pos.peak_lr, self.cfg.schedule),
+                "run_id": self.run.path.name, "socket": str(self.server.path)}
+
+    def write_status(self, **extra: Any) -> None:
+        self.last_status = time.monotonic()
+        self.run.write_status(**self.status(), **extra)
+
+
+class StepMeter:
+    """Accumulates per-step timings and the loss (as a tensor: no sync until read)."""
+
+    def __init__(self) -> None:
+        self.data = self.compute = self.optim = 0.0
+        self.loss_sum: torch.Tensor | None = None
+        self.batches = self.samples = self.steps = 0
+        self.lr = 0.0
+        self.since = time.perf_counter()
+
+    def timed(self, loader: Any) -> Any:
+        """Iterate the loader, timing how long each batch is waited for."""
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.data += time.perf_counter() - t0
+            yield batch
+
+    def add_loss(self, loss: torch.Tensor, n: int) -> None:
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.batches += 1
+        self.samples += n
+
+    def report(self) -> dict[str, Any]:
+        """Averages since the last report, then reset."""
+        wall = time.perf_counter() - self.since
+        loss = self.loss_sum.item() / self.batches if self.loss_sum is not None else float("nan")
+        n = max(1, self.batches)
+        out = {"loss": loss, "lr": self.lr, "samples": self.samples, "wall_s": wall,
+               "samples_per_s": self.samples / wall if wall > 0 else 0.0,
+               "steps_per_s": self.steps / wall if wall > 0 else 0.0, "data": self.data / n, "compute": self.compute / n,
+               "optim": self.optim / n}
+        self.__init__()
+        return out

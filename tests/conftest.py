@@ -1,0 +1,104 @@
+"""Shared helpers: run the real `cockpit-engine` in a subprocess and read what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny, quick, fully featured run: workers, random augmentation, mid-epoch checkpoints.
+TINY = """
+[model]
+name = "small_cnn"
+factory_args = { width = 8 }
+[data]
+name = "digits"
+num_workers = 2
+[data.augment]
+random_crop_padding = 1
+horizontal_flip = true
+[optim]
+name = "sgd"
+lr = 0.05
+nesterov = true
+[schedule]
+name = "cosine"
+warmup_steps = 10
+[train]
+epochs = 3
+batch_size = 32
+[checkpoint]
+every_steps = 5
+keep_last = 3
+[logging]
+every_steps = 1
+max_step_events_per_s = 100000
+status_every_s = 0.2
+"""
+
+
+def engine_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "engine.cli", *args]
+
+
+def engine_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_engine(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run cockpit-engine to completion and return the completed process."""
+    return subprocess.run(engine_cmd(*args), cwd=cwd, env=engine_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_engine(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    """Start cockpit-engine in the background."""
+    return subprocess.Popen(engine_cmd(*args), cwd=cwd, env=engine_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def only_run(runs: Path) -> Path:
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition"):
+    """Poll until predicate() is truthy (event-driven waits are in the code under test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status_of(run: Path) -> dict:
+    try:
+        return json.loads((run / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def events_of(run: Path) -> list[dict]:
+    from engine.protocol import read_events
+
+    with open(run / "events.jsonl", encoding="utf-8") as f:
+        return list(read_events(f))
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
