@@ -130,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `cockpit-engine example-config | head` is fine
+        sys.stderr.close()
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""The wall between the halves: the cockpit never imports torch, the engine never imports textual."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cockpit
+import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def modules_of(package) -> list[str]:
+    names = [package.__name__]
+    for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
+        names.append(info.name)
+    return names
+
+
+def imported_after(modules: list[str]) -> set[str]:
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout))
+
+
+def test_cockpit_modules_never_import_torch():
+    loaded = imported_after(modules_of(cockpit) + ["engine.protocol"])
+    assert not {m for m in loaded if m == "torch" or m.startswith("torch.")}
+
+
+def test_engine_never_imports_textual():
+    loaded = imported_after(modules_of(engine))
+    assert "torch" in loaded, "the check must have imported the engine's real modules"
+    assert not {m for m in loaded if m.split(".")[0] in ("textual", "rich", "cockpit")}
+
+
+def test_protocol_and_config_stay_light():
+    """Validating a config and speaking the protocol must not pull in torch (fast refusal)."""
+    loaded = imported_after(["engine.protocol", "engine.config", "engine.cli", "engine.schema_doc"])
+    assert "torch" not in loaded
