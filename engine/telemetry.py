@@ -54,7 +54,10 @@ class EventsFile:
     """Appends protocol lines to events.jsonl, one write per line so readers never see half a line."""
 
     def __init__(self, path: Path, rate: float):
+        torn = _ends_mid_line(path)
         self.file = open(path, "a", encoding="utf-8", buffering=1)
+        if torn:  # a killed engine left half a line: end it, so our first event stays whole
+            self.file.write("\n")
         self.gate = Coalescer(rate)
 
     def emit(self, event: dict[str, Any]) -> None:
@@ -65,6 +68,15 @@ class EventsFile:
         for e in self.gate.flush():
             self.file.write(encode_event(e))
         self.file.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:  # missing or empty
+        return False
 
 
 SCALARS = {
