@@ -9,7 +9,6 @@ newest file makes loading fall back to the previous valid one, with a warning.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
@@ -19,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from engine.atomic import write_atomic, write_json_atomic
 
 FORMAT = 1
 REQUIRED = ("format", "step", "model", "optimizer", "trainer", "rng", "config")
@@ -54,37 +55,6 @@ def restore_rng(state: dict[str, Any]) -> None:
 def _py_state_to_list(st: tuple) -> list:
     version, internal, gauss = st
     return [version, list(internal), gauss]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, write: Callable[[Any], None]) -> int:
-    """Write a file through a same-directory temporary and a rename; return its size."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return size
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Replace a small JSON file atomically."""
-    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 @dataclass

@@ -28,6 +28,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override one config field (repeatable), e.g. --set train.epochs=5")
     p.add_argument("--runs-dir", help="root of run directories (default: $COCKPIT_RUNS or ./runs)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    p.add_argument("--detach", action="store_true",
+                   help="train in the background as its own session (survives logout and SSH drops); "
+                        "output goes to the run's engine.log")
+    p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,20 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, args.set)
-    return _start(cfg, args)
+    return _start(cfg, args, [args.config])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     raw = config_mod.tomllib.loads(resources.files("engine").joinpath("demo.toml").read_text())
     cfg = config_mod.validate(config_mod.apply_overrides(raw, args.set), "demo config")
-    return _start(cfg, args)
+    return _start(cfg, args, [])
 
 
-def _start(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+def _start(cfg: config_mod.Config, args: argparse.Namespace, positional: list[str]) -> int:
+    from engine.rundir import new_run_id, runs_root
+
+    root = runs_root(args.runs_dir, cfg.logging.runs_dir)
+    if args.detach:
+        run_id = args.run_id or new_run_id(cfg.logging.run_name or cfg.model.name.split(":")[-1])
+        if (root / run_id).exists():
+            raise BadInput(f"--run-id {run_id!r}: {root / run_id} already exists; pick another id")
+        argv = [args.command, *positional, "--run-id", run_id, "--runs-dir", str(root)]
+        return _spawn(argv + [f"--set={s}" for s in args.set], root / run_id)
     from engine import session  # torch is imported only once the config is valid
-    from engine.rundir import runs_root
 
-    return session.start(cfg, runs_root(args.runs_dir, cfg.logging.runs_dir), args.run_id, args.json)
+    return session.start(cfg, root, args.run_id, args.json, detached=args.detached_child)
+
+
+def _spawn(argv: list[str], run_dir) -> int:
+    from engine import detach
+
+    return detach.spawn(argv, run_dir)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -88,9 +106,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     config_mod.load(run / "config.toml", args.set)  # refuse bad overrides before torch loads
+    if args.detach:
+        return _spawn(["resume", str(run), *[f"--set={s}" for s in args.set]], run)
     from engine import session
 
-    return session.resume(run, args.set, args.json)
+    return session.resume(run, args.set, args.json, detached=args.detached_child)
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import write_json_atomic
+from engine.atomic import write_json_atomic
 from engine.errors import BadInput
 from engine.protocol import MAX_SOCKET_PATH
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from engine import config as config_mod
-from engine.checkpoint import CheckpointStore, write_atomic
+from engine.atomic import write_atomic
+from engine.checkpoint import CheckpointStore
 from engine.config import Config
 from engine.data import DataSpec, build_spec
 from engine.errors import BadInput
@@ -51,43 +52,58 @@ def prepare(cfg: Config) -> tuple[DataSpec, torch.nn.Module]:
     return spec, build_model(cfg, spec)
 
 
-def console_mode(json_mode: bool) -> str:
+def console_mode(json_mode: bool, detached: bool) -> str:
+    """json, none (detached: engine.log already has it all), tty or plain."""
     if json_mode:
         return "json"
+    if detached:
+        return "none"
     return "tty" if sys.stdout.isatty() else "plain"
 
 
-def telemetry_for(cfg: Config, run: RunDir, json_mode: bool, resume_step: int | None) -> Telemetry:
+def telemetry_for(cfg: Config, run: RunDir, console: str, resume_step: int | None) -> Telemetry:
     sinks: list = [EventsFile(run.events, cfg.logging.max_step_events_per_s), LogFile(run.log)]
     if cfg.logging.tensorboard:
         sinks.append(TensorBoard(run.tb, resume_step))
-    sinks.append(Console(console_mode(json_mode), cfg.logging.max_step_events_per_s))
+    if console != "none":
+        sinks.append(Console(console, cfg.logging.max_step_events_per_s))
     return Telemetry(sinks)
 
 
-def announce(run: RunDir, json_mode: bool, when: str) -> None:
-    stream = sys.stderr if json_mode else sys.stdout
+def announce(run: RunDir, console: str, when: str) -> None:
+    if console == "none":
+        return
+    stream = sys.stderr if console == "json" else sys.stdout
     print(f"{when} run directory: {run.path}", file=stream, flush=True)
 
 
-def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool) -> int:
+def _detach_if(detached: bool, run: RunDir) -> None:
+    if detached:
+        from engine.detach import become_detached
+
+        become_detached(run.log)
+
+
+def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool, detached: bool = False) -> int:
     """Create a new run directory and train in it."""
     spec, model = prepare(cfg)
-    run = RunDir(root / (run_id or new_run_id(cfg.logging.run_name or cfg.model.name.split(":")[-1])))
+    run = RunDir(root.resolve() / (run_id or new_run_id(cfg.logging.run_name or cfg.model.name.split(":")[-1])))
     try:
         run.path.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
         raise BadInput(f"--run-id {run.path.name!r}: {run.path} already exists; pick another id") from None
     _lock = run.lock()
     run.config.write_text(config_mod.to_toml(cfg), encoding="utf-8")
-    announce(run, json_mode, "new")
-    tele = telemetry_for(cfg, run, json_mode, None)
-    return _train(Trainer(cfg, spec, model, run, tele), tele, run, json_mode)
+    _detach_if(detached, run)
+    console = console_mode(json_mode, detached)
+    announce(run, console, "new")
+    tele = telemetry_for(cfg, run, console, None)
+    return _train(Trainer(cfg, spec, model, run, tele), tele, run, console)
 
 
-def resume(run_path: Path, overrides: list[str], json_mode: bool) -> int:
+def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool = False) -> int:
     """Continue a run from its newest valid checkpoint."""
-    run = RunDir(run_path)
+    run = RunDir(run_path.resolve())
     _lock = run.lock()
     cfg = config_mod.load(run.config, overrides)
     spec, model = prepare(cfg)
@@ -104,20 +120,22 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool) -> int:
         raise BadInput(f"resume {str(run.path)!r}: no usable checkpoint in {run.checkpoints}; "
                        "nothing was changed (start a new run instead)")
     state, path = found
+    _detach_if(detached, run)
+    console = console_mode(json_mode, detached)
     if overrides:
         write_atomic(run.config, lambda f: f.write(config_mod.to_toml(cfg).encode()))
-    announce(run, json_mode, "resuming")
-    tele = telemetry_for(cfg, run, json_mode, state["step"])
+    announce(run, console, "resuming")
+    tele = telemetry_for(cfg, run, console, state["step"])
     for message in warnings:
         tele.emit("log", level="warning", message=message)
     tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=path.name)
-    return _train(Trainer(cfg, spec, model, run, tele, resume=state), tele, run, json_mode)
+    return _train(Trainer(cfg, spec, model, run, tele, resume=state), tele, run, console)
 
 
-def _train(trainer: Trainer, tele: Telemetry, run: RunDir, json_mode: bool) -> int:
+def _train(trainer: Trainer, tele: Telemetry, run: RunDir, console: str) -> int:
     try:
         code = trainer.train()
     finally:
         tele.close()
-    announce(run, json_mode, {0: "finished", 3: "stopped"}.get(code, "failed"))
+    announce(run, console, {0: "finished", 3: "stopped"}.get(code, "failed"))
     return code
