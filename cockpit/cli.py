@@ -1,0 +1,75 @@
+"""`cockpit`: the terminal cockpit for training runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cockpit.runs import find_run, list_runs, runs_root
+
+EPILOG = """keys: c checkpoint, p pause/continue, s stop, r resume, n new run, l runs list,
+b TensorBoard, ctrl+t theme, ? help, q quit (the engine keeps training), ctrl+p palette.
+
+examples:
+  cockpit                       the runs directory: pick a run to watch
+  cockpit demo                  start the demo run (bundled digits) and watch it
+  cockpit attach RUN            watch a run again, with its whole history
+  cockpit runs                  list runs without the UI
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cockpit", description="Watch and drive PyTorch training runs in the terminal.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", help="root of run directories (default: $COCKPIT_RUNS or ./runs)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("demo", help="start the demo run and attach to it")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a demo config field, e.g. --set train.epochs=100")
+    p = sub.add_parser("attach", help="attach to a run (a path or a run id)")
+    p.add_argument("run")
+    p = sub.add_parser("run", help="start a new run from a config file and attach to it")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    sub.add_parser("runs", help="list runs and exit")
+    return parser
+
+
+def print_runs(root: Path) -> int:
+    runs = list_runs(root)
+    if not runs:
+        print(f"no runs under {root}")
+        return 0
+    print(f"{'run':<40} {'state':<11} {'step':>8} {'loss':>8}")
+    for info in runs:
+        loss = info.status.get("loss")
+        loss_text = f"{loss:.4f}" if isinstance(loss, (int, float)) else ""
+        print(f"{info.name:<40} {info.state:<11} {info.status.get('step', ''):>8} {loss_text:>8}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    root = runs_root(args.runs_dir)
+    if args.command == "runs":
+        return print_runs(root)
+    run, launch = None, None
+    if args.command == "attach":
+        run = find_run(args.run, root)
+        if run is None:
+            print(f"cockpit: run {args.run!r}: no run directory here or under {str(root)!r}", file=sys.stderr)
+            return 2
+    elif args.command == "demo":
+        launch = ("demo", args.set)
+    elif args.command == "run":
+        launch = ("run", [args.config, *args.set])
+    from cockpit.app import CockpitApp
+
+    CockpitApp(root, run=run, launch=launch).run()
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Follow a run's events.jsonl: replay what is there, then yield new lines as they land.
+
+Only complete lines are decoded; a partial last line waits for its newline. Reading the
+history and following it share one file offset, so there is no gap and no duplicate between
+the two.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.protocol import decode_event
+
+#: A line longer than this is malformed (the engine never writes one); it is skipped.
+MAX_LINE = 1 << 20
+
+
+class EventFollower:
+    """Reads new complete events from a growing file, starting at offset 0."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.inode: int | None = None
+
+    def read(self, max_bytes: int = 8 << 20) -> list[dict[str, Any]]:
+        """Every complete, well-formed event written since the last call (up to max_bytes)."""
+        try:
+            with open(self.path, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if self.inode is not None and inode != self.inode:
+                    self.offset, self.partial = 0, b""  # the file was replaced: start over
+                self.inode = inode
+                f.seek(self.offset)
+                chunk = f.read(max_bytes)
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        data = self.partial + chunk
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > MAX_LINE:
+            self.partial = b""
+        return [e for e in (decode_event(line) for line in lines if line) if e is not None]
+
+    @property
+    def caught_up(self) -> bool:
+        """True when the last read reached the end of the file."""
+        try:
+            return self.offset >= self.path.stat().st_size
+        except FileNotFoundError:
+            return True

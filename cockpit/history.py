@@ -1,0 +1,161 @@
+"""A run's history, folded from its events: bounded in memory however long the run.
+
+Charts need at most a few thousand points, so each series keeps at most `capacity` points and,
+when full, merges neighbouring pairs (averaging them). A million step events cost the same
+memory as four thousand, and the shape of the curve survives.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Series:
+    """(x, y) points, downsampled by pairwise merging once `capacity` is reached."""
+
+    def __init__(self, capacity: int = 4096):
+        self.capacity = capacity
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.weights: list[int] = []
+        self.stride = 1  # raw points per stored point, once merging started
+        self.pending: list[tuple[float, float]] = []
+
+    def add(self, x: float, y: float) -> None:
+        """Append one raw point."""
+        self.pending.append((x, y))
+        if len(self.pending) < self.stride:
+            return
+        px = self.pending[-1][0]
+        py = sum(p[1] for p in self.pending) / len(self.pending)
+        self.xs.append(px)
+        self.ys.append(py)
+        self.weights.append(len(self.pending))
+        self.pending = []
+        if len(self.xs) >= self.capacity:
+            self._halve()
+
+    def _halve(self) -> None:
+        xs, ys, ws = [], [], []
+        for i in range(0, len(self.xs) - 1, 2):
+            w = self.weights[i] + self.weights[i + 1]
+            xs.append(self.xs[i + 1])
+            ys.append((self.ys[i] * self.weights[i] + self.ys[i + 1] * self.weights[i + 1]) / w)
+            ws.append(w)
+        if len(self.xs) % 2:
+            xs.append(self.xs[-1]), ys.append(self.ys[-1]), ws.append(self.weights[-1])
+        self.xs, self.ys, self.weights = xs, ys, ws
+        self.stride *= 2
+
+    def drop_after(self, x: float) -> None:
+        """Forget points past x (a resume recomputes them)."""
+        keep = [i for i, v in enumerate(self.xs) if v <= x]
+        self.xs = [self.xs[i] for i in keep]
+        self.ys = [self.ys[i] for i in keep]
+        self.weights = [self.weights[i] for i in keep]
+        self.pending = [p for p in self.pending if p[0] <= x]
+
+    def points(self) -> tuple[list[float], list[float]]:
+        """Stored points plus the partial bucket, for drawing."""
+        if not self.pending:
+            return self.xs, self.ys
+        tail_y = sum(p[1] for p in self.pending) / len(self.pending)
+        return self.xs + [self.pending[-1][0]], self.ys + [tail_y]
+
+    def __len__(self) -> int:
+        return len(self.xs) + (1 if self.pending else 0)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class RunHistory:
+    """Everything the panes show about one run, updated one event at a time."""
+
+    state: str = "unknown"
+    reason: str | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    last_step: dict[str, Any] = field(default_factory=dict)
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    loss: Series = field(default_factory=Series)
+    smooth: Series = field(default_factory=Series)
+    lr: Series = field(default_factory=Series)
+    throughput: Series = field(default_factory=lambda: Series(512))
+    val_loss: Series = field(default_factory=lambda: Series(1024))
+    val_accuracy: Series = field(default_factory=lambda: Series(1024))
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    logs: deque = field(default_factory=lambda: deque(maxlen=500))
+    error: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    spot: dict[str, Any] = field(default_factory=dict)
+    events_seen: int = 0
+    ema: float | None = None
+
+    def apply(self, event: dict[str, Any]) -> str:
+        """Fold one event in; returns its type (unknown types are counted and ignored)."""
+        self.events_seen += 1
+        kind = event.get("type", "")
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            try:
+                handler(event)
+            except (KeyError, TypeError, ValueError):
+                pass  # a malformed event of a known type is ignored like an unknown one
+        return kind
+
+    def _on_state(self, e: dict[str, Any]) -> None:
+        self.state = str(e["state"])
+        self.reason = e.get("reason")
+        self.exit_code = e.get("exit_code")
+        self.pid = e.get("pid", self.pid)
+
+    def _on_step(self, e: dict[str, Any]) -> None:
+        step, loss = _number(e["step"]), _number(e.get("loss"))
+        self.last_step = e
+        if step is None:
+            return
+        if loss is not None:
+            self.loss.add(step, loss)
+            self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
+            self.smooth.add(step, self.ema)
+        for series, key in ((self.lr, "lr"), (self.throughput, "samples_per_s")):
+            value = _number(e.get(key))
+            if value is not None:
+                series.add(step, value)
+
+    def _on_eval(self, e: dict[str, Any]) -> None:
+        self.last_eval = e
+        metrics, step = e["metrics"], float(e["step"])
+        for series, key in ((self.val_loss, "loss"), (self.val_accuracy, "accuracy")):
+            value = _number(metrics.get(key))
+            if value is not None:
+                series.add(step, value)
+
+    def _on_resume(self, e: dict[str, Any]) -> None:
+        step = float(e["step"])
+        for series in (self.loss, self.smooth, self.lr, self.throughput, self.val_loss, self.val_accuracy):
+            series.drop_after(step)
+        ys = self.smooth.ys
+        self.ema = ys[-1] if ys else None
+        self.logs.append(("info", f"resumed from {e.get('checkpoint')} at step {int(step)}"))
+
+    def _on_checkpoint(self, e: dict[str, Any]) -> None:
+        self.checkpoints[str(e["path"])] = e
+
+    def _on_log(self, e: dict[str, Any]) -> None:
+        self.logs.append((str(e.get("level", "info")), str(e.get("message", ""))))
+
+    def _on_error(self, e: dict[str, Any]) -> None:
+        self.error = e
+        self.logs.append(("error", str(e.get("message", ""))))
+
+    def _on_cost(self, e: dict[str, Any]) -> None:
+        self.cost = e
+
+    def _on_spot(self, e: dict[str, Any]) -> None:
+        self.spot = e

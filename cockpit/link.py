@@ -1,0 +1,78 @@
+"""The one place that talks to an engine: follows its events and sends its commands."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cockpit.follower import EventFollower
+from cockpit.history import RunHistory
+from cockpit.runs import pid_alive, read_status
+from engine.protocol import FINAL_STATES, send_command
+
+
+class RunLink:
+    """A run's history, kept current from events.jsonl by `follow` (run in a worker thread)."""
+
+    def __init__(self, run: Path):
+        self.run = run
+        self.history = RunHistory()
+        self.lock = threading.Lock()
+        self.follower = EventFollower(run / "events.jsonl")
+        self.vanished = False
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    def poll(self) -> set[str]:
+        """Fold in whatever is new; returns the event types seen (empty: nothing new)."""
+        kinds: set[str] = set()
+        while True:
+            events = self.follower.read()
+            if not events:
+                return kinds
+            with self.lock:
+                for event in events:
+                    kinds.add(self.history.apply(event))
+
+    def engine_gone(self) -> bool:
+        """True once the engine is dead without having written a final state."""
+        if self.vanished or self.history.state in FINAL_STATES:
+            return False
+        status = read_status(self.run)
+        if status.get("state") in FINAL_STATES or not status.get("pid"):
+            return False
+        self.poll()  # its last words may have landed since
+        if self.history.state in FINAL_STATES:
+            return False
+        if not pid_alive(status["pid"]):
+            self.vanished = True
+        return self.vanished
+
+    def follow(self, on_update: Callable[[set[str]], None], on_gone: Callable[[], None],
+               stop: Callable[[], bool], interval: float = 0.1) -> None:
+        """Loop until stop(): fold new events in, report them, watch the engine's pid."""
+        last_check = 0.0
+        while not stop():
+            kinds = self.poll()
+            if kinds:
+                on_update(kinds)
+            now = time.monotonic()
+            if now - last_check >= 0.5:
+                last_check = now
+                if self.engine_gone():
+                    on_gone()
+            time.sleep(interval)
+
+    def send(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """Send one command; never raises (a failure is an {"ok": false} reply)."""
+        sock = read_status(self.run).get("socket")
+        if not sock:
+            return {"ok": False, "error": "the engine is not running (no control socket)"}
+        try:
+            return send_command(sock, cmd, timeout=600.0, **args)
+        except (OSError, ValueError) as exc:
+            return {"ok": False, "error": f"the engine did not answer: {exc}"}

@@ -1,0 +1,26 @@
+"""A line chart with axes, drawn by plotext (through textual-plotext)."""
+
+from __future__ import annotations
+
+from textual_plotext import PlotextPlot
+
+Line = tuple[list[float], list[float], str, str]  # xs, ys, label, colour
+
+
+class Chart(PlotextPlot):
+    """Redraws from a list of lines; the caller decides what they are."""
+
+    def draw(self, title: str, lines: list[Line], ylabel: str = "", log_y: bool = False) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        if ylabel:
+            plt.ylabel(ylabel)
+        drawn = False
+        for xs, ys, label, color in lines:
+            if xs:
+                plt.plot(xs, ys, label=label, color=color, marker="braille")
+                drawn = True
+        if log_y and drawn:
+            plt.yscale("log")
+        self.refresh()

@@ -1,0 +1,46 @@
+"""Checkpoints: step, size and age, latest and best marked."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from cockpit.history import RunHistory
+
+
+def fmt_age(seconds: float) -> str:
+    s = int(max(0, seconds))
+    if s >= 86400:
+        return f"{s // 86400}d"
+    if s >= 3600:
+        return f"{s // 3600}h"
+    return f"{s // 60}m" if s >= 60 else f"{s}s"
+
+
+class CheckpointsPane(Static):
+    """The checkpoints still on disk."""
+
+    text: reactive[Text] = reactive(Text("no checkpoints yet"), layout=True)
+
+    def show(self, h: RunHistory, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        alive = [e for p, e in h.checkpoints.items() if Path(p).exists()]
+        if not alive:
+            self.text = Text("no checkpoints yet")
+            return
+        alive.sort(key=lambda e: e.get("step", 0))
+        best = max((e for e in alive if e.get("best")), key=lambda e: e.get("step", 0), default=None)
+        t = Text()
+        for e in alive[-4:]:
+            marks = ("latest " if e is alive[-1] else "") + ("best" if e is best else "")
+            t.append(f"{e.get('step', '?'):>7} {e.get('bytes', 0) / 1e6:6.1f}MB "
+                     f"{fmt_age(now - float(e.get('t', now))):>3} ")
+            t.append(marks.strip() + "\n", style="bold")
+        self.text = t
+
+    def render(self) -> Text:
+        return self.text

@@ -1,0 +1,54 @@
+"""GPUs: utilization, memory, temperature, power, a history sparkline, and their processes."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from cockpit.gpu import Device, HostSample
+from cockpit.sparkline import spark
+
+
+class GpuPane(Static):
+    """Per-device lines, the engine's own process highlighted; CPU/memory when there is no NVML."""
+
+    text: reactive[Text] = reactive(Text("reading GPUs..."), layout=True)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.util_history: dict[int, deque] = {}
+
+    def show_devices(self, devices: list[Device], engine_pid: int | None) -> None:
+        t = Text()
+        for d in devices:
+            hist = self.util_history.setdefault(d.index, deque(maxlen=60))
+            hist.append(d.util)
+            t.append(f"GPU{d.index} {d.util:3.0f}% ", style="bold")
+            t.append(f"{d.mem_used_gib:.1f}/{d.mem_total_gib:.1f} GiB ")
+            if d.temperature is not None:
+                t.append(f"{d.temperature:.0f}°C ")
+            if d.power_w is not None:
+                t.append(f"{d.power_w:.0f} W")
+            t.append("\n" + spark(list(hist), 30) + "\n")
+            for pid, gib in d.processes[:3]:
+                t.append(f"  pid {pid} {gib:.1f} GiB\n", style="reverse" if pid == engine_pid else "")
+        self.text = t if devices else Text("NVML reports no GPUs")
+
+    def show_host(self, sample: HostSample | None, reason: str) -> None:
+        t = Text("no GPU (NVML unavailable)", style="dim")
+        t.append("\n")
+        if sample:
+            hist = self.util_history.setdefault(-1, deque(maxlen=60))
+            hist.append(sample.cpu_percent)
+            t.append(f"engine CPU {sample.cpu_percent:3.0f}% RSS {sample.rss_gib:.2f} GiB ")
+            t.append(spark(list(hist), 30))
+        else:
+            t.append("engine process not running here")
+        self.tooltip = reason
+        self.text = t
+
+    def render(self) -> Text:
+        return self.text

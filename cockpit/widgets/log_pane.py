@@ -1,0 +1,42 @@
+"""The tail of engine.log, warnings and errors highlighted; every line shown as plain text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from cockpit.sanitize import clean
+
+
+def tail_lines(path: Path, n: int, max_bytes: int = 65536) -> list[str]:
+    """The last n lines of a file, reading only its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", errors="replace").splitlines()[-n:]
+
+
+class LogPane(Static):
+    """engine.log's last lines."""
+
+    text: reactive[Text] = reactive(Text("no log yet"), layout=True)
+
+    def show(self, path: Path, n: int = 8) -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        for line in tail_lines(path, n):
+            low = line.lower()
+            style = "bold red" if ("error" in low or "traceback" in low) else (
+                "yellow" if "warning" in low else "")
+            t.append(clean(line)[: max(20, self.size.width - 2)] + "\n", style=style)
+        self.text = t if t.plain else Text("no log yet")
+
+    def render(self) -> Text:
+        return self.text

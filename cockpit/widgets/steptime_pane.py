@@ -1,0 +1,33 @@
+"""Step time: how much of each step waits for data and how much computes."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from cockpit.diagnosis import diagnose, split
+from cockpit.history import RunHistory
+
+
+class StepTimePane(Static):
+    """The split of one step's time, and a one-line diagnosis."""
+
+    text: reactive[Text] = reactive(Text("waiting for step timings"), layout=True)
+
+    def show(self, h: RunHistory) -> None:
+        s = split(h.last_step) if h.last_step else None
+        if s is None:
+            return
+        width = 32
+        t = Text()
+        for label, share, style in (("data", s.data, "yellow"), ("compute", s.compute, "green"),
+                                    ("optim", s.optim, "blue"), ("comm", s.comm, "magenta")):
+            t.append(("█" * round(width * share))[:width], style=style)
+        t.append("\n")
+        t.append(f"data {s.data:.0%} compute {s.compute:.0%} optim {s.optim:.0%}", style="dim")
+        t.append("\n" + diagnose(s))
+        self.text = t
+
+    def render(self) -> Text:
+        return self.text

@@ -1,0 +1,41 @@
+"""Throughput: samples/s, steps/s, epoch progress, ETA."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from cockpit.history import RunHistory
+from cockpit.sparkline import spark
+
+
+def fmt_eta(seconds: object) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class ThroughputPane(Static):
+    """How fast the run goes."""
+
+    text: reactive[Text] = reactive(Text("waiting for the first step"), layout=True)
+
+    def show(self, h: RunHistory) -> None:
+        e = h.last_step
+        if not e:
+            return
+        done, total = e.get("batch", 0), e.get("batches_per_epoch") or 1
+        bar_w = 10
+        filled = int(bar_w * min(1.0, done / total))
+        t = Text()
+        t.append(f"{e.get('samples_per_s', 0):,.0f} samples/s {e.get('steps_per_s', 0):.1f} steps/s\n")
+        t.append(f"ep {int(e.get('epoch', 0)) + 1} ")
+        t.append("█" * filled + "░" * (bar_w - filled))
+        t.append(f" {done}/{total} ETA {fmt_eta(e.get('eta_s'))}\n")
+        t.append(spark(h.throughput.points()[1], 32), style="dim")
+        self.text = t
+
+    def render(self) -> Text:
+        return self.text
