@@ -322,7 +322,8 @@ class CockpitApp(App):
         if message.cmd == "checkpoint":
             self.checkpoint_in_flight = False
         if not reply.get("ok"):
-            self.notify(f"{message.cmd}: {reply.get('error', 'failed')}", severity="error", markup=False)
+            self.notify(f"{message.cmd}: {clean(str(reply.get('error', 'failed')))}", severity="error",
+                        markup=False)
             return
         if message.cmd == "checkpoint":
             size = reply.get("bytes")
