@@ -61,8 +61,9 @@ class CockpitApp(App):
 
     def __init__(self, runs_root: Path, run: Path | None = None,
                  launch: tuple[str, list[str]] | None = None, user: settings_mod.Settings | None = None,
-                 poll_gpu: bool = True):
+                 poll_gpu: bool = True, gpu: GpuSampler | None = None, clock=time.time):
         super().__init__()
+        self.gpu, self.clock = gpu, clock
         self.runs_root, self.initial_run, self.launch = runs_root, run, launch
         self.user = user or settings_mod.load()
         self.poll_gpu = poll_gpu
@@ -175,7 +176,7 @@ class CockpitApp(App):
             self.query_one(ThroughputPane).show(h)
             self.query_one(StepTimePane).show(h)
             self.query_one(CostPane).show(h)
-            self.query_one(CheckpointsPane).show(h)
+            self.query_one(CheckpointsPane).show(h, now=self.clock())
         self.query_one(LogPane).show(link.run / "engine.log")
 
     def refresh_runs(self) -> None:
@@ -190,7 +191,8 @@ class CockpitApp(App):
                 info.name, info.state, str(info.status.get("step", "")),
                 f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
                 f"{acc:.3f}" if isinstance(acc, (int, float)) else "",
-                fmt_age(info.age_s), str(info.status.get("host", "")), key=str(info.path))
+                fmt_age(max(0.0, self.clock() - float(info.status.get("updated_at") or 0))),
+                str(info.status.get("host", "")), key=str(info.path))
         if self.link is not None:
             self.dirty = True  # checkpoint ages and the log move on even when no event arrives
 
@@ -349,7 +351,7 @@ class CockpitApp(App):
 
     def _poll_gpu(self) -> None:
         """Sample NVML (or the engine's CPU use) twice a second, in a thread."""
-        sampler, worker = GpuSampler(), get_current_worker()
+        sampler, worker = self.gpu or GpuSampler(), get_current_worker()
         pane = self.query_one(GpuPane)
         while not worker.is_cancelled:
             link = self.link

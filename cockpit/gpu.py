@@ -32,14 +32,15 @@ class HostSample:
 class GpuSampler:
     """Reads NVML if it is there; says plainly why not otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, nvml: Any = None) -> None:
+        """`nvml` is the pynvml module (the default) or anything with its interface."""
         self.nvml: Any = None
         self.reason = ""
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.nvml = pynvml
+            if nvml is None:
+                import pynvml as nvml
+            nvml.nvmlInit()
+            self.nvml = nvml
         except Exception as exc:  # noqa: BLE001 - no driver, no library, no GPU: all mean "no NVML"
             self.reason = f"NVML unavailable ({type(exc).__name__}): no NVIDIA GPU or driver here"
         self._procs: dict[int, Any] = {}
