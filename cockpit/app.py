@@ -70,6 +70,7 @@ class CockpitApp(App):
         self.link: RunLink | None = None
         self.dirty = False
         self.checkpoint_in_flight = False
+        self.last_checkpoint_press = -10.0
         self.tb = TensorBoardServer(runs_root)
         self.cockpit_themes = [t.name for t in load_themes()]
         self.low_util = LowUtilWatch()
@@ -234,13 +235,14 @@ class CockpitApp(App):
         return True
 
     def action_checkpoint(self) -> None:
-        """Checkpoint now; presses while one is being saved fold into it."""
+        """Checkpoint now; presses within a second, or while one is being saved, fold into it."""
         if not self._need_link():
             return
-        if self.checkpoint_in_flight:
-            self.notify("a checkpoint is already being saved", timeout=2)
+        now = time.monotonic()
+        if self.checkpoint_in_flight or now - self.last_checkpoint_press < 1.0:
+            self.notify("checkpoint already requested", timeout=2)
             return
-        self.checkpoint_in_flight = True
+        self.checkpoint_in_flight, self.last_checkpoint_press = True, now
         self._send("checkpoint")
 
     def action_pause(self) -> None:

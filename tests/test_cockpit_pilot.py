@@ -1,0 +1,86 @@
+"""Every key action of the cockpit, driven by Textual's Pilot against a real engine run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from cockpit.app import CockpitApp
+from cockpit.runs import read_status
+from cockpit.settings import Settings
+from cockpit.widgets.banner import RunBanner
+from conftest import TINY, only_run, run_engine, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def until(pilot, predicate, timeout: float = 90.0, what: str = "condition") -> None:
+    """Let the app run until predicate() holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.1)
+
+
+@pytest.fixture
+def live_run(tmp_path: Path, monkeypatch) -> Path:
+    """A detached engine training the tiny config for long enough to press every key."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    (tmp_path / "tiny.toml").write_text(TINY)
+    runs = tmp_path / "runs"
+    done = run_engine("run", str(tmp_path / "tiny.toml"), "--set", "train.epochs=400",
+                      "--set", "checkpoint.keep_last=100000",
+                      "--runs-dir", str(runs), "--detach")
+    assert done.returncode == 0, done.stderr
+    run = only_run(runs)
+    yield run
+    status = read_status(run)
+    if status.get("state") not in ("stopped", "finished", "failed"):
+        try:
+            os.kill(status["pid"], 15)
+        except (KeyError, ProcessLookupError):
+            pass
+
+
+def notes(app) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+async def test_keys_checkpoint_pause_stop_resume_quit(live_run: Path):
+    app = CockpitApp(live_run.parent, run=live_run, user=Settings(), poll_gpu=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        h = lambda: app.link.history  # noqa: E731
+        await until(pilot, lambda: h().state == "running" and h().last_step, what="running")
+
+        for _ in range(3):  # three quick presses queue one save
+            await pilot.press("c")
+        await until(pilot, lambda: any("checkpoint saved at step" in n for n in notes(app)), what="save")
+        assert sum("checkpoint saved at step" in n for n in notes(app)) == 1
+        saved = [n for n in notes(app) if "checkpoint saved at step" in n][0]
+        step = int(saved.split("step ")[1].split()[0])
+        assert (live_run / "checkpoints" / f"step-{step:08d}.pt").exists()
+
+        await pilot.press("p")
+        await until(pilot, lambda: h().state == "paused", what="paused")
+        assert "PAUSED" in app.query_one(RunBanner).text.plain
+        await pilot.press("p")
+        await until(pilot, lambda: h().state == "running", what="running again")
+
+        await pilot.press("s")
+        await pilot.press("y")
+        await until(pilot, lambda: h().state == "stopped", what="stopped")
+        assert read_status(live_run)["state"] == "stopped"
+
+        await pilot.press("r")
+        await until(pilot, lambda: read_status(live_run).get("state") == "running", what="resumed")
+        await until(pilot, lambda: any(e for e in [h().state] if e == "running"), what="re-attached")
+
+        await pilot.press("q")
+    assert read_status(live_run)["state"] == "running", "quitting the cockpit leaves the engine training"
+    step = read_status(live_run)["step"]
+    wait_for(lambda: read_status(live_run)["step"] > step, what="the engine to keep training")
