@@ -44,7 +44,7 @@ class ConfirmStop(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box"):
-            yield Label(f"Stop {self.run}? It checkpoints, then the engine exits. (y/n)")
+            yield Label(f"Stop the run? (y/n)\n{self.run} checkpoints, then its engine exits.")
             yield Button("Stop the run", id="yes", variant="error")
             yield Button("Keep training", id="no")
 

@@ -139,6 +139,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def _short(exc: Exception) -> str:
     lines = f"{type(exc).__name__}: {exc}".splitlines()
-    # torch's weights-only refusal puts the reason on a later line
-    reason = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln), "")
+    # torch's weights-only refusal puts the reason on a later line ("WeightsUnpickler error:
+    # Unsupported global: GLOBAL exec ..." or "Trying to load unsupported GLOBAL posix.system ...")
+    reason = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln or "GLOBAL" in ln), "")
     return (lines[0][:120] + (f" {reason[:200]}" if reason else "")).strip()

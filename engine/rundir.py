@@ -79,11 +79,15 @@ class RunDir:
         return self.path / "tb"
 
     def lock(self) -> int:
-        """Hold the run's lock for this process's life; BadInput if another engine has it."""
+        """Hold the run's lock for this process's life; BadInput if another engine has it.
+
+        A POSIX record lock, not flock: forked DataLoader workers must not inherit it, or a
+        killed engine's orphaned workers would keep the run locked against `resume`.
+        """
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
             os.close(fd)
             raise BadInput(f"run {str(self.path)!r} is already being trained by another engine") from None
         return fd

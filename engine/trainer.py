@@ -351,7 +351,8 @@ class Trainer:
     def _stop(self, stop: StopRun) -> int:
         self.set_state("stopping", reason=stop.reason)
         saved = self.save("stop") or None
-        path = str(saved.path) if saved else self.store.pointer("latest")
+        latest = self.store.pointer("latest")
+        path = str(saved.path) if saved else (str(self.run.checkpoints / latest) if latest else None)
         if stop.pending:
             stop.pending.answer(state="stopped", step=self.pos.step, path=path)
         self.set_state("stopped", reason=stop.reason, exit_code=EXIT_STOPPED)

@@ -102,3 +102,29 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY)
     return path
+
+
+def run_engines(jobs: dict[str, dict], timeout: float = 240) -> dict[str, subprocess.CompletedProcess]:
+    """Run independent cockpit-engine commands side by side and wait for all of them.
+
+    Each engine uses one core (OMP_NUM_THREADS=1) and spends most of its few seconds
+    importing torch, so running them together is what keeps the suite quick. `jobs` maps a
+    name to {"args": [...], "cwd": Path (optional), "env": dict (optional, default engine_env())}.
+    """
+    procs = {
+        name: subprocess.Popen(engine_cmd(*job["args"]), cwd=job.get("cwd"),
+                               env=job.get("env") or engine_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        for name, job in jobs.items()
+    }
+    done = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return done

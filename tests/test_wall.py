@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def modules_of(package) -> list[str]:
     names = [package.__name__]
     for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
-        names.append(info.name)
+        if not info.name.endswith(".__main__"):  # running the app is not importing it
+            names.append(info.name)
     return names
 
 

@@ -1,0 +1,181 @@
+"""Bad input through the real CLI: exit code 2, a message naming the field and the value,
+and nothing written (no run directory, no change to an existing run)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import engine_env, run_engine, run_engines
+from engine.config import to_toml, validate
+
+
+@dataclass
+class Case:
+    id: str
+    toml: str | None               # config file text; None: the file does not exist
+    expect: list[str]              # every one must appear in stderr
+    sets: list[str] = field(default_factory=list)
+
+
+# Refused while validating the config, before torch is imported (each costs ~0.5 s).
+# Input refused later (loading data, building the model) is in LATE below.
+EARLY = [
+    Case("unknown-key-did-you-mean", "[optim]\nlrr = 0.1\n",
+         ["optim.lrr = 0.1", "unknown key", "did you mean 'lr'?"]),
+    Case("unknown-section", "[optimizer]\nlr = 0.1\n",
+         ["optimizer = {'lr': 0.1}", "unknown key", "did you mean 'optim'?"]),
+    Case("unknown-key-via-set", "", ["train.epoch = 5", "unknown key", "did you mean 'epochs'?"],
+         sets=["train.epoch=5"]),
+    Case("unknown-key-without-close-match", "[train]\nzzz = 1\n",
+         ["train.zzz = 1", "unknown key", "known keys: epochs, max_steps, batch_size"]),
+    Case("wrong-type", '[optim]\nlr = "fast"\n', ["optim.lr = 'fast'", "valid number"]),
+    Case("wrong-type-via-set", "", ["train.batch_size = 'big'", "valid integer"],
+         sets=["train.batch_size=big"]),
+    Case("out-of-range-via-set", "", ["optim.lr = -0.5", "greater than 0"], sets=["optim.lr=-0.5"]),
+    Case("out-of-range", "[data]\nval_fraction = 1.5\n", ["data.val_fraction = 1.5", "less than 1"]),
+    Case("bad-enum", "", ["train.precision = 'fp8'", "'fp32', 'fp16' or 'bf16'"],
+         sets=["train.precision=fp8"]),
+    Case("bad-dataset-name", '[data]\nname = "minst"\nroot = "/data"\n',
+         ["data.name='minst'", "did you mean 'mnist'?"]),
+    Case("mnist-without-root", '[data]\nname = "mnist"\n', ["data.root", "data.name='mnist'", "set data.root"]),
+    Case("persistent-workers-without-workers", "[data]\npersistent_workers = true\nnum_workers = 0\n",
+         ["data.persistent_workers=true", "num_workers > 0"]),
+    Case("nesterov-with-adam", '[optim]\nname = "adam"\nnesterov = true\n',
+         ["optim.nesterov=true", "optim.name='sgd'"]),
+    Case("bad-device", '[train]\ndevice = "gpu"\n', ["train.device='gpu'", "'cpu', 'cuda' or 'cuda:N'"]),
+    Case("hub-weights-refused", "", ["model.pretrained='IMAGENET1K_V1'", "never downloaded", "model.weights_path"],
+         sets=['model.pretrained="IMAGENET1K_V1"']),
+    Case("planned-feature-enabled", "[distill]\nenabled = true\n", ["distill.enabled=true", "not available"]),
+    Case("toml-syntax-error", "[train]\nepochs = = 3\n", ["run.toml", "not valid TOML", "line 2"]),
+    Case("missing-config-file", None, ["run.toml", "not found", "example-config"]),
+    Case("set-without-equals", "", ["--set 'train.epochs'", "section.key=value"], sets=["train.epochs"]),
+    Case("set-into-a-value", "[optim]\nlr = 0.1\n", ["--set 'optim.lr.max=1'", "lr is a value, not a section"],
+         sets=["optim.lr.max=1"]),
+    Case("set-a-section-to-a-value", "", ["optim = 0.1", "valid dictionary"], sets=["optim=0.1"]),
+    Case("every-problem-is-listed", '[optim]\nlr = 0\n[train]\nbatch_size = 0\n',
+         ["optim.lr = 0", "train.batch_size = 0"]),
+]
+
+
+# Quick to reach the failing step: synthetic data (no scikit-learn import) and
+# deterministic = false (else torch imports its compiler, ~2.5 s).
+TINY_RUN = ('[model]\nfactory_args = { width = 8 }\n'
+            '[data]\nname = "synthetic"\nsynthetic_samples = 64\nsynthetic_shape = [1, 8, 8]\n'
+            '[train]\nmax_steps = 2\nbatch_size = 16\ndeterministic = false\n')
+
+# Refused after validation, while building the data, the model or the device: the engine
+# has imported torch by then (~3 s each), but must still write nothing.
+LATE = [
+    Case("mnist-root-missing", TINY_RUN.replace('name = "synthetic"', 'name = "mnist"\nroot = "DATA/nope"'),
+         ["data.root = 'DATA/nope'", "no mnist files found", "torchvision's layout",
+          "DATA/nope/MNIST/raw/train-images-idx3-ubyte[.gz]",
+          "DATA/nope/MNIST/raw/t10k-labels-idx1-ubyte[.gz]", "data.download = true"]),
+    Case("unknown-torchvision-model", TINY_RUN.replace("[model]\n", '[model]\nname = "resnet81"\n'),
+         ["model.name = 'resnet81'", "did you mean 'resnet18'"]),
+    # CUDA_VISIBLE_DEVICES="" below: no GPU is visible, whatever this machine has.
+    Case("cuda-without-gpu", TINY_RUN.replace("[train]\n", '[train]\ndevice = "cuda"\n'),
+         ["train.device = 'cuda'", "no CUDA device is visible", "'cpu'"]),
+]
+
+
+def killed_run(folder: Path, checkpoint_bytes: bytes | None) -> Path:
+    """A run directory as a crash before the first usable checkpoint leaves it."""
+    run = folder / "20261123-221500-small_cnn-dead"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "tb").mkdir()
+    (run / "config.toml").write_text(to_toml(validate(tomllib.loads(TINY_RUN))))
+    (run / ".lock").write_bytes(b"")
+    (run / "events.jsonl").write_text('{"v":1,"t":1.0,"type":"state","state":"running","step":0}\n')
+    (run / "status.json").write_text('{"state": "running", "step": 3}')
+    (run / "engine.log").write_text("2026-11-23 22:15:00 state running\n")
+    if checkpoint_bytes is not None:
+        (run / "checkpoints" / "step-00000005.pt").write_bytes(checkpoint_bytes)
+    return run
+
+
+def snapshot(folder: Path) -> dict[str, tuple]:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        st = p.stat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        out[str(p.relative_to(folder))] = (digest, st.st_size if p.is_file() else 0, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory) -> dict[str, dict]:
+    """Run every bad command at once (they are independent), each in its own folder."""
+    base = tmp_path_factory.mktemp("refused")
+    jobs, info = {}, {}
+    for case in EARLY + LATE:
+        folder = base / case.id
+        folder.mkdir()
+        if case.toml is not None:
+            (folder / "run.toml").write_text(case.toml)
+        sets = [a for s in case.sets for a in ("--set", s)]
+        env = engine_env() | ({"CUDA_VISIBLE_DEVICES": ""} if case.id == "cuda-without-gpu" else {})
+        jobs[case.id] = {"args": ["run", str(folder / "run.toml"), "--runs-dir", str(folder / "runs"), *sets],
+                         "cwd": folder, "env": env}
+        info[case.id] = {"folder": folder, "ours": {"run.toml"} if case.toml is not None else set()}
+    run = killed_run(base / "resume-src", b"PK\x03\x04 this is not a whole checkpoint")
+    jobs["resume"] = {"args": ["resume", str(run)], "cwd": base}
+    info["resume"] = {"run": run, "before": snapshot(run)}
+    for name, done in run_engines(jobs).items():
+        info[name]["done"] = done
+    return info
+
+
+def assert_refused(done: subprocess.CompletedProcess, expect: list[str]) -> None:
+    assert done.returncode == 2, f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}"
+    for text in expect:
+        assert text in done.stderr, f"{text!r} not in stderr:\n{done.stderr}"
+    assert done.stderr.startswith("cockpit-engine: ")
+    assert "Traceback" not in done.stderr, "bad input must not look like a crash"
+    assert "run directory" not in done.stdout
+
+
+def assert_nothing_written(folder: Path, ours: set[str]) -> None:
+    runs = folder / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), f"left behind: {list(runs.iterdir())}"
+    assert {p.name for p in folder.iterdir()} - {"runs"} == ours, "nothing written outside either"
+
+
+@pytest.mark.parametrize("case", EARLY, ids=[c.id for c in EARLY])
+def test_bad_config_is_refused_before_anything_is_written(refused, case: Case):
+    job = refused[case.id]
+    assert_refused(job["done"], case.expect)
+    assert_nothing_written(job["folder"], job["ours"])
+
+
+@pytest.mark.parametrize("case", LATE, ids=[c.id for c in LATE])
+def test_input_refused_while_loading_leaves_no_run_directory(refused, case: Case):
+    job = refused[case.id]
+    assert_refused(job["done"], case.expect)
+    assert_nothing_written(job["folder"], job["ours"])
+
+
+def test_resume_without_a_usable_checkpoint_changes_nothing(refused):
+    job = refused["resume"]
+    assert_refused(job["done"], ["no usable checkpoint", str(job["run"].resolve()), "nothing was changed"])
+    assert "step-00000005.pt is unusable" in job["done"].stderr, "the broken file is named"
+    assert snapshot(job["run"]) == job["before"], "the run directory must be exactly as it was"
+
+
+def test_resume_with_a_bad_override_is_refused_and_changes_nothing(tmp_path: Path):
+    run = killed_run(tmp_path, None)
+    before = snapshot(run)
+    done = run_engine("resume", str(run), "--set", "optim.lr=0")
+    assert_refused(done, ["config.toml", "optim.lr = 0", "greater than 0"])
+    assert snapshot(run) == before
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path: Path):
+    done = run_engine("resume", "no-such-run", "--runs-dir", str(tmp_path / "runs"))
+    assert_refused(done, ["run 'no-such-run'", "no run directory with a config.toml"])
+    assert not (tmp_path / "runs").exists()
