@@ -105,26 +105,19 @@ def tiny_config(tmp_path: Path) -> Path:
 
 
 def run_engines(jobs: dict[str, dict], timeout: float = 240) -> dict[str, subprocess.CompletedProcess]:
-    """Run independent cockpit-engine commands side by side and wait for all of them.
+    """Run independent cockpit-engine commands side by side (one per core) and wait for all.
 
     Each engine uses one core (OMP_NUM_THREADS=1) and spends most of its few seconds
     importing torch, so running them together is what keeps the suite quick. `jobs` maps a
-    name to {"args": [...], "cwd": Path (optional), "env": dict (optional, default engine_env())}.
+    name to {"args": [...], "cwd": Path (optional), "env": dict (optional, default engine_env())};
+    they start in the order given, so list the slow ones first.
     """
-    procs = {
-        name: subprocess.Popen(engine_cmd(*job["args"]), cwd=job.get("cwd"),
-                               env=job.get("env") or engine_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        for name, job in jobs.items()
-    }
-    done = {}
-    try:
-        for name, proc in procs.items():
-            out, err = proc.communicate(timeout=timeout)
-            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return done
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(engine_cmd(*job["args"]), cwd=job.get("cwd"), env=job.get("env") or engine_env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        futures = {name: pool.submit(one, job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}

@@ -110,10 +110,13 @@ def snapshot(folder: Path) -> dict[str, tuple]:
 
 @pytest.fixture(scope="module")
 def refused(tmp_path_factory) -> dict[str, dict]:
-    """Run every bad command at once (they are independent), each in its own folder."""
+    """Run every bad command side by side (they are independent), each in its own folder."""
     base = tmp_path_factory.mktemp("refused")
     jobs, info = {}, {}
-    for case in EARLY + LATE:
+    run = killed_run(base / "resume-src", b"PK\x03\x04 this is not a whole checkpoint")
+    jobs["resume"] = {"args": ["resume", str(run)], "cwd": base}
+    info["resume"] = {"run": run, "before": snapshot(run)}
+    for case in LATE + EARLY:  # the slow ones first
         folder = base / case.id
         folder.mkdir()
         if case.toml is not None:
@@ -123,9 +126,6 @@ def refused(tmp_path_factory) -> dict[str, dict]:
         jobs[case.id] = {"args": ["run", str(folder / "run.toml"), "--runs-dir", str(folder / "runs"), *sets],
                          "cwd": folder, "env": env}
         info[case.id] = {"folder": folder, "ours": {"run.toml"} if case.toml is not None else set()}
-    run = killed_run(base / "resume-src", b"PK\x03\x04 this is not a whole checkpoint")
-    jobs["resume"] = {"args": ["resume", str(run)], "cwd": base}
-    info["resume"] = {"run": run, "before": snapshot(run)}
     for name, done in run_engines(jobs).items():
         info[name]["done"] = done
     return info
