@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Iterable
 
+from rich.text import Text
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -100,6 +102,7 @@ class CockpitApp(App):
         for theme in load_themes():
             self.register_theme(theme)
         wanted = self.user.theme if self.user.theme in self.available_themes else "cockpit-dark"
+        self.user.theme = wanted  # starting up is not a choice: only a change is written to settings
         self.theme = wanted
         if self.user.keys:
             self.set_keymap(self.user.keys)
@@ -177,23 +180,33 @@ class CockpitApp(App):
             self.query_one(ThroughputPane).show(h)
             self.query_one(StepTimePane).show(h)
             self.query_one(CostPane).show(h)
-            self.query_one(CheckpointsPane).show(h, now=self.clock())
+            self.query_one(CheckpointsPane).show(h, now=self.clock(), run=link.run)
         self.query_one(LogPane).show(link.run / "engine.log")
 
     def refresh_runs(self) -> None:
         """Re-read the runs directory into the runs list."""
         table = self.query_one("#runs", DataTable)
+        selected = None
+        if table.row_count and table.is_valid_row_index(table.cursor_row):
+            selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         table.clear()
         for info in list_runs(self.runs_root):
-            metrics = info.last_eval.get("metrics") or {}
+            metrics = info.last_eval.get("metrics")
+            metrics = metrics if isinstance(metrics, dict) else {}
             loss = info.status.get("loss")
             acc = metrics.get("accuracy")
-            table.add_row(
+            updated = info.status.get("updated_at")
+            updated = updated if isinstance(updated, (int, float)) and math.isfinite(updated) else 0
+            cells = (
                 info.name, info.state, str(info.status.get("step", "")),
                 f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
                 f"{acc:.3f}" if isinstance(acc, (int, float)) else "",
-                fmt_age(max(0.0, self.clock() - float(info.status.get("updated_at") or 0))),
-                str(info.status.get("host", "")), key=str(info.path))
+                fmt_age(max(0.0, self.clock() - updated)),
+                str(info.status.get("host", "")))
+            # Text cells: a DataTable parses plain strings as markup, and these come from disk.
+            table.add_row(*(Text(clean(c)[:80]) for c in cells), key=str(info.path))
+        if selected is not None and selected in table.rows:
+            table.move_cursor(row=table.get_row_index(selected), animate=False)  # stay on the run
         if self.link is not None:
             self.dirty = True  # checkpoint ages and the log move on even when no event arrives
 

@@ -71,13 +71,13 @@ class GpuSampler:
         """CPU and memory of the engine process (psutil), for machines without NVML."""
         import psutil
 
-        if not pid:
-            return None
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return None  # the pid comes from the run's files: anything at all
         try:
             proc = self._procs.get(pid) or psutil.Process(pid)
             self._procs = {pid: proc}
             return HostSample(proc.cpu_percent(None), proc.memory_info().rss / 2**30, self.reason)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OverflowError):
             return None
 
 

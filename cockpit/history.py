@@ -7,9 +7,12 @@ memory as four thousand, and the shape of the curve survives.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from engine.protocol import EVENT_TYPES
 
 
 class Series:
@@ -69,7 +72,15 @@ class Series:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number, or None (JSON readers accept NaN and Infinity; the engine writes them as strings)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _numbers_only(e: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The event without those of `keys` that are not finite numbers: panes format them as numbers."""
+    return {k: v for k, v in e.items() if k not in keys or _number(v) is not None}
 
 
 @dataclass
@@ -104,7 +115,7 @@ class RunHistory:
         if handler is not None:
             try:
                 handler(event)
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 pass  # a malformed event of a known type is ignored like an unknown one
         return kind
 
@@ -112,13 +123,16 @@ class RunHistory:
         self.state = str(e["state"])
         self.reason = e.get("reason")
         self.exit_code = e.get("exit_code")
-        self.pid = e.get("pid", self.pid)
+        pid = e.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            self.pid = pid
 
     def _on_step(self, e: dict[str, Any]) -> None:
-        step, loss = _number(e["step"]), _number(e.get("loss"))
-        self.last_step = e
+        e = _numbers_only(e, EVENT_TYPES["step"])
+        step, loss = _number(e.get("step")), _number(e.get("loss"))
         if step is None:
             return
+        self.last_step = e
         if loss is not None:
             self.loss.add(step, loss)
             self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
@@ -145,7 +159,7 @@ class RunHistory:
         self.logs.append(("info", f"resumed from {e.get('checkpoint')} at step {int(step)}"))
 
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
-        self.checkpoints[str(e["path"])] = e
+        self.checkpoints[str(e["path"])] = _numbers_only(e, ("t", "step", "seconds", "bytes"))
 
     def _on_log(self, e: dict[str, Any]) -> None:
         self.logs.append((str(e.get("level", "info")), str(e.get("message", ""))))
@@ -155,7 +169,7 @@ class RunHistory:
         self.logs.append(("error", str(e.get("message", ""))))
 
     def _on_cost(self, e: dict[str, Any]) -> None:
-        self.cost = e
+        self.cost = _numbers_only(e, EVENT_TYPES["cost"])
 
     def _on_spot(self, e: dict[str, Any]) -> None:
         self.spot = e

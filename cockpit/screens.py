@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -20,13 +21,17 @@ class HelpScreen(ModalScreen[None]):
         self.rows = rows
 
     def compose(self) -> ComposeResult:
-        text = Text("Keys\n\n", style="bold")
+        keys = Table.grid(padding=(0, 2))  # a long explanation wraps inside its own column
+        keys.add_column(justify="right", style="bold", no_wrap=True)
+        keys.add_column(no_wrap=True)
+        keys.add_column()
         for key, description, tooltip in self.rows:
-            text.append(f"{key:>8}  ", style="bold")
-            text.append(f"{description:<22} {tooltip}\n")
-        text.append("\nCtrl+P opens the command palette. Remap keys in ~/.config/training-cockpit/settings.toml.")
+            keys.add_row(Text(key), Text(description), Text(tooltip))
         with Vertical(id="help-box"):
-            yield Static(text)
+            yield Static(Text("Keys\n", style="bold"))
+            yield Static(keys)
+            yield Static(Text("\nCtrl+P opens the command palette. "
+                              "Remap keys in ~/.config/training-cockpit/settings.toml."))
 
     def action_dismiss(self) -> None:
         self.dismiss(None)
@@ -44,7 +49,8 @@ class ConfirmStop(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box"):
-            yield Label(f"Stop the run? (y/n)\n{self.run} checkpoints, then its engine exits.")
+            yield Label(f"Stop the run? (y/n)\n{self.run} checkpoints, then its engine exits.",
+                        markup=False)  # a run's name is a directory name: any text at all
             yield Button("Stop the run", id="yes", variant="error")
             yield Button("Keep training", id="no")
 

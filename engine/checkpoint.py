@@ -115,13 +115,28 @@ class CheckpointStore:
                 p.unlink(missing_ok=True)
 
     def load_latest(self, warn: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
-        """The newest checkpoint that loads and is complete; older ones on failure."""
+        """The newest checkpoint that loads and is complete; older ones on failure.
+
+        Once a usable one is found, the unusable newer files are renamed to *.unusable: kept
+        for inspection, but no longer taking a keep_last slot or warning at every resume.
+        With no usable file at all, nothing is touched.
+        """
+        bad: list[Path] = []
         for _, path in reversed(self.files()):
             try:
-                return load(path), path
+                state = load(path)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped
                 warn(f"checkpoint {path.name} is unusable ({_short(exc)}); trying the previous one")
+                bad.append(path)
+                continue
+            for b in bad:
+                b.replace(b.with_name(b.name + ".unusable"))
+            return state, path
         return None
+
+    def mark_best(self, step: int) -> None:
+        """Point `best` at the checkpoint already written for this step."""
+        write_json_atomic(self.folder / "best", {"file": f"step-{step:08d}.pt", "step": step})
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -142,4 +157,4 @@ def _short(exc: Exception) -> str:
     # torch's weights-only refusal puts the reason on a later line ("WeightsUnpickler error:
     # Unsupported global: GLOBAL exec ..." or "Trying to load unsupported GLOBAL posix.system ...")
     reason = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln or "GLOBAL" in ln), "")
-    return (lines[0][:120] + (f" {reason[:200]}" if reason else "")).strip()
+    return (lines[0][:100] + (f" {reason[:160]}" if reason else "")).strip()

@@ -40,18 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="start a new run from a TOML config")
+    sub_kw = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    p = sub.add_parser("run", help="start a new run from a TOML config", **sub_kw)
     p.add_argument("config", help="path of the TOML config file")
     p.add_argument("--run-id", help="name of the run directory (default: time-name-random)")
     _common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="train the built-in demo (bundled digits, no download)")
+    p = sub.add_parser("demo", help="train the built-in demo (bundled digits, no download)", **sub_kw)
     p.add_argument("--run-id", help="name of the run directory")
     _common(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
+    p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint", **sub_kw)
     p.add_argument("run", help="run directory, or run id under the runs directory")
     _common(p)
     p.set_defaults(func=cmd_resume)

@@ -334,12 +334,19 @@ def _format_error(err: dict[str, Any], source: str) -> str:
     return f"{source}: {path} = {err['input']!r}: {msg[0].lower()}{msg[1:]}"
 
 
-def validate(data: dict[str, Any], source: str = "config") -> Config:
-    """Validate a raw dict into a Config, raising BadInput listing every problem."""
+def validate(data: dict[str, Any], source: str = "config", overridden: tuple[str, ...] = ()) -> Config:
+    """Validate a raw dict into a Config, raising BadInput listing every problem.
+
+    Errors at a path given with --set are attributed to --set rather than to the file.
+    """
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        lines = [_format_error(e, source) for e in exc.errors()]
+        def origin(err: dict[str, Any]) -> str:
+            path = ".".join(str(p) for p in err["loc"])
+            return "--set" if any(path == o or path.startswith(o + ".") for o in overridden) else source
+
+        lines = [_format_error(e, origin(e)) for e in exc.errors()]
         raise BadInput("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
@@ -391,7 +398,8 @@ def load(path: str | os.PathLike[str] | None, overrides: list[str] = ()) -> Conf
     """Load a config file (or the defaults when path is None) with overrides applied."""
     raw = read_toml(path) if path is not None else {}
     source = str(path) if path is not None else "config"
-    return validate(apply_overrides(raw, list(overrides)), source)
+    overridden = tuple(".".join(parse_override(o)[0]) for o in overrides)
+    return validate(apply_overrides(raw, list(overrides)), source, overridden)
 
 
 def to_toml(cfg: Config) -> str:

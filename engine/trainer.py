@@ -292,8 +292,10 @@ class Trainer:
     # ---- checkpoints, commands, state -------------------------------------------------
 
     def save(self, reason: str, best: bool = False) -> ckpt.Saved | None:
-        """Checkpoint now (once per step unless it must be marked best)."""
-        if self.pos.step == self.last_save_step and not best:
+        """Checkpoint now (at most once per step; a later `best` only moves the pointer)."""
+        if self.pos.step == self.last_save_step:
+            if best:
+                self.store.mark_best(self.pos.step)
             return None
         previous = self.state
         self.set_state("checkpointing")

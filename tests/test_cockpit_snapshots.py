@@ -104,5 +104,5 @@ def test_gpu_pane_with_nvml(snap_compare, run: Path):
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=sampled)
     text = shown["text"]
-    assert "GPU0  97% 61.5/80.0 GiB 71°C 612 W" in text and "GPU1   3%" in text
+    assert "GPU0  97% 61.5/80 GiB 71°C 612W" in text and "GPU1   3%" in text
     assert f"pid {ENGINE_PID} 60.0 GiB" in text

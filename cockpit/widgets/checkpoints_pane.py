@@ -21,14 +21,26 @@ def fmt_age(seconds: float) -> str:
     return f"{s // 60}m" if s >= 60 else f"{s}s"
 
 
+def on_disk(path: str, run: Path | None) -> bool:
+    """Whether a checkpoint event's file still exists. The engine writes absolute paths; a
+    relative path is taken against the run directory, and so is the file name of an absolute
+    path that is not there (a run directory copied from another machine, or moved)."""
+    p = Path(path)
+    if run is None:
+        return p.exists()
+    if not p.is_absolute():
+        return (run / p).exists()
+    return p.exists() or (run / "checkpoints" / p.name).exists()
+
+
 class CheckpointsPane(Static):
     """The checkpoints still on disk."""
 
     text: reactive[Text] = reactive(Text("no checkpoints yet"), layout=True)
 
-    def show(self, h: RunHistory, now: float | None = None) -> None:
+    def show(self, h: RunHistory, now: float | None = None, run: Path | None = None) -> None:
         now = time.time() if now is None else now
-        alive = [e for p, e in h.checkpoints.items() if Path(p).exists()]
+        alive = [e for p, e in h.checkpoints.items() if on_disk(p, run)]
         if not alive:
             self.text = Text("no checkpoints yet")
             return

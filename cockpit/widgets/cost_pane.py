@@ -7,6 +7,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from cockpit.history import RunHistory
+from cockpit.sanitize import clean
 
 
 class CostPane(Static):
@@ -18,17 +19,17 @@ class CostPane(Static):
         t = Text()
         spot = h.spot
         if spot:
-            t.append(f"{spot.get('lifecycle', '?')} {spot.get('instance_type', '')}\n")
+            t.append(clean(f"{spot.get('lifecycle', '?')} {spot.get('instance_type', '')}")[:80] + "\n")
             if spot.get("notice"):
-                t.append(f"interruption notice: {spot['notice']}\n", style="bold red")
+                t.append(f"interruption notice: {clean(str(spot['notice']))[:200]}\n", style="bold red")
         else:
             t.append("not on a cloud instance\n")
         c = h.cost
         if c:
-            cur = c.get("currency", "USD")
+            cur = clean(str(c.get("currency", "USD")))[:8]
             t.append(f"{c.get('accumulated', 0):.4f} {cur} so far\n")
             t.append(f"{c.get('projected', 0):.4f} {cur} projected\n")
-            t.append(f"at {c.get('price_per_hour', 0):.3f} {cur}/h ({c.get('source', '?')})")
+            t.append(f"at {c.get('price_per_hour', 0):.3f} {cur}/h ({clean(str(c.get('source', '?')))[:20]})")
         elif configured_price is not None:
             t.append(f"price {configured_price:.3f}/h (configured)")
         else:

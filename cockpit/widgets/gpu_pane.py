@@ -27,11 +27,11 @@ class GpuPane(Static):
             hist = self.util_history.setdefault(d.index, deque(maxlen=60))
             hist.append(d.util)
             t.append(f"GPU{d.index} {d.util:3.0f}% ", style="bold")
-            t.append(f"{d.mem_used_gib:.1f}/{d.mem_total_gib:.1f} GiB ")
+            t.append(f"{d.mem_used_gib:.1f}/{d.mem_total_gib:.0f} GiB ")  # one line in the side column
             if d.temperature is not None:
                 t.append(f"{d.temperature:.0f}°C ")
             if d.power_w is not None:
-                t.append(f"{d.power_w:.0f} W")
+                t.append(f"{d.power_w:.0f}W")
             t.append("\n" + spark(list(hist), 30) + "\n")
             for pid, gib in d.processes[:3]:
                 t.append(f"  pid {pid} {gib:.1f} GiB\n", style="reverse" if pid == engine_pid else "")

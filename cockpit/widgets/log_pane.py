@@ -29,13 +29,15 @@ class LogPane(Static):
 
     text: reactive[Text] = reactive(Text("no log yet"), layout=True)
 
-    def show(self, path: Path, n: int = 8) -> None:
+    def show(self, path: Path, n: int | None = None) -> None:
+        """The last n lines (default: as many as the pane has rows, so the newest line shows)."""
+        n = n or self.content_size.height or 8
         t = Text(no_wrap=True, overflow="ellipsis")
-        for line in tail_lines(path, n):
+        for i, line in enumerate(tail_lines(path, n)):
             low = line.lower()
             style = "bold red" if ("error" in low or "traceback" in low) else (
                 "yellow" if "warning" in low else "")
-            t.append(clean(line)[: max(20, self.size.width - 2)] + "\n", style=style)
+            t.append(("\n" if i else "") + clean(line)[: max(20, self.size.width - 2)], style=style)
         self.text = t if t.plain else Text("no log yet")
 
     def render(self) -> Text:

@@ -28,7 +28,7 @@ class ThroughputPane(Static):
             return
         done, total = e.get("batch", 0), e.get("batches_per_epoch") or 1
         bar_w = 10
-        filled = int(bar_w * min(1.0, done / total))
+        filled = int(bar_w * max(0.0, min(1.0, done / total)))
         t = Text()
         t.append(f"{e.get('samples_per_s', 0):,.0f} samples/s {e.get('steps_per_s', 0):.1f} steps/s\n")
         t.append(f"ep {int(e.get('epoch', 0)) + 1} ")
