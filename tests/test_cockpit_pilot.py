@@ -84,3 +84,41 @@ async def test_keys_checkpoint_pause_stop_resume_quit(live_run: Path):
     assert read_status(live_run)["state"] == "running", "quitting the cockpit leaves the engine training"
     step = read_status(live_run)["step"]
     wait_for(lambda: read_status(live_run)["step"] > step, what="the engine to keep training")
+
+
+async def test_new_run_key_starts_a_detached_engine_and_attaches(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.replace("epochs = 3", "epochs = 400"))
+    runs = tmp_path / "runs"
+    app = CockpitApp(runs, user=Settings(), poll_gpu=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("n")
+        await pilot.press(*str(config))
+        await pilot.press("enter")
+        await until(pilot, lambda: app.link is not None and app.link.history.state == "running",
+                    what="the new run to train")
+        run = only_run(runs)
+        assert app.link.run.resolve() == run.resolve()
+        reply = app.link.send("stop")
+        assert reply["ok"] and reply["state"] == "stopped"
+        await until(pilot, lambda: app.link.history.state == "stopped", what="stopped")
+
+
+async def test_a_bad_config_from_the_new_run_key_is_reported_not_fatal(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlrr = 0.1\n")
+    app = CockpitApp(tmp_path / "runs", user=Settings(), poll_gpu=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("n")
+        await pilot.press(*str(bad))
+        await pilot.press("enter")
+        await until(pilot, lambda: any("did not start" in n for n in notes(app)), what="the error")
+        message = [n for n in notes(app) if "did not start" in n][0]
+        assert "optim.lrr" in message and "did you mean 'lr'" in message
+        await pilot.press("question_mark")
+        await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen", what="help")
+        await pilot.press("q")
+        await until(pilot, lambda: type(app.screen).__name__ != "HelpScreen", what="help to close")
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
