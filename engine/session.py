@@ -46,6 +46,10 @@ def check_device(cfg: Config) -> None:
     """Refuse a GPU device on a machine without one, before anything is written."""
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInput(f"train.device = {cfg.train.device!r}: no CUDA device is visible; use 'auto' or 'cpu'")
+    if torch.cuda.is_available():
+        # TF32 trades mantissa bits for tensor-core speed on Ampere and later; off unless asked.
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
 
 
 def prepare(cfg: Config) -> tuple[DataSpec, torch.nn.Module]:

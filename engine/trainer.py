@@ -35,6 +35,7 @@ class Position:
     best: float | None = None
     train_seconds: float = 0.0
     samples: int = 0
+    skipped: int = 0       # fp16 steps skipped for inf/NaN gradients (the schedule holds still)
 
 
 class StopRun(Exception):
@@ -191,18 +192,27 @@ class Trainer:
     def optimizer_step(self, meter: "StepMeter") -> None:
         """Unscale, clip, step, update the scaler, zero the gradients."""
         t0 = time.perf_counter()
-        lr = lr_at(self.pos.step, self.total_steps, self.pos.peak_lr, self.cfg.schedule)
+        lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.cfg.train.grad_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip_norm)
+        # fp16 only: GradScaler.step already synchronizes to check for inf/NaN, so reading the
+        # scale costs no extra stall. The scale only ever shrinks when the step was skipped.
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale_before:
+            self.pos.skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.pos.step += 1
         meter.lr, meter.steps = lr, meter.steps + 1
         meter.optim += time.perf_counter() - t0
+
+    def current_lr(self) -> float:
+        """The schedule's rate for the next step; skipped fp16 steps do not advance it."""
+        return lr_at(self.pos.step - self.pos.skipped, self.total_steps, self.pos.peak_lr, self.cfg.schedule)
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -235,7 +245,7 @@ class Trainer:
             batches_per_epoch=self.batches, loss=report["loss"], lr=report["lr"],
             samples_per_s=report["samples_per_s"], steps_per_s=report["steps_per_s"],
             eta_s=eta, time_data_s=report["data"], time_compute_s=report["compute"],
-            time_optim_s=report["optim"], time_comm_s=0.0,
+            time_optim_s=report["optim"], time_comm_s=0.0, skipped_steps=self.pos.skipped,
         )
         self._emit_cost(eta)
 
@@ -345,7 +355,7 @@ class Trainer:
     def _set_lr(self, pending: Pending) -> None:
         """Make the current lr the requested one; the schedule keeps its shape from here."""
         lr = float(pending.request["lr"])
-        factor = lr_at(self.pos.step, self.total_steps, 1.0, self.cfg.schedule)
+        factor = lr_at(self.pos.step - self.pos.skipped, self.total_steps, 1.0, self.cfg.schedule)
         self.pos.peak_lr = lr / factor if factor > 1e-12 else lr
         self.tele.emit("log", level="info", message=f"learning rate set to {lr:g} at step {self.pos.step}")
         pending.answer(lr=lr, peak_lr=self.pos.peak_lr, step=self.pos.step)
@@ -376,7 +386,7 @@ class Trainer:
         """What `status` replies and status.json holds."""
         return {"state": self.state, "step": self.pos.step, "epoch": self.pos.epoch,
                 "total_steps": self.total_steps, "loss": self.last_loss,
-                "lr": lr_at(self.pos.step, self.total_steps, self.pos.peak_lr, self.cfg.schedule),
+                "lr": self.current_lr(),
                 "run_id": self.run.path.name, "socket": str(self.server.path)}
 
     def write_status(self, **extra: Any) -> None:

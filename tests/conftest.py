@@ -55,9 +55,10 @@ def engine_env() -> dict[str, str]:
     return env
 
 
-def run_engine(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_engine(*args: str, cwd: Path | None = None, timeout: float = 240,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run cockpit-engine to completion and return the completed process."""
-    return subprocess.run(engine_cmd(*args), cwd=cwd, env=engine_env(), capture_output=True,
+    return subprocess.run(engine_cmd(*args), cwd=cwd, env=env or engine_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
