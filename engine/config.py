@@ -200,6 +200,8 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing")
     channels_last: bool = Field(False, description="channels_last memory format for conv nets")
     tf32: bool = Field(False, description="Allow TF32 matmuls and convolutions on GPUs that have them")
+    peak_tflops: Optional[float] = Field(
+        None, gt=0, description="The device's peak TFLOP/s for MFU (default: a table of common GPUs)")
     compile: bool = Field(False, description="torch.compile the model (falls back to eager on failure)")
     compile_mode: str = Field("default", description="torch.compile mode")
 

@@ -127,6 +127,8 @@ def describe(event: dict[str, Any]) -> str | None:
     if kind == "checkpoint":
         return (f"checkpoint saved at step {event['step']}: {event['path']} "
                 f"({event['bytes'] / 1e6:.1f} MB, {event['seconds']:.2f} s)")
+    if kind == "doctor":
+        return f"doctor: {event['message']}"
     if kind == "resume":
         return f"resumed from {event['checkpoint']} at step {event['step']}"
     if kind == "log":

@@ -16,6 +16,7 @@ from torch import nn
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.control import ControlServer, Pending
+from engine.doctor import Doctor, flops_per_sample, peak_tflops
 from engine.data import DataSpec, EpochSampler, Prepared, batches_per_epoch, make_loader
 from engine.optim import build_optimizer
 from engine.protocol import EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED
@@ -78,6 +79,11 @@ class Trainer:
         self.last_save_step, self.last_save_time = -1, time.monotonic()
         self.last_status = 0.0
         self.last_loss: float | None = None
+        self.doctor = Doctor()
+        sample = spec.train[0][0]
+        self.flops = flops_per_sample(self.model, tuple(sample.shape)) if hasattr(sample, "shape") else None
+        self.peak = cfg.train.peak_tflops or (
+            peak_tflops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None)
         if resume is not None:
             self._restore(resume)
 
@@ -246,8 +252,24 @@ class Trainer:
             samples_per_s=report["samples_per_s"], steps_per_s=report["steps_per_s"],
             eta_s=eta, time_data_s=report["data"], time_compute_s=report["compute"],
             time_optim_s=report["optim"], time_comm_s=0.0, skipped_steps=self.pos.skipped,
+            **self._flops(report["samples_per_s"]),
         )
+        self.doctor.add(report["data"], report["compute"] + report["optim"], 0.0)
+        verdict = self.doctor.changed()
+        if verdict is not None:
+            self.tele.emit("doctor", step=self.pos.step, bound=verdict.bound, share=verdict.share,
+                           field=verdict.field, remedy=verdict.remedy, message=verdict.message())
         self._emit_cost(eta)
+
+    def _flops(self, samples_per_s: float) -> dict[str, float]:
+        """Achieved TFLOP/s, and MFU where the device's peak is known."""
+        if not self.flops:
+            return {}
+        achieved = self.flops * samples_per_s / 1e12
+        out = {"tflops": achieved}
+        if self.peak:
+            out["mfu"] = achieved / self.peak
+        return out
 
     def _emit_cost(self, eta: float | None) -> None:
         price = self.cfg.cost.price_per_hour

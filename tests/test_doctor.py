@@ -1,0 +1,104 @@
+"""The bottleneck doctor: a slow dataset is input-bound, a big model on tiny data compute-bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import engine_env, events_of, only_run, run_engines
+from engine.doctor import Doctor, flops_per_sample, peak_tflops
+
+SLOW_DATA = '''
+import time
+import torch
+from torch.utils.data import Dataset
+
+class Slow(Dataset):
+    """Tiny images that take a while to load."""
+
+    classes = list(range(4))
+
+    def __init__(self, n, delay):
+        self.n, self.delay = n, delay
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return torch.full((1, 8, 8), float(i % 4)), i % 4
+
+def make(delay):
+    return Slow(256, delay), Slow(32, 0.0)
+'''
+
+
+def config(data: str, model: str) -> str:
+    return f"""
+[model]
+{model}
+[data]
+{data}
+[train]
+max_steps = 12
+batch_size = 16
+deterministic = false
+[checkpoint]
+on_epoch_end = false
+best_metric = "val_loss"
+[logging]
+every_steps = 2
+max_step_events_per_s = 100000
+tensorboard = false
+"""
+
+
+def test_slow_data_is_input_bound_and_a_big_model_compute_bound(tmp_path: Path):
+    (tmp_path / "slowdata.py").write_text(SLOW_DATA)
+    env = engine_env()
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    (tmp_path / "slow.toml").write_text(config('name = "slowdata:make"\nfactory_args = { delay = 0.005 }',
+                                               'name = "small_cnn"\nfactory_args = { width = 4 }'))
+    (tmp_path / "big.toml").write_text(config('name = "synthetic"\nsynthetic_samples = 64\nsynthetic_shape = [3, 64, 64]',
+                                              'name = "resnet18"'))
+    done = run_engines({
+        name: {"args": ["run", str(tmp_path / f"{name}.toml"), "--runs-dir", str(tmp_path / name)], "env": env}
+        for name in ("big", "slow")})
+    verdicts = {}
+    for name, proc in done.items():
+        assert proc.returncode == 0, proc.stderr
+        events = events_of(only_run(tmp_path / name))
+        doctors = [e for e in events if e["type"] == "doctor"]
+        assert doctors, f"{name}: no doctor event"
+        verdicts[name] = doctors[-1]
+    assert verdicts["slow"]["bound"] == "input" and verdicts["slow"]["field"] == "data.num_workers"
+    assert verdicts["big"]["bound"] == "compute" and verdicts["big"]["field"] == "train.precision"
+    steps = [e for e in events_of(only_run(tmp_path / "big")) if e["type"] == "step"]
+    assert all(e["tflops"] > 0 for e in steps), "achieved TFLOP/s come from torch's FLOP counter"
+
+
+def test_doctor_speaks_only_when_the_verdict_changes():
+    doc = Doctor(window=4)
+    for _ in range(4):
+        doc.add(0.0, 1.0, 0.0)
+    assert doc.changed().bound == "compute"
+    doc.add(0.0, 1.0, 0.0)
+    assert doc.changed() is None
+    for _ in range(4):
+        doc.add(3.0, 1.0, 0.0)
+    verdict = doc.changed()
+    assert verdict.bound == "input" and verdict.share == 0.75
+
+
+def test_flops_counting_matches_a_linear_layer_and_leaves_rng_alone():
+    import torch
+
+    layer = torch.nn.Linear(100, 10)
+    before = torch.get_rng_state()
+    flops = flops_per_sample(layer, (100,))
+    assert torch.equal(before, torch.get_rng_state())
+    assert flops == 2 * (2 * 100 * 10)  # forward, plus the weight gradient (inputs need none)
+
+
+def test_peak_table_knows_common_gpus():
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops("Some Future Accelerator") is None
