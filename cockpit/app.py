@@ -162,15 +162,15 @@ class CockpitApp(App):
                     severity="error", markup=False, timeout=10)
 
     def refresh_banner(self) -> None:
-        if self.link:
+        if self.link and self.is_running:
             with self.link.lock:
                 self.query_one(RunBanner).show(self.link.name, self.link.history, self.link.vanished)
 
     def refresh_panes(self) -> None:
         """Push the history down into the panes (at most REFRESH_HZ times a second)."""
         link = self.link
-        if link is None or not self.dirty:
-            return
+        if link is None or not self.dirty or not self.is_running:
+            return  # not running: shutting down, the panes may be gone while a timer still fires
         self.dirty = False
         with link.lock:
             h = link.history
@@ -185,6 +185,8 @@ class CockpitApp(App):
 
     def refresh_runs(self) -> None:
         """Re-read the runs directory into the runs list."""
+        if not self.is_running:
+            return
         table = self.query_one("#runs", DataTable)
         selected = None
         if table.row_count and table.is_valid_row_index(table.cursor_row):

@@ -12,8 +12,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.protocol import EVENT_TYPES
-
 
 class Series:
     """(x, y) points, downsampled by pairwise merging once `capacity` is reached."""
@@ -78,6 +76,13 @@ def _number(value: Any) -> float | None:
     return None
 
 
+#: Fields the panes format as numbers (a malformed event must not take the cockpit down).
+STEP_NUMBERS = ("step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s", "steps_per_s",
+                "eta_s", "time_data_s", "time_compute_s", "time_optim_s", "time_comm_s")
+CHECKPOINT_NUMBERS = ("t", "step", "seconds", "bytes")
+COST_NUMBERS = ("price_per_hour", "accumulated", "projected")
+
+
 def _numbers_only(e: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The event without those of `keys` that are not finite numbers: panes format them as numbers."""
     return {k: v for k, v in e.items() if k not in keys or _number(v) is not None}
@@ -104,6 +109,7 @@ class RunHistory:
     error: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     spot: dict[str, Any] = field(default_factory=dict)
+    doctor: dict[str, Any] = field(default_factory=dict)
     events_seen: int = 0
     ema: float | None = None
 
@@ -128,7 +134,7 @@ class RunHistory:
             self.pid = pid
 
     def _on_step(self, e: dict[str, Any]) -> None:
-        e = _numbers_only(e, EVENT_TYPES["step"])
+        e = _numbers_only(e, STEP_NUMBERS)
         step, loss = _number(e.get("step")), _number(e.get("loss"))
         if step is None:
             return
@@ -144,14 +150,18 @@ class RunHistory:
 
     def _on_eval(self, e: dict[str, Any]) -> None:
         self.last_eval = e
-        metrics, step = e["metrics"], float(e["step"])
+        metrics, step = e["metrics"], _number(e.get("step"))
+        if step is None:
+            return
         for series, key in ((self.val_loss, "loss"), (self.val_accuracy, "accuracy")):
             value = _number(metrics.get(key))
             if value is not None:
                 series.add(step, value)
 
     def _on_resume(self, e: dict[str, Any]) -> None:
-        step = float(e["step"])
+        step = _number(e.get("step"))
+        if step is None:
+            return  # (a NaN step would drop every point)
         for series in (self.loss, self.smooth, self.lr, self.throughput, self.val_loss, self.val_accuracy):
             series.drop_after(step)
         ys = self.smooth.ys
@@ -159,7 +169,7 @@ class RunHistory:
         self.logs.append(("info", f"resumed from {e.get('checkpoint')} at step {int(step)}"))
 
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
-        self.checkpoints[str(e["path"])] = _numbers_only(e, ("t", "step", "seconds", "bytes"))
+        self.checkpoints[str(e["path"])] = _numbers_only(e, CHECKPOINT_NUMBERS)
 
     def _on_log(self, e: dict[str, Any]) -> None:
         self.logs.append((str(e.get("level", "info")), str(e.get("message", ""))))
@@ -169,7 +179,10 @@ class RunHistory:
         self.logs.append(("error", str(e.get("message", ""))))
 
     def _on_cost(self, e: dict[str, Any]) -> None:
-        self.cost = _numbers_only(e, EVENT_TYPES["cost"])
+        self.cost = _numbers_only(e, COST_NUMBERS)
 
     def _on_spot(self, e: dict[str, Any]) -> None:
         self.spot = e
+
+    def _on_doctor(self, e: dict[str, Any]) -> None:
+        self.doctor = e

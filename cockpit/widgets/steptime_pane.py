@@ -8,6 +8,7 @@ from textual.widgets import Static
 
 from cockpit.diagnosis import diagnose, split
 from cockpit.history import RunHistory
+from cockpit.sanitize import clean
 
 
 class StepTimePane(Static):
@@ -26,7 +27,12 @@ class StepTimePane(Static):
             t.append(("█" * round(width * share))[:width], style=style)
         t.append("\n")
         t.append(f"data {s.data:.0%} compute {s.compute:.0%} optim {s.optim:.0%}", style="dim")
-        t.append("\n" + diagnose(s))
+        verdict = h.doctor
+        if verdict.get("bound") and verdict.get("field"):
+            t.append(f"\n{clean(str(verdict['bound']))}-bound: {float(verdict.get('share', 0)):.0%}; "
+                     f"change {clean(str(verdict['field']))}")
+        else:
+            t.append("\n" + diagnose(s))
         self.text = t
 
     def render(self) -> Text:
