@@ -185,4 +185,4 @@ class RunHistory:
         self.spot = e
 
     def _on_doctor(self, e: dict[str, Any]) -> None:
-        self.doctor = e
+        self.doctor = _numbers_only(e, ("step", "share"))

@@ -20,8 +20,12 @@ from cockpit.gpu import GpuSampler
 from cockpit.runs import pid_alive, read_status
 from cockpit.settings import Settings
 from cockpit.widgets.banner import RunBanner
+from cockpit.widgets.checkpoints_pane import CheckpointsPane
+from cockpit.widgets.cost_pane import CostPane
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.log_pane import LogPane
+from cockpit.widgets.steptime_pane import StepTimePane
+from cockpit.widgets.throughput_pane import ThroughputPane
 from cockpit_helpers import (ENGINE_PID, FIXED_NOW, N_EVENTS, RUN_NAME, FakeNvml, copy_recorded, notes,
                              until)
 from conftest import run_engines
@@ -93,6 +97,7 @@ def attached(run: Path, **kwargs) -> CockpitApp:
 ESC_CLEAR, OSC_TITLE = "\x1b[2J", "\x1b]0;owned\x07"
 MARKUP = "[bold red]x[/]"
 LINK = "[link=https://evil.example]click[/link]"
+NAME = "exp [bold red]x [link=javascript:x]"
 
 
 def ev(type_: str, t: float = 1767268800.0, **fields) -> str:
@@ -100,11 +105,11 @@ def ev(type_: str, t: float = 1767268800.0, **fields) -> str:
 
 
 def hostile_run(root: Path) -> Path:
-    run = root / "exp [/] [bold]"  # a run's name is any directory name, markup included
+    run = root / NAME  # a run's name is any directory name, markup included
     run.mkdir(parents=True)
     (run / "config.toml").write_text("[model]\n")
     (run / "status.json").write_text(json.dumps({
-        "pid": 10**30, "state": "running", "step": 3, "host": f"{ESC_CLEAR}{MARKUP}{LINK}",
+        "pid": 10**30, "state": "running", "step": f"{ESC_CLEAR}[/] {MARKUP}", "host": socket.gethostname(),
         "loss": "NaN", "updated_at": "yesterday"}))
     lines = [
         ev("state", state="running", step=0, pid=-5),
@@ -118,9 +123,11 @@ def hostile_run(root: Path) -> Path:
            samples_per_s="fast", steps_per_s=None, eta_s="soon", time_data_s="x"),
         ev("step", step=3, epoch=0, batch=-10**30, batches_per_epoch=1, loss=0.9, lr=0.1,
            samples_per_s=100.0, steps_per_s=3.0, eta_s=5.0, time_data_s=0.1, time_compute_s=0.2),
+        ev("resume", step=float("nan"), checkpoint=MARKUP),  # json writes NaN; a reader accepts it
         ev("eval", step=3, epoch=0, metrics=[MARKUP]),
         ev("checkpoint", path=f"{run}/checkpoints/[blink]ck[reverse].pt", step="three", bytes="big", t=1),
         ev("checkpoint", path=f"{run}/checkpoints/[blink]ck[reverse].pt", step=3, bytes="big", t="x"),
+        ev("doctor", step=3, bound=f"{ESC_CLEAR}data", share="most", field=MARKUP, message=MARKUP),
         ev("cost", price_per_hour="free", accumulated=MARKUP, projected=None, currency=OSC_TITLE),
         ev("error", message=f"RuntimeError: {MARKUP}{ESC_CLEAR}",
            traceback=f"Traceback (most recent call last):\n  File \"{LINK}\", line 1\n"
@@ -132,7 +139,8 @@ def hostile_run(root: Path) -> Path:
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "[blink]ck[reverse].pt").write_bytes(b"x")
     (run / "engine.log").write_text(
-        f"{OSC_TITLE}start {LINK}\n" + "w" * 100_000 + "\n"
+        f"{OSC_TITLE}start\n" + "w" * 100_000 + "\n"
+        f"{OSC_TITLE}see {LINK}\n"
         f"warning: {ESC_CLEAR}{MARKUP}\x1b[31mred\x1b[0m\x08\n"
         f"Traceback (most recent call last): {MARKUP}\n")
     return run
@@ -147,21 +155,26 @@ async def test_hostile_run_files_are_shown_literally_and_do_not_crash(tmp_path: 
         await pilot.pause(0.5)  # a few refreshes of every pane
         banner = app.query_one(RunBanner).text.plain
         log = app.query_one(LogPane).text.plain
-        assert "FAILED" in banner and "exp [/] [bold]" in banner
+        assert "FAILED" in banner and NAME in banner
         assert f"RuntimeError: {MARKUP}" in banner and LINK in banner  # the traceback's tail, literally
         assert MARKUP in log and LINK in log
-        for text in (banner, log):
-            assert "\x1b" not in text and "\x07" not in text and "\x08" not in text
+        for pane in (RunBanner, LogPane, CostPane, CheckpointsPane, ThroughputPane, StepTimePane, GpuPane):
+            text = app.query_one(pane).text.plain
+            assert "\x1b" not in text and "\x07" not in text and "\x08" not in text, pane.__name__
+        assert f"change {MARKUP}" in app.query_one(StepTimePane).text.plain  # the doctor's verdict
+        assert app.link.history.loss.points() == ([3.0], [0.9])  # the NaN resume dropped nothing
+        assert "ep 1 " + "░" * 10 in app.query_one(ThroughputPane).text.plain  # batch -1e30: an empty bar
+        assert "0.0000  so far" in app.query_one(CostPane).text.plain  # non-numbers shown as nothing
         assert max(len(line) for line in log.splitlines()) <= 120  # the 100k line is cut to the pane
 
         await pilot.press("l")  # the runs list shows the hostile status.json literally
         table = app.query_one("#runs")
         await until(pilot, lambda: table.row_count == 1, what="the runs list")
         cells = [c.plain for c in table.get_row_at(0)]
-        assert cells[0] == "exp [/] [bold]" and MARKUP in cells[-1] and "\x1b" not in cells[-1]
+        assert cells[0] == NAME and cells[2] == f"[/] {MARKUP}"  # "[/]" alone is a markup error
         assert cells[1] == "exited"  # status.json says running, and no process has that pid
         await pilot.press("l", "s")  # the stop confirmation names the run literally
-        assert "exp [/] [bold]" in str(app.screen.query_one("Label").render())
+        assert NAME in str(app.screen.query_one("Label").render())
         await pilot.press("n")
         await pilot.pause(0.6)  # two more refreshes, the runs list included
     assert app.return_code in (None, 0)
@@ -207,7 +220,7 @@ async def test_two_cockpits_on_one_run_both_drive_it(engines):
 
         replies = await asyncio.gather(asyncio.to_thread(one.link.send, "status"),
                                        asyncio.to_thread(two.link.send, "status"))
-        assert all(r["ok"] and r["state"] == "running" for r in replies), replies
+        assert all(r["ok"] and r["state"] in ("running", "checkpointing") for r in replies), replies
 
 
 # ---- themes and keys --------------------------------------------------------------------
@@ -305,6 +318,13 @@ def listening(port: int) -> bool:
 async def test_tensorboard_starts_on_localhost_and_stops_with_the_cockpit(tmp_path: Path):
     run = copy_recorded(tmp_path)
     app = attached(run)
+    try:
+        await tensorboard_session(app)
+    finally:
+        app.tb.stop()  # a skip or a failure must not leave it running
+
+
+async def tensorboard_session(app: CockpitApp) -> None:
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.press("b")
         proc = app.tb.proc
@@ -324,7 +344,9 @@ async def test_tensorboard_starts_on_localhost_and_stops_with_the_cockpit(tmp_pa
         addresses = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections("inet")
                      if c.status == psutil.CONN_LISTEN}
         assert addresses == {"127.0.0.1"}, addresses  # never reachable from other hosts
+        children = psutil.Process(proc.pid).children(recursive=True)  # its data server, if any
         await pilot.press("q")
     assert proc.poll() is not None, "quitting the cockpit stops its TensorBoard"
-    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"TensorBoard's helpers outlive the cockpit: {alive}"
     assert not listening(port)
