@@ -94,8 +94,9 @@ class CockpitApp(App):
                     yield ThroughputPane()
                     yield StepTimePane()
                     yield CostPane()
-                    yield CheckpointsPane()
-            yield LogPane()
+            with Horizontal(id="bottom"):
+                yield LogPane()
+                yield CheckpointsPane()
         yield Footer()
 
     def on_mount(self) -> None:

@@ -40,6 +40,11 @@ def load(path: Path | None = None) -> Settings:
 def save_theme(theme: str, path: Path | None = None) -> None:
     """Remember the theme, keeping the key remapping."""
     path = path or settings_path()
+    if path.exists():
+        try:
+            tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            return  # never overwrite a file the user is still fixing (their keymap is in it)
     current = load(path)
     lines = [f'theme = "{theme}"']
     if current.keys:

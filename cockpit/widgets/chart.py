@@ -10,6 +10,16 @@ Line = tuple[list[float], list[float], str, str]  # xs, ys, label, colour
 class Chart(PlotextPlot):
     """Redraws from a list of lines; the caller decides what they are."""
 
+    def theme_color(self, variable: str, fallback: str) -> str | tuple[int, int, int]:
+        """A colour the theme names (e.g. $loss-train), as plotext's (r, g, b)."""
+        try:
+            value = self.app.current_theme.variables.get(variable, "")
+        except Exception:  # noqa: BLE001 - no app or theme yet
+            value = ""
+        if len(value) == 7 and value.startswith("#"):
+            return tuple(int(value[i:i + 2], 16) for i in (1, 3, 5))
+        return fallback
+
     def draw(self, title: str, lines: list[Line], ylabel: str = "", log_y: bool = False) -> None:
         plt = self.plt
         plt.clear_data()

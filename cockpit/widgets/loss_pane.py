@@ -12,7 +12,7 @@ class LossPane(Chart):
     def show(self, h: RunHistory) -> None:
         train, smooth, val = h.loss.points(), h.smooth.points(), h.val_loss.points()
         self.draw("loss", [
-            (train[0], train[1], "train", "gray"),
-            (smooth[0], smooth[1], "smoothed", "cyan"),
-            (val[0], val[1], "validation", "orange"),
+            (train[0], train[1], "train", self.theme_color("loss-train", "gray")),
+            (smooth[0], smooth[1], "smoothed", self.theme_color("loss-smooth", "cyan")),
+            (val[0], val[1], "validation", self.theme_color("loss-val", "orange")),
         ])
