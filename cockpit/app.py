@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -76,6 +77,9 @@ class CockpitApp(App):
         self.tb = TensorBoardServer(runs_root)
         self.cockpit_themes = [t.name for t in load_themes()]
         self.low_util = LowUtilWatch()
+        #: Set when the app shuts down: thread workers poll it (a cancelled asyncio task
+        #: cannot stop a thread, and a thread left looping would keep the process alive).
+        self.closing = threading.Event()
 
     # ---- layout ---------------------------------------------------------------------
 
@@ -150,7 +154,7 @@ class CockpitApp(App):
         link.follow(
             on_update=lambda kinds: self.post_message(HistoryUpdated(link.name, frozenset(kinds))),
             on_gone=lambda: self.post_message(EngineVanished(link.name, None)),
-            stop=lambda: worker.is_cancelled or self.link is not link)
+            stop=lambda: worker.is_cancelled or self.link is not link or self.closing.is_set())
 
     def on_history_updated(self, message: HistoryUpdated) -> None:
         self.dirty = True
@@ -334,8 +338,13 @@ class CockpitApp(App):
 
     async def action_quit(self) -> None:
         """Leave; the engine keeps training (it is its own process session)."""
+        self.closing.set()
         self.tb.stop()
         self.exit()
+
+    def on_unmount(self) -> None:
+        self.closing.set()
+        self.tb.stop()
 
     def on_command_answered(self, message: CommandAnswered) -> None:
         reply = message.reply
@@ -371,7 +380,7 @@ class CockpitApp(App):
         """Sample NVML (or the engine's CPU use) twice a second, in a thread."""
         sampler, worker = self.gpu or GpuSampler(), get_current_worker()
         pane = self.query_one(GpuPane)
-        while not worker.is_cancelled:
+        while not (worker.is_cancelled or self.closing.is_set()):
             link = self.link
             pid = link.history.pid if link else None
             if pid is None and link is not None:

@@ -56,7 +56,8 @@ class TensorImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i].float() / self.scale, int(self.labels[i])
+        x = self.images[i].float()
+        return (x / self.scale if self.scale != 1.0 else x), int(self.labels[i])
 
     def split(self, val_fraction: float) -> tuple["TensorImages", "TensorImages"]:
         """A fixed split (independent of the training seed, so validation never moves)."""
@@ -275,12 +276,11 @@ class EpochSampler(Sampler):
 
 
 class Prepared(Dataset):
-    """Indexes a base dataset by (epoch, index): augments (train) and normalizes."""
+    """Indexes a base dataset by (epoch, index) and augments (train). Normalization is done
+    per batch by `Normalizer`, on the device, which is cheaper than per sample."""
 
     def __init__(self, base: Dataset, spec: DataSpec, aug: AugmentConfig, seed: int, train: bool):
         self.base, self.aug, self.seed, self.train = base, aug, seed, train
-        self.mean = torch.tensor(spec.mean).view(-1, 1, 1)
-        self.std = torch.tensor(spec.std).view(-1, 1, 1)
         self.random = train and (aug.random_crop_padding > 0 or aug.horizontal_flip)
 
     def __len__(self) -> int:
@@ -293,8 +293,6 @@ class Prepared(Dataset):
         if self.random:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 2**24 + i)
             x = augment(x, g, self.aug.random_crop_padding, self.aug.horizontal_flip)
-        if self.aug.normalize:
-            x = (x - self.mean) / self.std
         return x, int(y)
 
 
@@ -308,6 +306,18 @@ def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool) -> torch.
     if flip and torch.rand((), generator=g).item() < 0.5:
         x = x.flip(-1)
     return x
+
+
+class Normalizer:
+    """Per-channel normalization of whole batches (bit-identical to doing it per sample)."""
+
+    def __init__(self, spec: DataSpec, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std if self.enabled and x.dim() == 4 else x
 
 
 def make_loader(ds: Dataset, cfg: Config, batch_size: int, sampler: EpochSampler) -> DataLoader:

@@ -95,4 +95,5 @@ class RunDir:
     def write_status(self, **fields: Any) -> None:
         """Replace status.json atomically."""
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time(), **fields}
-        write_json_atomic(self.status, doc)
+        # Rewritten every few seconds on the training thread: atomic, but not fsynced.
+        write_json_atomic(self.status, doc, durable=False)

@@ -17,7 +17,7 @@ from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.control import ControlServer, Pending
 from engine.doctor import Doctor, flops_per_sample, peak_tflops
-from engine.data import DataSpec, EpochSampler, Prepared, batches_per_epoch, make_loader
+from engine.data import DataSpec, EpochSampler, Normalizer, Prepared, batches_per_epoch, make_loader
 from engine.optim import build_optimizer
 from engine.protocol import EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED
 from engine.rundir import RunDir, socket_path_for
@@ -106,6 +106,7 @@ class Trainer:
         self.loader = make_loader(train, cfg, cfg.train.batch_size, self.sampler)
         eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size
         self.val_loader = make_loader(val, cfg, eval_bs, EpochSampler(len(val), 0, shuffle=False))
+        self.normalize = Normalizer(spec, cfg.data.augment.normalize, self.device)
         self.batches = batches_per_epoch(len(train), cfg.train.batch_size)
         self.steps_per_epoch = math.ceil(self.batches / cfg.train.grad_accum_steps)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
@@ -185,7 +186,7 @@ class Trainer:
     def micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: "StepMeter") -> None:
         """Forward and backward for one micro-batch; gradients accumulate."""
         t0 = time.perf_counter()
-        x = x.to(self.device, non_blocking=True)
+        x = self.normalize(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
         if self.cfg.train.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -310,7 +311,7 @@ class Trainer:
         self.model.eval()
         total, correct, loss_sum = 0, torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for x, y in self.val_loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self.normalize(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
             if self.cfg.train.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast():

@@ -122,3 +122,21 @@ def run_engines(jobs: dict[str, dict], timeout: float = 240) -> dict[str, subpro
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         futures = {name: pool.submit(one, job) for name, job in jobs.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_outlives_the_suite(tmp_path_factory):
+    """Safety net: detached engines a failing test left behind are killed at the end."""
+    yield
+    import signal
+
+    for status_file in tmp_path_factory.getbasetemp().rglob("status.json"):
+        status = status_of(status_file.parent)
+        pid = status.get("pid")
+        if status.get("state") in ("stopped", "finished", "failed") or not isinstance(pid, int) or pid <= 0:
+            continue
+        try:  # only if that pid is still an engine (pids get reused)
+            if b"engine.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,22 @@ def live_run(tmp_path: Path, monkeypatch) -> Path:
     assert done.returncode == 0, done.stderr
     run = only_run(runs)
     yield run
-    status = read_status(run)
-    if status.get("state") not in ("stopped", "finished", "failed"):
+    stop_engine(run)
+
+
+def stop_engine(run: Path) -> None:
+    """SIGTERM whatever engine trains this run (a resumed one has a new pid), until it stops."""
+    for _ in range(100):
+        status = read_status(run)
+        if status.get("state") in ("stopped", "finished", "failed"):
+            return
         try:
-            os.kill(status["pid"], 15)
-        except (KeyError, ProcessLookupError):
+            pid = int(status.get("pid") or 0)
+            if pid > 0:
+                os.kill(pid, 15)
+        except (ProcessLookupError, ValueError, OSError):
             pass
+        time.sleep(0.2)
 
 
 def notes(app) -> list[str]:
