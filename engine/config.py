@@ -228,6 +228,8 @@ class CheckpointConfig(Section):
     )
     on_epoch_end: bool = Field(True, description="Save after each epoch's validation")
     keep_last: int = Field(3, ge=2, description="Newest checkpoints kept (at least 2)")
+    async_save: bool = Field(
+        True, description="Write checkpoints on a background thread; the loop only pays for a host copy")
     best_metric: Optional[Literal["val_accuracy", "val_loss"]] = Field(
         "val_accuracy", description="Also keep the best checkpoint by this metric"
     )

@@ -38,7 +38,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "gpu": ("devices",),
     "cost": ("price_per_hour", "source", "accumulated", "projected"),
     "spot": ("lifecycle", "instance_type", "notice"),
-    "checkpoint": ("path", "step", "seconds", "bytes", "reason", "best"),
+    "checkpoint": ("path", "step", "seconds", "bytes", "reason", "best", "stall_s"),
     "trial": ("number", "params", "value", "state"),
     "log": ("level", "message"),
     "error": ("message", "traceback"),

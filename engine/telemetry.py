@@ -8,6 +8,7 @@ flood the file or the terminal; TensorBoard still gets every logged step.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -220,11 +221,13 @@ class Telemetry:
 
     def __init__(self, sinks: list[Sink]):
         self.sinks = sinks
+        self.lock = threading.Lock()  # the checkpoint writer thread emits too
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         event = make_event(type_, **fields)
-        for sink in self.sinks:
-            sink.emit(event)
+        with self.lock:
+            for sink in self.sinks:
+                sink.emit(event)
         return event
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from engine import checkpoint as ckpt
+from engine.async_save import AsyncSaver, HostStaging, Job
 from engine.config import Config
 from engine.control import ControlServer, Pending
 from engine.doctor import Doctor, flops_per_sample, peak_tflops
@@ -74,6 +75,9 @@ class Trainer:
         self.pos = Position(peak_lr=cfg.optim.lr)
         self.store = ckpt.CheckpointStore(run.checkpoints, cfg.checkpoint.keep_last)
         self.server = ControlServer(socket_path_for(run.path), self.status)
+        self.saver = AsyncSaver(self.store, self._saved, self._save_failed) if cfg.checkpoint.async_save else None
+        self.staging = HostStaging(pin=self.device.type == "cuda")
+        self.save_error: BaseException | None = None
         self.state = "starting"
         self.stop_signal: str | None = None
         self.last_save_step, self.last_save_time = -1, time.monotonic()
@@ -149,6 +153,7 @@ class Trainer:
             while not self.finished():
                 self.run_epoch()
             self.save("final")
+            self.flush_saves()
             self.set_state("finished")
             return EXIT_FINISHED
         except StopRun as stop:
@@ -159,6 +164,8 @@ class Trainer:
             self.set_state("failed", reason=f"{type(exc).__name__}: {exc}")
             return EXIT_FAILED
         finally:
+            if self.saver is not None:
+                self.saver.close()  # a failed run still finishes the writes it queued
             self.server.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -235,6 +242,8 @@ class Trainer:
         due_time = c.every_minutes and time.monotonic() - self.last_save_time >= c.every_minutes * 60
         if due_steps or due_time:
             self.save("periodic")
+        if self.save_error is not None:
+            self.flush_saves()
         self.obey()
         if time.monotonic() - self.last_status >= self.cfg.logging.status_every_s:
             self.write_status()
@@ -324,20 +333,74 @@ class Trainer:
 
     # ---- checkpoints, commands, state -------------------------------------------------
 
-    def save(self, reason: str, best: bool = False) -> ckpt.Saved | None:
-        """Checkpoint now (at most once per step; a later `best` only moves the pointer)."""
+    def save(self, reason: str, best: bool = False, pending: Pending | None = None) -> ckpt.Saved | None:
+        """Checkpoint now (at most once per step; a later `best` only moves the pointer).
+
+        With checkpoint.async_save the loop only copies the state to host memory; the write,
+        the event and the reply to `pending` come from the writer thread when it is done.
+        """
         if self.pos.step == self.last_save_step:
-            if best:
-                self.store.mark_best(self.pos.step)
+            self._mark_best_or_answer(best, pending)
             return None
         previous = self.state
         self.set_state("checkpointing")
-        saved = self.store.save(self.snapshot(), self.pos.step, best=best)
         self.last_save_step, self.last_save_time = self.pos.step, time.monotonic()
-        self.tele.emit("checkpoint", path=str(saved.path), step=saved.step,
-                       seconds=round(saved.seconds, 4), bytes=saved.bytes, reason=reason, best=best)
+        if self.saver is not None:
+            start = time.perf_counter()
+            state, release = self.staging.copy(self.snapshot())
+            self.saver.submit(Job(state, self.pos.step, best, reason, time.perf_counter() - start,
+                                  done=self._answer_when_written(pending), release=release))
+            self.set_state(previous)
+            return None
+        saved = self.store.save(self.snapshot(), self.pos.step, best=best)
+        self._saved(saved, Job(None, saved.step, best, reason, saved.seconds))
         self.set_state(previous)
+        if pending is not None:
+            pending.answer(step=saved.step, path=str(saved.path), bytes=saved.bytes, seconds=saved.seconds)
         return saved
+
+    def _mark_best_or_answer(self, best: bool, pending: Pending | None) -> None:
+        """A second request at the same step: move the best pointer, answer with the file."""
+        if self.saver is not None:
+            if best:
+                self.saver.submit(Job(None, self.pos.step, True, "best", 0.0))
+            self.saver.wait()
+        elif best:
+            self.store.mark_best(self.pos.step)
+        if pending is not None:
+            path = self.run.checkpoints / f"step-{self.pos.step:08d}.pt"
+            size = path.stat().st_size if path.exists() else None
+            pending.answer(step=self.pos.step, path=str(path), bytes=size, seconds=0.0)
+
+    def _answer_when_written(self, pending: Pending | None):
+        if pending is None:
+            return None
+
+        def done(saved: ckpt.Saved | None, job: Job) -> None:
+            if saved is None:
+                pending.answer(False, error=f"checkpoint at step {job.step} failed: {self.save_error}")
+            else:
+                pending.answer(step=saved.step, path=str(saved.path), bytes=saved.bytes,
+                               seconds=saved.seconds, stall_s=job.stall_s)
+        return done
+
+    def _saved(self, saved: ckpt.Saved, job: Job) -> None:
+        """Report a written checkpoint (from the writer thread when saving asynchronously)."""
+        extra = {"stall_s": round(job.stall_s, 6)} if self.saver is not None else {}
+        self.tele.emit("checkpoint", path=str(saved.path), step=saved.step,
+                       seconds=round(saved.seconds, 4), bytes=saved.bytes, reason=job.reason,
+                       best=job.best, **extra)
+
+    def _save_failed(self, exc: BaseException, job: Job) -> None:
+        self.save_error = exc
+
+    def flush_saves(self) -> None:
+        """Wait for queued checkpoints; a failed background write fails the run here."""
+        if self.saver is not None:
+            self.saver.wait()
+        if self.save_error is not None:
+            error, self.save_error = self.save_error, None
+            raise RuntimeError(f"writing a checkpoint failed: {error}") from error
 
     def obey(self) -> None:
         """Act on signals and queued commands; block here while paused."""
@@ -358,10 +421,7 @@ class Trainer:
         """Carry out one command and answer it."""
         cmd = pending.cmd
         if cmd == "checkpoint":
-            saved = self.save("command")
-            path = str(saved.path) if saved else str(self.run.checkpoints / f"step-{self.pos.step:08d}.pt")
-            pending.answer(step=self.pos.step, path=path, bytes=saved.bytes if saved else None,
-                           seconds=saved.seconds if saved else 0.0)
+            self.save("command", pending=pending)
         elif cmd == "pause":
             if self.state != "paused":
                 self.set_state("paused")
@@ -385,9 +445,10 @@ class Trainer:
 
     def _stop(self, stop: StopRun) -> int:
         self.set_state("stopping", reason=stop.reason)
-        saved = self.save("stop") or None
+        self.save("stop")
+        self.flush_saves()
         latest = self.store.pointer("latest")
-        path = str(saved.path) if saved else (str(self.run.checkpoints / latest) if latest else None)
+        path = str(self.run.checkpoints / latest) if latest else None
         if stop.pending:
             stop.pending.answer(state="stopped", step=self.pos.step, path=path)
         self.set_state("stopped", reason=stop.reason, exit_code=EXIT_STOPPED)

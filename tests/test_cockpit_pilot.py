@@ -92,7 +92,7 @@ async def test_keys_checkpoint_pause_stop_resume_quit(live_run: Path):
         await until(pilot, lambda: any(e for e in [h().state] if e == "running"), what="re-attached")
 
         await pilot.press("q")
-    assert read_status(live_run)["state"] == "running", "quitting the cockpit leaves the engine training"
+    assert read_status(live_run)["state"] in ("running", "checkpointing"), "quitting leaves the engine training"
     step = read_status(live_run)["step"]
     wait_for(lambda: read_status(live_run)["step"] > step, what="the engine to keep training")
 

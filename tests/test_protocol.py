@@ -40,7 +40,7 @@ SAMPLE = {
     "level": "warning", "message": "checkpoint step-00000130.pt is unusable",
     "traceback": "Traceback (most recent call last):\n  ...\nValueError: boom",
     "skipped_steps": 1, "tflops": 12.5, "mfu": 0.41, "bound": "input", "share": 0.62,
-    "field": "data.num_workers", "remedy": "raise data.num_workers",
+    "field": "data.num_workers", "remedy": "raise data.num_workers", "stall_s": 0.004,
 }
 
 

@@ -1,0 +1,74 @@
+"""How long a checkpoint stalls the training loop: asynchronous (host copy) vs synchronous save.
+
+    python bench/checkpoint_stall.py [--model resnet50] [--rounds 7]
+
+Builds the model and an AdamW optimizer with state, then alternates, in one process:
+  sync:  the loop writes the checkpoint itself (engine.checkpoint.CheckpointStore.save);
+  async: the loop only copies the state into reused host buffers (engine.async_save.HostStaging,
+         as the trainer does) and hands it to the writer thread; the stall is that copy. The
+         write is waited for before the next round, so each round measures one save.
+Prints each round and the median stall ratio async/sync (goal: at most 0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from engine.async_save import AsyncSaver, HostStaging, Job  # noqa: E402
+from engine.checkpoint import FORMAT, CheckpointStore  # noqa: E402
+
+
+def training_state(name: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = torchvision.models.get_model(name, weights=None, num_classes=1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    opt.step()  # optimizer state (exp_avg, exp_avg_sq) now exists, as in a real run
+    return model, opt
+
+
+def snapshot(model, opt, step: int) -> dict:
+    return {"format": FORMAT, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "trainer": {"step": step}, "rng": {"torch": torch.get_rng_state()}, "config": {}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    model, opt = training_state(args.model)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CheckpointStore(Path(tmp) / "checkpoints", keep_last=2)
+        saver = AsyncSaver(store, lambda saved, job: None, lambda exc, job: print("write failed:", exc))
+        staging = HostStaging()  # what the trainer uses: buffers reused between saves
+        ratios = []
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            store.save(snapshot(model, opt, 2 * r), 2 * r)
+            sync = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            state, release = staging.copy(snapshot(model, opt, 2 * r + 1))
+            saver.submit(Job(state, 2 * r + 1, False, "bench", 0.0, release=release))
+            stall = time.perf_counter() - t0
+            saver.wait()
+            ratios.append(stall / sync)
+            print(f"round {r + 1}: sync save {sync * 1000:7.1f} ms, async stall {stall * 1000:6.1f} ms, "
+                  f"ratio {stall / sync:.3f}")
+        saver.close()
+    print(f"{args.model}: weights {size / 2**20:.0f} MiB (+ AdamW state); async/sync stall ratio: "
+          f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()
