@@ -104,6 +104,9 @@ def million(args: argparse.Namespace) -> None:
           f"{marks['torch_imported']}")
 
 
+VIEWER_CPU: list[float] = []  # share of one core the attached cockpit used, per run
+
+
 def engine_rate(runs: Path, config: Path, steps: int, attach: bool) -> float:
     """samples/s of one engine run, with or without a cockpit attached for its whole life."""
     cmd = [sys.executable, "-m", "engine.cli", "run", str(config), "--runs-dir", str(runs),
@@ -118,9 +121,14 @@ def engine_rate(runs: Path, config: Path, steps: int, attach: bool) -> float:
              "from cockpit.settings import Settings; r = Path(sys.argv[1]); "
              "CockpitApp(r.parent, run=r, user=Settings()).run(headless=True, size=(80, 24))", str(run)],
             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
     while json.loads((run / "status.json").read_text()).get("state") not in ("finished", "failed"):
         time.sleep(0.2)
     if viewer:
+        import psutil
+
+        times = psutil.Process(viewer.pid).cpu_times()
+        VIEWER_CPU.append((times.user + times.system) / (time.monotonic() - t0))
         viewer.terminate()
         viewer.wait()
     rates = [json.loads(line)["samples_per_s"] for line in (run / "events.jsonl").read_text().splitlines()
@@ -158,6 +166,8 @@ every_steps = 10
                   f"ratio {watched / headless:.3f}")
     print(f"attached/headless throughput ratio: median {statistics.median(ratios):.3f} "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f}) over {args.rounds} rounds")
+    print(f"the attached cockpit used {statistics.median(VIEWER_CPU):.1%} of one core (median over runs, "
+          "including its start-up and history replay)")
 
 
 def main() -> None:

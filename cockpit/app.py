@@ -39,6 +39,8 @@ from cockpit.widgets.throughput_pane import ThroughputPane
 MIN_WIDTH, MIN_HEIGHT = 60, 20
 #: Panes redraw at most this often, so tmux never flickers and a fast run cannot flood the terminal.
 REFRESH_HZ = 4
+#: Charts are the costly panes (plotext redraws its whole canvas): at most once a second.
+CHART_INTERVAL_S = 1.0
 RESUMABLE = ("stopped", "failed", "preempted")
 
 
@@ -72,6 +74,7 @@ class CockpitApp(App):
         self.poll_gpu = poll_gpu
         self.link: RunLink | None = None
         self.dirty = False
+        self.charts_drawn = -10.0
         self.checkpoint_in_flight = False
         self.last_checkpoint_press = -10.0
         self.tb = TensorBoardServer(runs_root)
@@ -120,7 +123,7 @@ class CockpitApp(App):
         table.add_columns("run", "state", "step", "loss", "acc", "age", "host")
         self.set_interval(1 / REFRESH_HZ, self.refresh_panes)
         self.set_interval(2.0, self.refresh_runs)
-        self.refresh_runs()
+        self.refresh_runs(force=True)
         self._check_size(self.size.width, self.size.height)
         if self.poll_gpu:
             self.run_worker(self._poll_gpu, thread=True, group="gpu", name="gpu")
@@ -180,19 +183,28 @@ class CockpitApp(App):
         with link.lock:
             h = link.history
             self.query_one(RunBanner).show(link.name, h, link.vanished)
-            self.query_one(LossPane).show(h)
-            self.query_one(LrPane).show(h)
+            now = time.monotonic()
+            if now - self.charts_drawn >= CHART_INTERVAL_S:
+                self.charts_drawn = now
+                self.query_one(LossPane).show(h)
+                self.query_one(LrPane).show(h)
+            else:
+                self.dirty = True  # come back for the charts
             self.query_one(ThroughputPane).show(h)
             self.query_one(StepTimePane).show(h)
             self.query_one(CostPane).show(h)
             self.query_one(CheckpointsPane).show(h, now=self.clock(), run=link.run)
         self.query_one(LogPane).show(link.run / "engine.log")
 
-    def refresh_runs(self) -> None:
-        """Re-read the runs directory into the runs list."""
+    def refresh_runs(self, force: bool = False) -> None:
+        """Re-read the runs directory into the runs list (only while it is shown)."""
         if not self.is_running:
             return
         table = self.query_one("#runs", DataTable)
+        if not (force or table.has_class("shown")):
+            if self.link is not None:
+                self.dirty = True  # checkpoint ages and the log move on even when no event arrives
+            return
         selected = None
         if table.row_count and table.is_valid_row_index(table.cursor_row):
             selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
@@ -304,7 +316,7 @@ class CockpitApp(App):
         self.push_screen(NewRunScreen(), chosen)
 
     def action_runs(self) -> None:
-        self.refresh_runs()
+        self.refresh_runs(force=True)
         self.query_one("#runs").toggle_class("shown")
 
     def action_tensorboard(self) -> None:
