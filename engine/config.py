@@ -144,15 +144,16 @@ class DataConfig(Section):
 class OptimConfig(Section):
     """The optimizer."""
 
-    name: Literal["sgd", "adam", "adamw"] = Field("adamw", description="sgd, adam or adamw")
+    name: Literal["sgd", "adam", "adamw", "lamb"] = Field(
+        "adamw", description="sgd, adam, adamw, or lamb (large batches; needs timm)")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (the schedule scales it)")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for adamw)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(False, description="SGD Nesterov momentum (needs momentum > 0)")
     betas: list[float] = Field(
-        [0.9, 0.999], min_length=2, max_length=2, description="Adam/AdamW betas"
+        [0.9, 0.999], min_length=2, max_length=2, description="Adam/AdamW/LAMB betas"
     )
-    eps: float = Field(1e-8, gt=0, description="Adam/AdamW epsilon")
+    eps: float = Field(1e-8, gt=0, description="Adam/AdamW/LAMB epsilon")
 
     @model_validator(mode="after")
     def _check(self) -> "OptimConfig":

@@ -67,3 +67,14 @@ def test_an_inf_gradient_is_a_counted_skipped_step_and_the_schedule_waits(tmp_pa
     # step 5 (index 4) uses the rate step 4 would have used: the skipped step did not count
     expected = [lr_at(i, 10, 1e-3, cfg) for i in (0, 1, 2, 3, 3, 4, 5, 6, 7, 8)]
     assert lrs == expected
+
+
+def test_lamb_from_timm_trains(tmp_path: Path):
+    """optim.name = 'lamb' uses timm's maintained LAMB and the loss goes down."""
+    (tmp_path / "run.toml").write_text('[optim]\nname = "lamb"\nlr = 0.01\n[train]\nmax_steps = 30\n'
+                                       'deterministic = false\n[logging]\nevery_steps = 5\n'
+                                       'max_step_events_per_s = 100000\ntensorboard = false\n')
+    done = run_engine("run", str(tmp_path / "run.toml"), "--runs-dir", str(tmp_path / "runs"))
+    assert done.returncode == 0, done.stderr
+    losses = [e["loss"] for e in events_of(only_run(tmp_path / "runs")) if e["type"] == "step"]
+    assert losses[-1] < losses[0]
