@@ -38,7 +38,7 @@ from cockpit.widgets.throughput_pane import ThroughputPane
 
 MIN_WIDTH, MIN_HEIGHT = 60, 20
 #: Panes redraw at most this often, so tmux never flickers and a fast run cannot flood the terminal.
-REFRESH_HZ = 4
+REFRESH_HZ = 2
 #: Charts are the costly panes (plotext redraws its whole canvas): at most once a second.
 CHART_INTERVAL_S = 1.0
 RESUMABLE = ("stopped", "failed", "preempted")

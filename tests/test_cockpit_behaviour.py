@@ -152,7 +152,7 @@ async def test_hostile_run_files_are_shown_literally_and_do_not_crash(tmp_path: 
     app = attached(run, clock=lambda: FIXED_NOW, poll_gpu=True, gpu=no_nvml)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.link.history.state == "failed", what="the failed state")
-        await pilot.pause(0.5)  # a few refreshes of every pane
+        await pilot.pause(1.2)  # a few refreshes of every pane
         banner = app.query_one(RunBanner).text.plain
         log = app.query_one(LogPane).text.plain
         assert "FAILED" in banner and NAME in banner
@@ -176,7 +176,7 @@ async def test_hostile_run_files_are_shown_literally_and_do_not_crash(tmp_path: 
         await pilot.press("l", "s")  # the stop confirmation names the run literally
         assert NAME in str(app.screen.query_one("Label").render())
         await pilot.press("n")
-        await pilot.pause(0.6)  # two more refreshes, the runs list included
+        await pilot.pause(1.2)  # two more refreshes, the runs list included
     assert app.return_code in (None, 0)
 
 

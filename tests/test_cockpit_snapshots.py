@@ -37,11 +37,11 @@ def cockpit(run: Path | None, runs_root: Path, **kwargs) -> CockpitApp:
 
 
 async def history_drawn(pilot) -> None:
-    """Wait until every recorded event is folded in, then for the 4 Hz refresh to draw it."""
+    """Wait until every recorded event is folded in, then for the (2 Hz) refresh to draw it."""
     app = pilot.app
     await until(pilot, lambda: app.link is not None and app.link.history.events_seen == N_EVENTS,
                 what="the recorded history")
-    await pilot.pause(0.5)
+    await pilot.pause(1.2)
 
 
 def test_the_recorded_run_is_what_the_generator_writes(tmp_path: Path):
