@@ -123,6 +123,9 @@ class DataConfig(Section):
     prefetch_factor: Optional[int] = Field(
         None, ge=1, description="Batches each worker loads ahead (needs num_workers > 0)"
     )
+    device_resident: bool = Field(
+        False, description="Keep the whole in-memory dataset on the device in the training dtype; "
+        "batches by index, crops and flips on the device (no workers)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @model_validator(mode="after")
@@ -134,6 +137,9 @@ class DataConfig(Section):
             )
         if self.name in DATASETS_WITH_ROOT and not self.root:
             raise ValueError(f"root: data.name={self.name!r} reads from disk; set data.root")
+        if self.device_resident and self.name in ("imagefolder",) or (self.device_resident and ":" in self.name):
+            raise ValueError(f"device_resident=true needs an in-memory dataset (digits, mnist, fashion_mnist, "
+                             f"cifar10, cifar100, synthetic), not {self.name!r}")
         if self.num_workers == 0 and self.persistent_workers:
             raise ValueError("persistent_workers=true needs num_workers > 0: raise data.num_workers")
         if self.num_workers == 0 and self.prefetch_factor is not None:

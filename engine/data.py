@@ -338,3 +338,62 @@ def make_loader(ds: Dataset, cfg: Config, batch_size: int, sampler: EpochSampler
 def batches_per_epoch(n: int, batch_size: int) -> int:
     """Micro-batches in one epoch (the last one may be short)."""
     return math.ceil(n / batch_size)
+
+
+# ---- the device-resident path -----------------------------------------------------------
+
+
+class DeviceLoader:
+    """The whole (in-memory) dataset on the device, batches drawn by index, augmented there.
+
+    The trick behind the CIFAR-10 speed records: no workers, no collation, no host-to-device
+    copies per step. Images are scaled and normalized once, stored in the training dtype,
+    and each batch is cropped and flipped on the device with a generator seeded by
+    (seed, epoch, batch), so a resumed run continues exactly.
+    """
+
+    def __init__(self, base: Dataset, spec: DataSpec, cfg: Config, sampler: EpochSampler,
+                 device: torch.device, dtype: torch.dtype):
+        if not isinstance(base, TensorImages):
+            raise BadInput(
+                f"data.device_resident = true: data.name = {cfg.data.name!r} is not an in-memory "
+                "tensor dataset (digits, mnist, fashion_mnist, cifar10, cifar100, synthetic are)")
+        x = base.images.float() / base.scale
+        if cfg.data.augment.normalize:
+            x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
+        self.images = x.to(device=device, dtype=dtype)
+        self.labels = base.labels.to(device)
+        self.sampler, self.batch_size, self.device = sampler, cfg.train.batch_size, device
+        self.pad, self.flip, self.seed = cfg.data.augment.random_crop_padding, cfg.data.augment.horizontal_flip, cfg.train.seed
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        s = self.sampler
+        order = torch.tensor([i for _, i in s], dtype=torch.long, device=self.device)
+        first = s.offset // self.batch_size
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b:b + self.batch_size]
+            x = self.images[idx]
+            if self.pad or self.flip:
+                g = torch.Generator(device=self.device)
+                g.manual_seed((self.seed * 1_000_003 + s.epoch) * 2**24 + first + b // self.batch_size)
+                x = batch_augment(x, g, self.pad, self.flip)
+            yield x, self.labels[idx]
+
+
+def batch_augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
+    """Per-sample random crops (after zero padding) and flips of a whole batch, on its device."""
+    n, _, h, w = x.shape
+    if pad:
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=g, device=x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]   # (n, h, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]   # (n, 1, w)
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        coins = torch.rand(n, generator=g, device=x.device) < 0.5
+        x = torch.where(coins[:, None, None, None], x.flip(-1), x)
+    return x.contiguous()

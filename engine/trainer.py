@@ -18,7 +18,8 @@ from engine.async_save import AsyncSaver, HostStaging, Job
 from engine.config import Config
 from engine.control import ControlServer, Pending
 from engine.doctor import Doctor, flops_per_sample, peak_tflops
-from engine.data import DataSpec, EpochSampler, Normalizer, Prepared, batches_per_epoch, make_loader
+from engine.data import (DataSpec, DeviceLoader, EpochSampler, Normalizer, Prepared, batches_per_epoch,
+                         make_loader)
 from engine.optim import build_optimizer
 from engine.protocol import EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED
 from engine.rundir import RunDir, socket_path_for
@@ -107,10 +108,17 @@ class Trainer:
         train = Prepared(spec.train, spec, cfg.data.augment, cfg.train.seed, train=True)
         val = Prepared(spec.val, spec, cfg.data.augment, cfg.train.seed, train=False)
         self.sampler = EpochSampler(len(train), cfg.train.seed, shuffle=True)
-        self.loader = make_loader(train, cfg, cfg.train.batch_size, self.sampler)
+        if cfg.data.device_resident:
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+            self.loader = DeviceLoader(spec.train, spec, cfg, self.sampler, self.device, dtype)
+        else:
+            self.loader = make_loader(train, cfg, cfg.train.batch_size, self.sampler)
         eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size
         self.val_loader = make_loader(val, cfg, eval_bs, EpochSampler(len(val), 0, shuffle=False))
+        # the device-resident training set is normalized once, up front
         self.normalize = Normalizer(spec, cfg.data.augment.normalize, self.device)
+        self.normalize_train = Normalizer(spec, cfg.data.augment.normalize and not cfg.data.device_resident,
+                                          self.device)
         self.batches = batches_per_epoch(len(train), cfg.train.batch_size)
         self.steps_per_epoch = math.ceil(self.batches / cfg.train.grad_accum_steps)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
@@ -193,7 +201,7 @@ class Trainer:
     def micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: "StepMeter") -> None:
         """Forward and backward for one micro-batch; gradients accumulate."""
         t0 = time.perf_counter()
-        x = self.normalize(x.to(self.device, non_blocking=True))
+        x = self.normalize_train(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
         if self.cfg.train.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
