@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -13,19 +12,16 @@ from cockpit.app import CockpitApp
 from cockpit.runs import read_status
 from cockpit.settings import Settings
 from cockpit.widgets.banner import RunBanner
+from cockpit_helpers import notes, until as until_short
 from conftest import TINY, only_run, run_engine, wait_for
-
-pytestmark = pytest.mark.timeout(240)
 
 
 async def until(pilot, predicate, timeout: float = 90.0, what: str = "condition") -> None:
-    """Let the app run until predicate() holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.1)
+    """Wait on a real engine: longer than the recorded-run helpers' default."""
+    await until_short(pilot, predicate, timeout=timeout, what=what)
+
+
+pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
@@ -56,10 +52,6 @@ def stop_engine(run: Path) -> None:
         except (ProcessLookupError, ValueError, OSError):
             pass
         time.sleep(0.2)
-
-
-def notes(app) -> list[str]:
-    return [str(n.message) for n in app._notifications]
 
 
 async def test_keys_checkpoint_pause_stop_resume_quit(live_run: Path):
