@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from importlib import resources
-from pathlib import Path
 
 from engine import config as config_mod
 from engine.errors import BadInput
