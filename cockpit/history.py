@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+#: Checkpoint events remembered (plus the newest best): far more than any keep_last.
+MAX_CHECKPOINTS = 64
+
+
 class Series:
     """(x, y) points, downsampled by pairwise merging once `capacity` is reached."""
 
@@ -170,6 +174,12 @@ class RunHistory:
 
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
         self.checkpoints[str(e["path"])] = _numbers_only(e, CHECKPOINT_NUMBERS)
+        if len(self.checkpoints) > MAX_CHECKPOINTS:
+            # The engine keeps a handful on disk; remembering every one ever saved would
+            # make the pane stat thousands of files per refresh on a long run.
+            best = [p for p, c in self.checkpoints.items() if c.get("best")][-1:]
+            recent = list(self.checkpoints)[-MAX_CHECKPOINTS:]
+            self.checkpoints = {p: self.checkpoints[p] for p in self.checkpoints if p in best or p in recent}
 
     def _on_log(self, e: dict[str, Any]) -> None:
         self.logs.append((str(e.get("level", "info")), str(e.get("message", ""))))

@@ -66,3 +66,14 @@ def test_escape_sequences_and_control_characters_are_removed():
     cleaned = clean(hostile)
     assert "\x1b" not in cleaned and "\x07" not in cleaned
     assert "[bold]markup[/bold]" in cleaned  # markup stays literal text
+
+
+def test_checkpoint_memory_is_bounded_and_keeps_the_best():
+    from cockpit.history import MAX_CHECKPOINTS
+
+    h = RunHistory()
+    h.apply(make_event("checkpoint", path="/r/step-00000001.pt", step=1, seconds=0.1, bytes=10, best=True))
+    for n in range(2, 5000):
+        h.apply(make_event("checkpoint", path=f"/r/step-{n:08d}.pt", step=n, seconds=0.1, bytes=10, best=False))
+    assert len(h.checkpoints) == MAX_CHECKPOINTS + 1
+    assert "/r/step-00000001.pt" in h.checkpoints and "/r/step-00004999.pt" in h.checkpoints

@@ -32,6 +32,14 @@ class LogPane(Static):
     def show(self, path: Path, n: int | None = None) -> None:
         """The last n lines (default: as many as the pane has rows, so the newest line shows)."""
         n = n or self.content_size.height or 8
+        try:
+            stat = path.stat()
+            key = (str(path), stat.st_size, stat.st_mtime_ns, n, self.size.width)
+        except OSError:
+            key = None
+        if key is not None and key == getattr(self, "_shown", None):
+            return  # unchanged since the last refresh: no re-read
+        self._shown = key
         t = Text(no_wrap=True, overflow="ellipsis")
         for i, line in enumerate(tail_lines(path, n)):
             low = line.lower()
