@@ -19,6 +19,8 @@ examples:
   cockpit-engine run run.toml --set train.epochs=5 --set optim.lr=0.01
   cockpit-engine resume runs/20261123-221500-small_cnn-3f9a
   cockpit-engine send runs/20261123-221500-small_cnn-3f9a checkpoint
+  cockpit-engine run run.toml --gpus 4             (DDP on 4 GPUs, torchrun underneath)
+  torchrun --nproc-per-node 8 -m engine.cli run run.toml --run-id big   (launch it yourself)
 """
 
 
@@ -31,6 +33,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="train in the background as its own session (survives logout and SSH drops); "
                         "output goes to the run's engine.log")
     p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel as N processes on this machine, torchrun underneath "
+                        "(same as --set distributed.nproc=N; gloo on the CPU, nccl on GPUs)")
+    g.add_argument("--gpus", type=int, metavar="N",
+                   help="train on N local GPUs, one process each (--nproc N with train.device = 'cuda')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,12 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _launch_sets(args: argparse.Namespace) -> list[str]:
+    """--nproc / --gpus as the config overrides they stand for."""
+    for flag in ("nproc", "gpus"):
+        n = getattr(args, flag, None)
+        if n is not None and n < 1:
+            raise BadInput(f"--{flag} {n}: expected a number of processes, 1 or more")
+    if args.gpus is not None:
+        return [f"distributed.nproc={args.gpus}", "train.device='cuda'"]
+    return [f"distributed.nproc={args.nproc}"] if args.nproc is not None else []
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    args.set = args.set + _launch_sets(args)
     cfg = config_mod.load(args.config, args.set)
     return _start(cfg, args, [args.config])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    args.set = args.set + _launch_sets(args)
     raw = config_mod.tomllib.loads(resources.files("engine").joinpath("demo.toml").read_text())
     cfg = config_mod.validate(config_mod.apply_overrides(raw, args.set), "demo config")
     return _start(cfg, args, [])
@@ -84,15 +105,33 @@ def _start(cfg: config_mod.Config, args: argparse.Namespace, positional: list[st
     from engine.rundir import new_run_id, runs_root
 
     root = runs_root(args.runs_dir, cfg.logging.runs_dir)
-    if args.detach:
+    multi = _needs_launcher(cfg)
+    if args.detach or multi:
         run_id = args.run_id or new_run_id(cfg.logging.run_name or cfg.model.name.split(":")[-1])
         if (root / run_id).exists():
             raise BadInput(f"--run-id {run_id!r}: {root / run_id} already exists; pick another id")
         argv = [args.command, *positional, "--run-id", run_id, "--runs-dir", str(root)]
-        return _spawn(argv + [f"--set={s}" for s in args.set], root / run_id)
+        argv += [f"--set={s}" for s in args.set]
+        if args.detach:
+            return _spawn(argv, root / run_id)
+        return _torchrun(cfg, argv, args)
     from engine import session  # torch is imported only once the config is valid
 
     return session.start(cfg, root, args.run_id, args.json, detached=args.detached_child)
+
+
+def _needs_launcher(cfg: config_mod.Config) -> bool:
+    """More than one process asked for, and torchrun has not started us yet."""
+    from engine.dist import under_torchrun
+
+    return cfg.distributed.nproc > 1 and not under_torchrun()
+
+
+def _torchrun(cfg: config_mod.Config, argv: list[str], args: argparse.Namespace) -> int:
+    from engine import launch
+
+    extra = (["--json"] if args.json else []) + (["--detached-child"] if args.detached_child else [])
+    return launch.run(cfg.distributed.nproc, argv + extra)
 
 
 def _spawn(argv: list[str], run_dir) -> int:
@@ -105,9 +144,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from engine.rundir import find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
-    config_mod.load(run / "config.toml", args.set)  # refuse bad overrides before torch loads
+    args.set = args.set + _launch_sets(args)
+    cfg = config_mod.load(run / "config.toml", args.set)  # refuse bad overrides before torch loads
+    argv = ["resume", str(run), *[f"--set={s}" for s in args.set]]
     if args.detach:
-        return _spawn(["resume", str(run), *[f"--set={s}" for s in args.set]], run)
+        return _spawn(argv, run)
+    if _needs_launcher(cfg):
+        return _torchrun(cfg, argv, args)
     from engine import session
 
     return session.resume(run, args.set, args.json, detached=args.detached_child)
@@ -142,10 +185,14 @@ def cmd_example(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except BadInput as exc:
         print(f"cockpit-engine: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = EXIT_BAD_INPUT
+    from engine.launch import record_exit
+
+    record_exit(code)  # rank 0 under `--nproc`: torchrun itself would only say "failed"
+    return code
 
 
 def entry() -> None:

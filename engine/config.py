@@ -268,6 +268,22 @@ class CostConfig(Section):
     currency: str = Field("USD", description="Currency of price_per_hour")
 
 
+class DistributedConfig(Section):
+    """Data-parallel training on several processes (torchrun underneath)."""
+
+    nproc: int = Field(
+        1, ge=1, le=1024,
+        description="Processes on this machine; above 1 the engine starts torchrun (same as --nproc N)")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp (replicated model) or fsdp (FSDP2 fully_shard: sharded model, sharded checkpoints)")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Process-group backend: auto is nccl on GPUs, gloo on the CPU")
+    sync_batchnorm: bool = Field(
+        False, description="DDP on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
+    timeout_s: float = Field(
+        300.0, gt=0, description="A collective waiting longer than this fails every rank (a dead rank never hangs the run)")
+
+
 class FeatureSection(Section):
     """A section whose feature lands in a later release: accepted only while disabled."""
 
@@ -307,6 +323,7 @@ class Config(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)

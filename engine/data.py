@@ -251,18 +251,33 @@ def build_spec(cfg: Config) -> DataSpec:
 
 
 class EpochSampler(Sampler):
-    """Yields (epoch, index) pairs: a (seed, epoch) permutation, from any offset within it."""
+    """Yields (epoch, index) pairs: a (seed, epoch) permutation, from any offset within it.
 
-    def __init__(self, n: int, seed: int, shuffle: bool):
+    With several ranks, each takes every world-th index of the permutation, starting at its
+    rank (as torch's DistributedSampler does). The training sampler pads the permutation by
+    wrapping around, so every rank gets the same number of samples (and the same number of
+    steps); the validation sampler does not pad, so no sample is counted twice. Offsets are
+    per rank. Rank r of W sees, in its k-th batch of b, permutation entries k*b*W + r + j*W:
+    together the ranks' k-th batches are the single-process run's k-th batch of b*W.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1, pad: bool = True):
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world, self.pad = rank, world, pad
         self.epoch, self.offset = 0, 0
 
     def set_position(self, epoch: int, offset: int) -> None:
-        """Start the next iteration at sample `offset` of epoch `epoch`."""
+        """Start the next iteration at sample `offset` (of this rank's share) of epoch `epoch`."""
         self.epoch, self.offset = epoch, offset
 
+    def per_rank(self) -> int:
+        """Samples in this rank's share of one epoch."""
+        if self.pad:
+            return math.ceil(self.n / self.world)
+        return len(range(self.rank, self.n, self.world))
+
     def __len__(self) -> int:
-        return self.n - self.offset
+        return self.per_rank() - self.offset
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -270,6 +285,11 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
+        if self.world > 1:
+            if self.pad:
+                total = math.ceil(self.n / self.world) * self.world
+                order = (order * math.ceil(total / self.n))[:total]
+            order = order[self.rank::self.world]
         epoch = self.epoch
         for i in order[self.offset:]:
             yield epoch, i
@@ -378,7 +398,8 @@ class DeviceLoader:
             x = self.images[idx]
             if self.pad or self.flip:
                 g = torch.Generator(device=self.device)
-                g.manual_seed((self.seed * 1_000_003 + s.epoch) * 2**24 + first + b // self.batch_size)
+                batch = first + b // self.batch_size
+                g.manual_seed((self.seed * 1_000_003 + s.epoch) * 2**24 + batch + s.rank * 2**20)
                 x = batch_augment(x, g, self.pad, self.flip)
             yield x, self.labels[idx]
 

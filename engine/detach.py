@@ -51,7 +51,7 @@ def _trains(run_dir: Path, pid: int) -> bool:
         status = json.loads((run_dir / "status.json").read_text())
     except (OSError, ValueError):
         return False
-    return status.get("pid") == pid
+    return pid in (status.get("pid"), status.get("launcher_pid"))
 
 
 def _read(path: Path) -> str:

@@ -13,20 +13,31 @@ from engine.errors import BadInput
 
 
 class SmallCNN(nn.Module):
-    """Three conv blocks and a linear head; works from 8x8 digits to 32x32 CIFAR."""
+    """Three conv blocks and a linear head; works from 8x8 digits to 32x32 CIFAR.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+    `norm` is "batch" (the default), "group" (independent of the batch, so data-parallel
+    training matches one process at the same global batch without SyncBatchNorm) or "none".
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
+                 norm: str = "batch", dropout: float = 0.1):
         super().__init__()
+        if norm not in ("batch", "group", "none"):
+            raise BadInput(f"model.factory_args.norm = {norm!r}: expected 'batch', 'group' or 'none'")
+        if not 0 <= dropout < 1:
+            raise BadInput(f"model.factory_args.dropout = {dropout!r}: expected a number in [0, 1)")
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+            layer = {"batch": lambda: nn.BatchNorm2d(cout), "group": lambda: nn.GroupNorm(min(8, cout), cout),
+                     "none": nn.Identity}[norm]
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"),
+                                 layer(), nn.ReLU(inplace=True))
 
         self.features = nn.Sequential(
             block(in_channels, width), block(width, width), nn.MaxPool2d(2),
             block(width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(2 * width, num_classes))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -74,7 +85,11 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     in_channels = cfg.model.in_channels or spec.in_channels
     name = cfg.model.name
     if name == "small_cnn":
-        model: nn.Module = SmallCNN(num_classes, in_channels, **cfg.model.factory_args)
+        try:
+            model: nn.Module = SmallCNN(num_classes, in_channels, **cfg.model.factory_args)
+        except TypeError as exc:
+            raise BadInput(f"model.factory_args = {cfg.model.factory_args!r}: small_cnn takes width, norm "
+                           f"and dropout ({exc})") from None
     elif ":" in name:
         fn = import_factory(name, "model.name")
         model = fn(num_classes=num_classes, in_channels=in_channels, **cfg.model.factory_args)

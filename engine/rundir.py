@@ -95,5 +95,8 @@ class RunDir:
     def write_status(self, **fields: Any) -> None:
         """Replace status.json atomically."""
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time(), **fields}
+        launcher = os.environ.get("COCKPIT_LAUNCHER_PID", "")
+        if launcher.isdigit():  # --nproc: the process that started torchrun (see engine.launch)
+            doc["launcher_pid"] = int(launcher)
         # Rewritten every few seconds on the training thread: atomic, but not fsynced.
         write_json_atomic(self.status, doc, durable=False)

@@ -10,6 +10,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from engine.atomic import write_atomic
 from engine.checkpoint import CheckpointStore
 from engine.config import Config
 from engine.data import DataSpec, build_spec
+from engine.dist import Dist
+from engine.dist import setup as setup_dist
 from engine.errors import BadInput
 from engine.models import build_model
 from engine.rundir import RunDir, new_run_id
@@ -52,12 +55,19 @@ def check_device(cfg: Config) -> None:
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
 
 
-def prepare(cfg: Config) -> tuple[DataSpec, torch.nn.Module]:
-    """Seed, then build data and model; any BadInput surfaces before a directory exists."""
+def prepare(cfg: Config, dist: Dist | None = None) -> tuple[DataSpec, torch.nn.Module]:
+    """Seed, then build data and model; any BadInput surfaces before a directory exists.
+
+    Every rank builds the same initial weights (DDP also broadcasts rank 0's); afterwards
+    ranks other than 0 reseed, so that dropout and the like differ between them.
+    """
     check_device(cfg)
     seed_everything(cfg)
     spec = build_spec(cfg)
-    return spec, build_model(cfg, spec)
+    model = build_model(cfg, spec)
+    if dist is not None and dist.rank:
+        torch.manual_seed(cfg.train.seed + dist.rank)
+    return spec, model
 
 
 def console_mode(json_mode: bool, detached: bool) -> str:
@@ -93,31 +103,79 @@ def _detach_if(detached: bool, run: RunDir) -> None:
 
 
 def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool, detached: bool = False) -> int:
-    """Create a new run directory and train in it."""
-    spec, model = prepare(cfg)
+    """Create a new run directory and train in it (rank 0 creates it; under torchrun the
+    other ranks learn its path, or the error, from rank 0)."""
+    dist = setup_dist(cfg)
+    try:
+        spec, model = prepare(cfg, dist)
+        outcome = dist.broadcast(_create(cfg, root, run_id, dist) if dist.main else None)
+        if isinstance(outcome, dict):
+            raise BadInput(outcome["error"])
+        run = RunDir(Path(outcome))
+        _detach_if(detached, run)
+        console = console_mode(json_mode, detached) if dist.main else "none"
+        announce(run, console, "new")
+        tele = telemetry_for(cfg, run, console, None) if dist.main else Telemetry([])
+        return _train(Trainer(cfg, spec, model, run, tele, dist=dist), tele, run, console)
+    finally:
+        dist.close()
+
+
+def _create(cfg: Config, root: Path, run_id: str | None, dist: Dist) -> str | dict[str, str]:
+    """Rank 0: make the run directory, lock it (for the life of the process) and write its
+    config; its path, or {"error": ...} for the other ranks to raise too."""
     run = RunDir(root.resolve() / (run_id or new_run_id(cfg.logging.run_name or cfg.model.name.split(":")[-1])))
     try:
         run.path.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
-        raise BadInput(f"--run-id {run.path.name!r}: {run.path} already exists; pick another id") from None
-    _lock = run.lock()
+        error = f"--run-id {run.path.name!r}: {run.path} already exists; pick another id"
+        if not dist.active:
+            raise BadInput(error) from None
+        return {"error": error}
+    run.lock()
+    if dist.active and os.environ.get("LOCAL_WORLD_SIZE") == str(dist.world):
+        cfg.distributed.nproc = dist.world  # started by hand with torchrun: resume knows how many
     run.config.write_text(config_mod.to_toml(cfg), encoding="utf-8")
-    _detach_if(detached, run)
-    console = console_mode(json_mode, detached)
-    announce(run, console, "new")
-    tele = telemetry_for(cfg, run, console, None)
-    return _train(Trainer(cfg, spec, model, run, tele), tele, run, console)
+    return str(run.path)
 
 
 def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool = False) -> int:
-    """Continue a run from its newest valid checkpoint."""
+    """Continue a run from its newest valid checkpoint.
+
+    Rank 0 finds the checkpoint (falling back past unusable ones) and sends its state to the
+    other ranks; a checkpoint written by a different number of processes is refused, because
+    each process would then see other samples and the run would not continue exactly.
+    """
     run = RunDir(run_path.resolve())
-    _lock = run.lock()
     cfg = config_mod.load(run.config, overrides)
-    spec, model = prepare(cfg)
+    dist = setup_dist(cfg)
+    try:
+        _lock = run.lock() if dist.main else None
+        spec, model = prepare(cfg, dist)
+        warnings: list[str] = []
+        found = _find_checkpoint(run, cfg, dist, warnings) if dist.main else None
+        found = dist.broadcast(found)
+        if isinstance(found, str):
+            raise BadInput(found)
+        state, name = found
+        _detach_if(detached, run)
+        console = console_mode(json_mode, detached) if dist.main else "none"
+        if dist.main and overrides:
+            write_atomic(run.config, lambda f: f.write(config_mod.to_toml(cfg).encode()))
+        announce(run, console, "resuming")
+        tele = telemetry_for(cfg, run, console, state["step"]) if dist.main else Telemetry([])
+        for message in warnings:
+            tele.emit("log", level="warning", message=message)
+        tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=name)
+        return _train(Trainer(cfg, spec, model, run, tele, resume=state, dist=dist), tele, run, console)
+    finally:
+        dist.close()
+
+
+def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str]) -> Any:
+    """Rank 0: (state, file name) of the newest usable checkpoint, or the error as a string."""
     store = CheckpointStore(run.checkpoints, cfg.checkpoint.keep_last)
     store.clean_temporaries()
-    warnings: list[str] = []
 
     def warn(message: str) -> None:
         warnings.append(message)
@@ -125,21 +183,20 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
 
     found = store.load_latest(warn)
     if found is None:
-        raise BadInput(f"resume {str(run.path)!r}: no usable checkpoint in {run.checkpoints}; "
-                       "nothing was changed (start a new run instead)")
-    state, path = found
-    _detach_if(detached, run)
-    console = console_mode(json_mode, detached)
-    if overrides:
-        write_atomic(run.config, lambda f: f.write(config_mod.to_toml(cfg).encode()))
-    announce(run, console, "resuming")
-    tele = telemetry_for(cfg, run, console, state["step"])
-    for message in warnings:
-        tele.emit("log", level="warning", message=message)
-    tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=path.name)
-    return _train(Trainer(cfg, spec, model, run, tele, resume=state), tele, run, console)
-
-
+        error = (f"resume {str(run.path)!r}: no usable checkpoint in {run.checkpoints}; "
+                 "nothing was changed (start a new run instead)")
+    else:
+        state, path = found
+        written_by = state.get("world_size", 1)
+        if written_by == dist.world:
+            return state, path.name
+        error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written by {written_by} "
+                 f"process(es) and this resume has {dist.world}; resume with --nproc {written_by} "
+                 f"(distributed.nproc = {written_by}). With another number each process would see "
+                 "other samples, so the run would not continue exactly; nothing was changed")
+    if not dist.active:
+        raise BadInput(error)
+    return error
 def _train(trainer: Trainer, tele: Telemetry, run: RunDir, console: str) -> int:
     try:
         code = trainer.train()
