@@ -9,8 +9,10 @@ newest file makes loading fall back to the previous valid one, with a warning.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ from engine.atomic import write_atomic, write_json_atomic
 
 FORMAT = 1
 REQUIRED = ("format", "step", "model", "optimizer", "trainer", "rng", "config")
-_NAME = re.compile(r"^step-(\d{8,})\.pt$")
+_NAME = re.compile(r"^step-(\d{8,})\.(pt|shards)$")
+SHARD = "rank-{:05d}.pt"  # one file per rank inside step-NNNNNNNN.shards/ (FSDP)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -86,7 +89,41 @@ class CheckpointStore:
     def clean_temporaries(self) -> None:
         """Remove temporaries left by a writer that was killed mid-save."""
         for p in self.folder.glob(".*.tmp-*"):
-            p.unlink(missing_ok=True)
+            _remove(p)
+
+    def path_for(self, step: int) -> Path:
+        """The checkpoint written at `step` (a file, or a directory of shards)."""
+        shards = self.folder / f"step-{step:08d}.shards"
+        return shards if shards.is_dir() else self.folder / f"step-{step:08d}.pt"
+
+    # ---- sharded checkpoints (FSDP): every rank writes its own file ---------------------
+
+    def shards_tmp(self, step: int) -> Path:
+        """Rank 0: a fresh temporary directory for the ranks' shard files of `step`."""
+        tmp = self.folder / f".step-{step:08d}.shards.tmp-{os.getpid()}"
+        _remove(tmp)
+        tmp.mkdir()
+        return tmp
+
+    @staticmethod
+    def write_shard(tmp: Path, rank: int, state: dict[str, Any]) -> int:
+        """Any rank: write its shard atomically into the temporary directory."""
+        return write_atomic(tmp / SHARD.format(rank), lambda f: torch.save(state, f))
+
+    def commit_shards(self, tmp: Path, step: int, best: bool, start: float) -> Saved:
+        """Rank 0, once every rank has written: rename the directory into place (complete or
+        absent, as for a single file), then update the pointers and prune."""
+        path = self.folder / f"step-{step:08d}.shards"
+        _fsync_dir(tmp)
+        _remove(path)
+        tmp.rename(path)
+        _fsync_dir(self.folder)
+        size = sum(f.stat().st_size for f in path.iterdir())
+        write_json_atomic(self.folder / "latest", {"file": path.name, "step": step})
+        if best:
+            write_json_atomic(self.folder / "best", {"file": path.name, "step": step})
+        self.prune()
+        return Saved(path, step, size, time.perf_counter() - start)
 
     def save(self, state: dict[str, Any], step: int, best: bool = False) -> Saved:
         """Write `state` as step-NNNNNNNN.pt, update the pointers, prune old files."""
@@ -112,7 +149,7 @@ class CheckpointStore:
         best = self.pointer("best")
         for _, p in self.files():
             if p.name not in keep and p.name != best:
-                p.unlink(missing_ok=True)
+                _remove(p)
 
     def load_latest(self, warn: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
         """The newest checkpoint that loads and is complete; older ones on failure.
@@ -124,7 +161,7 @@ class CheckpointStore:
         bad: list[Path] = []
         for _, path in reversed(self.files()):
             try:
-                state = load(path)
+                state = load_rank(path, 0)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped
                 warn(f"checkpoint {path.name} is unusable ({_short(exc)}); trying the previous one")
                 bad.append(path)
@@ -136,7 +173,7 @@ class CheckpointStore:
 
     def mark_best(self, step: int) -> None:
         """Point `best` at the checkpoint already written for this step."""
-        write_json_atomic(self.folder / "best", {"file": f"step-{step:08d}.pt", "step": step})
+        write_json_atomic(self.folder / "best", {"file": self.path_for(step).name, "step": step})
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -150,6 +187,33 @@ def load(path: Path) -> dict[str, Any]:
     if state["format"] != FORMAT:
         raise ValueError(f"format version {state['format']}, this engine reads {FORMAT}")
     return state
+
+
+def load_rank(path: Path, rank: int) -> dict[str, Any]:
+    """One rank's state: the file itself, or that rank's file in a directory of shards."""
+    if not path.is_dir():
+        return load(path)
+    state = load(path / SHARD.format(rank))
+    world = state.get("world_size", 1)
+    missing = [SHARD.format(r) for r in range(world) if not (path / SHARD.format(r)).is_file()]
+    if missing:
+        raise ValueError(f"shards missing: {', '.join(missing)}")
+    return state
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _short(exc: Exception) -> str:

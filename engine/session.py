@@ -17,7 +17,7 @@ import torch
 
 from engine import config as config_mod
 from engine.atomic import write_atomic
-from engine.checkpoint import CheckpointStore
+from engine.checkpoint import CheckpointStore, load_rank
 from engine.config import Config
 from engine.data import DataSpec, build_spec
 from engine.dist import Dist
@@ -154,10 +154,17 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         spec, model = prepare(cfg, dist)
         warnings: list[str] = []
         found = _find_checkpoint(run, cfg, dist, warnings) if dist.main else None
-        found = dist.broadcast(found)
+        sharded = dist.active and cfg.distributed.strategy == "fsdp"
+        if sharded:  # every rank reads its own shard file; the others need only the name
+            named = dist.broadcast(found if isinstance(found, str) or found is None else (None, found[1]))
+            found = found if dist.main else named
+        else:
+            found = dist.broadcast(found)
         if isinstance(found, str):
             raise BadInput(found)
         state, name = found
+        if sharded and not dist.main:
+            state = load_rank(run.checkpoints / name, dist.rank)
         _detach_if(detached, run)
         console = console_mode(json_mode, detached) if dist.main else "none"
         if dist.main and overrides:
@@ -188,12 +195,19 @@ def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str]) 
     else:
         state, path = found
         written_by = state.get("world_size", 1)
-        if written_by == dist.world:
+        sharded = dist.active and cfg.distributed.strategy == "fsdp"
+        if written_by != dist.world:
+            error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written by {written_by} "
+                     f"process(es) and this resume has {dist.world}; resume with --nproc {written_by} "
+                     f"(distributed.nproc = {written_by}). With another number each process would see "
+                     "other samples, so the run would not continue exactly; nothing was changed")
+        elif path.is_dir() != sharded:
+            error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written "
+                     f"{'with FSDP (sharded)' if path.is_dir() else 'as one file (one process or DDP)'}; "
+                     f"resume with distributed.strategy = {'fsdp' if path.is_dir() else 'ddp'!r}; "
+                     "nothing was changed")
+        else:
             return state, path.name
-        error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written by {written_by} "
-                 f"process(es) and this resume has {dist.world}; resume with --nproc {written_by} "
-                 f"(distributed.nproc = {written_by}). With another number each process would see "
-                 "other samples, so the run would not continue exactly; nothing was changed")
     if not dist.active:
         raise BadInput(error)
     return error

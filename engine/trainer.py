@@ -9,6 +9,7 @@ import time
 import traceback
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -105,7 +106,7 @@ class Trainer:
         main = self.dist.main
         self.server = ControlServer(socket_path_for(run.path), self.status) if main else None
         self.saver = (AsyncSaver(self.store, self._saved, self._save_failed)
-                      if cfg.checkpoint.async_save and main else None)
+                      if cfg.checkpoint.async_save and main and not self.sharded else None)
         self.staging = HostStaging(pin=self.device.type == "cuda")
         self.save_error: BaseException | None = None
         self.state = "starting"
@@ -192,9 +193,19 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches / cfg.train.grad_accum_steps)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP across ranks: checkpoints are a directory with one file per rank."""
+        return self.dist.active and self.dist.strategy == "fsdp"
+
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            from engine.sharded import load_local_state
+
+            load_local_state(self.model, self.optimizer, state)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.pos = Position(**state["trainer"])
         self.pos.peak_lr = state["scheduler"]["peak_lr"]
@@ -205,12 +216,16 @@ class Trainer:
     def snapshot(self, rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything needed to continue exactly from this step boundary (`rngs`: every
         rank's RNG state, gathered by `save` under torchrun)."""
-        extra = {"rng_ranks": rngs} if rngs is not None and len(rngs) > 1 else {}
+        extra: dict[str, Any] = {"rng_ranks": rngs} if rngs is not None and len(rngs) > 1 else {}
+        if self.sharded:
+            from engine.sharded import local_state
+
+            extra.update(local_state(self.model, self.optimizer), rank=self.dist.rank, strategy="fsdp")
+        else:
+            extra.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
         return {**extra,
             "format": ckpt.FORMAT,
             "step": self.pos.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "scheduler": {"name": self.cfg.schedule.name, "peak_lr": self.pos.peak_lr},
             "trainer": asdict(self.pos),
@@ -469,6 +484,8 @@ class Trainer:
         previous = self.state
         self.set_state("checkpointing")
         self.last_save_step, self.last_save_time = self.pos.step, time.monotonic()
+        if self.sharded:
+            return self._save_shards(reason, best, pending, previous)
         rngs = self.dist.gather(ckpt.capture_rng()) if self.dist.active else None
         if not self.dist.main:
             self.set_state(previous)
@@ -487,6 +504,22 @@ class Trainer:
             p.answer(step=saved.step, path=str(saved.path), bytes=saved.bytes, seconds=saved.seconds)
         return saved
 
+    def _save_shards(self, reason: str, best: bool, pending: list[Pending], previous: str) -> ckpt.Saved | None:
+        """FSDP: every rank writes its shards (synchronously) into one temporary directory,
+        which rank 0 renames into place once all have written."""
+        start = time.perf_counter()
+        tmp = self.dist.broadcast(str(self.store.shards_tmp(self.pos.step)) if self.dist.main else None)
+        self.store.write_shard(Path(tmp), self.dist.rank, self.snapshot())
+        self.dist.barrier()
+        saved = None
+        if self.dist.main:
+            saved = self.store.commit_shards(Path(tmp), self.pos.step, best, start)
+            self._saved(saved, Job(None, saved.step, best, reason, saved.seconds))
+            for p in pending:
+                p.answer(step=saved.step, path=str(saved.path), bytes=saved.bytes, seconds=saved.seconds)
+        self.set_state(previous)
+        return saved
+
     def _mark_best_or_answer(self, best: bool, pending: list[Pending]) -> None:
         """A second request at the same step: move the best pointer, answer with the file."""
         if self.saver is not None:
@@ -495,9 +528,9 @@ class Trainer:
             self.saver.wait()
         elif best:
             self.store.mark_best(self.pos.step)
-        path = self.run.checkpoints / f"step-{self.pos.step:08d}.pt"
+        path = self.store.path_for(self.pos.step)
         for p in pending:
-            size = path.stat().st_size if path.exists() else None
+            size = path.stat().st_size if path.is_file() else None
             p.answer(step=self.pos.step, path=str(path), bytes=size, seconds=0.0)
 
     def _answer_when_written(self, pending: list[Pending]):
