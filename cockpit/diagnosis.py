@@ -22,8 +22,9 @@ class Split:
 
 def split(step_event: dict[str, Any]) -> Split | None:
     """The step-time split from a step event, or None if it carries no timings."""
-    parts = [step_event.get(k) for k in ("time_data_s", "time_compute_s", "time_optim_s", "time_comm_s")]
-    values = [float(p) if isinstance(p, (int, float)) else 0.0 for p in parts]
+    keys = ("time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s")
+    data, h2d, *rest = (float(v) if isinstance(v := step_event.get(k), (int, float)) else 0.0 for k in keys)
+    values = [data + h2d, *rest]  # the copy to the device is part of feeding the model
     total = sum(values)
     if total <= 0:
         return None

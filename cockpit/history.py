@@ -82,7 +82,7 @@ def _number(value: Any) -> float | None:
 
 #: Fields the panes format as numbers (a malformed event must not take the cockpit down).
 STEP_NUMBERS = ("step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s", "steps_per_s",
-                "eta_s", "time_data_s", "time_compute_s", "time_optim_s", "time_comm_s")
+                "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s")
 CHECKPOINT_NUMBERS = ("t", "step", "seconds", "bytes")
 COST_NUMBERS = ("price_per_hour", "accumulated", "projected")
 

@@ -30,7 +30,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "resume": ("step", "epoch", "checkpoint"),
     "step": (
         "step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s",
-        "steps_per_s", "eta_s", "time_data_s", "time_compute_s", "time_optim_s",
+        "steps_per_s", "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s",
         "time_comm_s", "skipped_steps", "tflops", "mfu",
     ),
     "eval": ("step", "epoch", "metrics"),

@@ -294,7 +294,7 @@ class Trainer:
         """Train from the current position to the end of the epoch (or max_steps)."""
         self.sampler.set_position(self.pos.epoch, self.pos.batch * self.cfg.train.batch_size)
         self.model.train()
-        meter = StepMeter()
+        meter = StepMeter(self.device)
         accum = self.cfg.train.grad_accum_steps
         for x, y in meter.timed(self.loader):
             last = (self.pos.batch + 1) % accum == 0 or self.pos.batch + 1 >= self.batches
@@ -311,11 +311,13 @@ class Trainer:
     def micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: "StepMeter", sync: bool = True) -> None:
         """Forward and backward for one micro-batch; gradients accumulate. Under DDP/FSDP the
         gradients are reduced across ranks only on the step's last micro-batch (`sync`)."""
-        t0 = time.perf_counter()
+        mark0 = meter.mark()
         x = self.normalize_train(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
         if self.cfg.train.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        mark1 = meter.mark()
+        meter.span("h2d", mark0, mark1)
         with self._grad_sync(sync):
             with self.autocast():
                 loss = self.loss_fn(self.forward(x), y)
@@ -326,7 +328,10 @@ class Trainer:
         meter.add_loss(loss.detach(), len(y))
         comm = t_end - self.comm_launched if self.comm_launched > t_backward else 0.0
         meter.comm += comm
-        meter.compute += t_end - t0 - comm
+        if meter.events:  # on a GPU the device's own clock times forward+backward
+            meter.span("compute", mark1, meter.mark())
+        else:
+            meter.compute += t_end - mark1 - comm
 
     def _grad_sync(self, sync: bool) -> Any:
         """Skip the cross-rank gradient reduction on accumulation micro-batches."""
@@ -340,6 +345,7 @@ class Trainer:
     def optimizer_step(self, meter: "StepMeter") -> None:
         """Unscale, clip, step, update the scaler, zero the gradients."""
         t0 = time.perf_counter()
+        mark0 = meter.mark()
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -356,7 +362,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.pos.step += 1
         meter.lr, meter.steps = lr, meter.steps + 1
-        meter.optim += time.perf_counter() - t0
+        if meter.events:
+            meter.span("optim", mark0, meter.mark())
+        else:
+            meter.optim += time.perf_counter() - t0
 
     def current_lr(self) -> float:
         """The schedule's rate for the next step; skipped fp16 steps do not advance it."""
@@ -392,11 +401,11 @@ class Trainer:
             "step", step=self.pos.step, epoch=self.pos.epoch, batch=self.pos.batch,
             batches_per_epoch=self.batches, loss=report["loss"], lr=report["lr"],
             samples_per_s=report["samples_per_s"], steps_per_s=report["steps_per_s"],
-            eta_s=eta, time_data_s=report["data"], time_compute_s=report["compute"],
+            eta_s=eta, time_data_s=report["data"], time_h2d_s=report["h2d"], time_compute_s=report["compute"],
             time_optim_s=report["optim"], time_comm_s=report["comm"], skipped_steps=self.pos.skipped,
             **self._flops(report["samples_per_s"] / self.dist.world),
         )
-        self.doctor.add(report["data"], report["compute"] + report["optim"], report["comm"])
+        self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"])
         verdict = self.doctor.changed()
         if verdict is not None:
             self.tele.emit("doctor", step=self.pos.step, bound=verdict.bound, share=verdict.share,
@@ -668,14 +677,38 @@ class Trainer:
 
 
 class StepMeter:
-    """Accumulates per-step timings and the loss (as a tensor: no sync until read)."""
+    """Accumulates per-step timings and the loss (as a tensor: no sync until read).
 
-    def __init__(self) -> None:
-        self.data = self.compute = self.optim = self.comm = 0.0
+    Data wait is host time (perf_counter). The copy to the device, forward+backward and the
+    optimizer step are timed with perf_counter on the CPU and with CUDA events on a GPU:
+    events are only read in `report`, after the loss has been read, when they are complete,
+    so timing adds no host-device synchronization of its own.
+    """
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+        self.events = device is not None and device.type == "cuda"
+        self.data = self.h2d = self.compute = self.optim = self.comm = 0.0
+        self.spans: list[tuple[str, Any, Any]] = []
         self.loss_sum: torch.Tensor | None = None
         self.batches = self.samples = self.steps = 0
         self.lr = 0.0
         self.since = time.perf_counter()
+
+    def mark(self) -> Any:
+        """A point in time: a recorded CUDA event on a GPU, perf_counter() otherwise."""
+        if not self.events:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def span(self, kind: str, start: Any, end: Any) -> None:
+        """Add the time between two marks to `kind` (CUDA spans are resolved in `report`)."""
+        if self.events:
+            self.spans.append((kind, start, end))
+        else:
+            setattr(self, kind, getattr(self, kind) + end - start)
 
     def timed(self, loader: Any) -> Any:
         """Iterate the loader, timing how long each batch is waited for."""
@@ -698,12 +731,14 @@ class StepMeter:
         """Averages since the last report over every rank (samples summed), then reset."""
         wall = time.perf_counter() - self.since
         loss_sum = self.loss_sum.item() if self.loss_sum is not None else float("nan")
-        loss_sum, batches, samples, data, compute, optim, comm = dist.sum(
-            [loss_sum, self.batches, self.samples, self.data, self.compute, self.optim, self.comm])
+        for kind, start, end in self.spans:  # complete: the .item() above waited for them
+            setattr(self, kind, getattr(self, kind) + start.elapsed_time(end) / 1000)
+        loss_sum, batches, samples, data, h2d, compute, optim, comm = dist.sum(
+            [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm])
         n = max(1, batches)  # per micro-batch, averaged over the ranks
         out = {"loss": loss_sum / n, "lr": self.lr, "samples": int(samples), "wall_s": wall,
                "samples_per_s": samples / wall if wall > 0 else 0.0,
-               "steps_per_s": self.steps / wall if wall > 0 else 0.0, "data": data / n, "compute": compute / n,
-               "optim": optim / n, "comm": comm / n}
-        self.__init__()
+               "steps_per_s": self.steps / wall if wall > 0 else 0.0, "data": data / n, "h2d": h2d / n,
+               "compute": compute / n, "optim": optim / n, "comm": comm / n}
+        self.__init__(self.device)
         return out

@@ -26,7 +26,8 @@ class StepTimePane(Static):
                                     ("optim", s.optim, "blue"), ("comm", s.comm, "magenta")):
             t.append(("█" * round(width * share))[:width], style=style)
         t.append("\n")
-        t.append(f"data {s.data:.0%} compute {s.compute:.0%} optim {s.optim:.0%}", style="dim")
+        t.append(f"data {s.data:.0%} compute {s.compute:.0%} optim {s.optim:.0%}"
+                 + (f" comm {s.comm:.0%}" if s.comm >= 0.005 else ""), style="dim")
         verdict = h.doctor
         if verdict.get("bound") and verdict.get("field"):
             t.append(f"\n{clean(str(verdict['bound']))}-bound: {float(verdict.get('share', 0)):.0%}; "
