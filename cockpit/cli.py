@@ -15,6 +15,7 @@ examples:
   cockpit                       the runs directory: pick a run to watch
   cockpit demo                  start the demo run (bundled digits) and watch it
   cockpit attach RUN            watch a run again, with its whole history
+  cockpit run run.toml --gpus 4 start a run on 4 local GPUs (DDP, torchrun underneath) and watch it
   cockpit runs                  list runs without the UI
 """
 
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="start a new run from a config file and attach to it")
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--nproc", type=int, metavar="N", help="data-parallel on N processes (torchrun underneath)")
+    g.add_argument("--gpus", type=int, metavar="N", help="data-parallel on N local GPUs")
     sub.add_parser("runs", help="list runs and exit")
     return parser
 
@@ -64,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "demo":
         launch = ("demo", args.set)
     elif args.command == "run":
-        launch = ("run", [args.config, *args.set])
+        n = args.gpus if args.gpus is not None else args.nproc
+        if n is not None and n < 1:
+            print(f"cockpit: --{'gpus' if args.gpus is not None else 'nproc'} {n}: expected 1 or more",
+                  file=sys.stderr)
+            return 2
+        sets = [*args.set, *([f"distributed.nproc={n}"] if n is not None else []),
+                *(["train.device='cuda'"] if args.gpus is not None else [])]
+        launch = ("run", [args.config, *sets])
     from cockpit.app import CockpitApp
 
     CockpitApp(root, run=run, launch=launch).run()
