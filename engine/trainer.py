@@ -403,7 +403,7 @@ class Trainer:
             samples_per_s=report["samples_per_s"], steps_per_s=report["steps_per_s"],
             eta_s=eta, time_data_s=report["data"], time_h2d_s=report["h2d"], time_compute_s=report["compute"],
             time_optim_s=report["optim"], time_comm_s=report["comm"], skipped_steps=self.pos.skipped,
-            **self._flops(report["samples_per_s"] / self.dist.world),
+            **self._flops(report["samples_per_s"] / self.dist.world), **self._memory(),
         )
         self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"])
         verdict = self.doctor.changed()
@@ -411,6 +411,12 @@ class Trainer:
             self.tele.emit("doctor", step=self.pos.step, bound=verdict.bound, share=verdict.share,
                            field=verdict.field, remedy=verdict.remedy, message=verdict.message())
         self._emit_cost(eta)
+
+    def _memory(self) -> dict[str, int]:
+        """Peak device memory so far (CUDA's allocator counter: no synchronization)."""
+        if self.device.type != "cuda":
+            return {}
+        return {"mem_peak_bytes": int(torch.cuda.max_memory_allocated(self.device))}
 
     def _flops(self, samples_per_s: float) -> dict[str, float]:
         """Achieved TFLOP/s, and MFU where the device's peak is known."""
