@@ -31,7 +31,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "step": (
         "step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s",
         "steps_per_s", "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s",
-        "time_comm_s", "skipped_steps", "tflops", "mfu", "mem_peak_bytes",
+        "time_comm_s", "skipped_steps", "tflops", "mfu", "mem_peak_bytes", "world_size",
     ),
     "eval": ("step", "epoch", "metrics"),
     "doctor": ("step", "bound", "share", "field", "remedy", "message"),

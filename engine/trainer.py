@@ -404,6 +404,7 @@ class Trainer:
             eta_s=eta, time_data_s=report["data"], time_h2d_s=report["h2d"], time_compute_s=report["compute"],
             time_optim_s=report["optim"], time_comm_s=report["comm"], skipped_steps=self.pos.skipped,
             **self._flops(report["samples_per_s"] / self.dist.world), **self._memory(),
+            **({"world_size": self.dist.world} if self.dist.active else {}),
         )
         self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"])
         verdict = self.doctor.changed()

@@ -30,7 +30,9 @@ class ThroughputPane(Static):
         bar_w = 10
         filled = int(bar_w * max(0.0, min(1.0, done / total)))
         t = Text()
-        t.append(f"{e.get('samples_per_s', 0):,.0f} samples/s {e.get('steps_per_s', 0):.1f} steps/s\n")
+        ranks = e.get("world_size")
+        t.append(f"{e.get('samples_per_s', 0):,.0f} samples/s {e.get('steps_per_s', 0):.1f} steps/s"
+                 + (f" · {ranks} ranks" if isinstance(ranks, int) and ranks > 1 else "") + "\n")
         t.append(f"ep {int(e.get('epoch', 0)) + 1} ")
         t.append("█" * filled + "░" * (bar_w - filled))
         t.append(f" {done}/{total} ETA {fmt_eta(e.get('eta_s'))}\n")
