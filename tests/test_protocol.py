@@ -31,7 +31,7 @@ SAMPLE = {
     "reason": "SIGTERM", "epoch": 2, "checkpoint": "step-00000120.pt", "batch": 17,
     "batches_per_epoch": 45, "loss": 0.4125, "lr": 0.003, "samples_per_s": 1834.5,
     "steps_per_s": 57.3, "eta_s": 61.2, "time_data_s": 0.001, "time_h2d_s": 0.0004, "time_compute_s": 0.012,
-    "time_optim_s": 0.002, "time_comm_s": 0.0, "metrics": {"loss": 0.31, "accuracy": 0.912},
+    "time_optim_s": 0.002, "time_comm_s": 0.0, "mem_peak_bytes": 2**33, "world_size": 2, "metrics": {"loss": 0.31, "accuracy": 0.912},
     "devices": [{"index": 0, "util": 97.0, "mem_used": 10.5, "mem_total": 80.0}],
     "price_per_hour": 2.5, "source": "config", "accumulated": 0.12, "projected": 0.9,
     "lifecycle": "spot", "instance_type": "p4d.24xlarge", "notice": None,
