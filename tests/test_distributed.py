@@ -72,8 +72,10 @@ tensorboard = false
 EPOCHS, STEPS_PER_EPOCH = 20, 12
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
 #: DDP and one process differ by float rounding only (the order of a sum), ~1e-7 at first;
-#: training amplifies that once the model learns fast (to ~1e-4 in the loss by step 240 with
-#: momentum), so the close comparison is made after a few epochs.
+#: training amplifies that once the model learns fast (measured: ~7e-5 in the loss and ~3e-3
+#: in the weights by step 240, with momentum), so the close comparison (1e-5) is made after a
+#: few epochs and the end is only checked to be on the same trajectory (5e-2; ranks that all
+#: read the same shard end ~0.6 away).
 CLOSE_STEP = 3 * STEPS_PER_EPOCH
 
 #: States in which the loop is training (status.json may be caught during a save).
@@ -306,14 +308,14 @@ def test_ddp_matches_single_process_at_the_same_global_batch(baseline):
             f"{key} at step {CLOSE_STEP}: max difference {(ddp_early['model'][key] - tensor).abs().max().item():.3g}")
     # at the end, still on the same trajectory (rounding has grown, see CLOSE_STEP)
     for key, tensor in single["model"].items():
-        assert torch.allclose(ddp["model"][key], tensor, atol=2e-2, rtol=0), (
+        assert torch.allclose(ddp["model"][key], tensor, atol=5e-2, rtol=0), (
             f"{key}: max difference {(ddp['model'][key] - tensor).abs().max().item():.3g}")
 
     # the same loss at every step (the reported loss is the mean over both ranks' batches)
     ddp_losses, single_losses = step_losses(baseline.ddp), step_losses(baseline.single)
     assert sorted(ddp_losses) == sorted(single_losses) == list(range(1, TOTAL_STEPS + 1))
     for step, loss in single_losses.items():
-        tol = 1e-5 if step <= CLOSE_STEP else 2e-3
+        tol = 1e-5 if step <= CLOSE_STEP else 5e-3
         assert ddp_losses[step] == pytest.approx(loss, abs=tol), f"loss at step {step}"
     assert ddp_losses[TOTAL_STEPS] < ddp_losses[1] - 0.1, "the loss did not go down: nothing trained"
 
@@ -323,7 +325,7 @@ def test_ddp_matches_single_process_at_the_same_global_batch(baseline):
         STEPS_PER_EPOCH * (i + 1) for i in range(EPOCHS)]
     for d, s in zip(ddp_evals, single_evals):
         close = d["step"] <= CLOSE_STEP
-        assert d["metrics"]["loss"] == pytest.approx(s["metrics"]["loss"], abs=1e-5 if close else 2e-3)
+        assert d["metrics"]["loss"] == pytest.approx(s["metrics"]["loss"], abs=1e-5 if close else 5e-3)
         if close:
             assert d["metrics"]["accuracy"] == pytest.approx(s["metrics"]["accuracy"], abs=1e-9)
 
@@ -407,8 +409,8 @@ def test_pause_status_and_stop_commands_end_every_rank(commanded):
     assert states[-1]["state"] == "stopped" and states[-1]["step"] == paused["step"]
     stop_ckpt = [e for e in of_type(commanded.events, "checkpoint") if e["reason"] == "stop"]
     assert [e["step"] for e in stop_ckpt] == [paused["step"]]
-    saved = latest_checkpoint(commanded.run)
-    assert saved["step"] == paused["step"] and len(saved["rng_ranks"]) == 2
+    saved = checkpoint_at(commanded.run, paused["step"])  # (the resume test below goes on from it)
+    assert saved["step"] == paused["step"] and saved["world_size"] == 2 and len(saved["rng_ranks"]) == 2
 
 
 # ---- 3. exact resume under DDP ---------------------------------------------------------------
