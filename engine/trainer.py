@@ -260,9 +260,12 @@ class Trainer:
             if not self.dist.main:  # only rank 0 writes events: the others say it on stderr
                 print(f"cockpit-engine: rank {self.dist.rank} failed: {traceback.format_exc()}",
                       file=sys.stderr, flush=True)
-            self.tele.emit("error", message=f"{type(exc).__name__}: {exc}",
-                           traceback=traceback.format_exc())
-            self.set_state("failed", reason=f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            if self.dist.active and _collective_failure(exc):
+                reason = ("another rank died or stopped answering (collectives give up after "
+                          f"distributed.timeout_s = {self.cfg.distributed.timeout_s:g} s): {reason}")
+            self.tele.emit("error", message=reason, traceback=traceback.format_exc())
+            self.set_state("failed", reason=reason)
             return EXIT_FAILED
         finally:
             if self.saver is not None:
@@ -498,27 +501,34 @@ class Trainer:
                 self._mark_best_or_answer(best, pending)
             return None
         previous = self.state
-        self.set_state("checkpointing")
+        self._checkpointing(True)
         self.last_save_step, self.last_save_time = self.pos.step, time.monotonic()
         if self.sharded:
             return self._save_shards(reason, best, pending, previous)
         rngs = self.dist.gather(ckpt.capture_rng()) if self.dist.active else None
         if not self.dist.main:
-            self.set_state(previous)
+            self._checkpointing(False, previous)
             return None
         if self.saver is not None:
             start = time.perf_counter()
             state, release = self.staging.copy(self.snapshot(rngs))
             self.saver.submit(Job(state, self.pos.step, best, reason, time.perf_counter() - start,
                                   done=self._answer_when_written(pending), release=release))
-            self.set_state(previous)
+            self._checkpointing(False, previous)
             return None
         saved = self.store.save(self.snapshot(rngs), self.pos.step, best=best)
         self._saved(saved, Job(None, saved.step, best, reason, saved.seconds))
-        self.set_state(previous)
+        self._checkpointing(False, previous)
         for p in pending:
             p.answer(step=saved.step, path=str(saved.path), bytes=saved.bytes, seconds=saved.seconds)
         return saved
+
+    def _checkpointing(self, entering: bool, previous: str = "") -> None:
+        """Show "checkpointing" while saving, then the state before; a stop's own save
+        stays in "stopping" (one state event, with its reason)."""
+        if self.state == "stopping" or previous == "stopping":
+            return
+        self.set_state("checkpointing" if entering else previous)
 
     def _save_shards(self, reason: str, best: bool, pending: list[Pending], previous: str) -> ckpt.Saved | None:
         """FSDP: every rank writes its shards (synchronously) into one temporary directory,
@@ -533,7 +543,7 @@ class Trainer:
             self._saved(saved, Job(None, saved.step, best, reason, saved.seconds))
             for p in pending:
                 p.answer(step=saved.step, path=str(saved.path), bytes=saved.bytes, seconds=saved.seconds)
-        self.set_state(previous)
+        self._checkpointing(False, previous)
         return saved
 
     def _mark_best_or_answer(self, best: bool, pending: list[Pending]) -> None:
@@ -681,6 +691,14 @@ class Trainer:
         self.last_status = time.monotonic()
         if self.dist.main:
             self.run.write_status(**self.status(), **extra)
+
+
+def _collective_failure(exc: BaseException) -> bool:
+    """A collective that failed because a peer died or hung (Gloo's errors are often plain
+    RuntimeErrors, raised from inside DDP's reducer)."""
+    text = str(exc)
+    return isinstance(exc, torch.distributed.DistError) or any(
+        w in text for w in ("gloo", "NCCL", "Timed out", "Connection reset", "Connection closed"))
 
 
 class StepMeter:
