@@ -102,3 +102,30 @@ def test_flops_counting_matches_a_linear_layer_and_leaves_rng_alone():
 def test_peak_table_knows_common_gpus():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert peak_tflops("Some Future Accelerator") is None
+
+
+WIDE_MLP = '''
+from torch import nn
+
+def make(num_classes, in_channels):
+    """17 M parameters and almost no arithmetic per sample: all-reducing the gradients dominates."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 4096), nn.ReLU(),
+                         nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes))
+'''
+
+
+def test_ddp_with_a_wide_model_on_tiny_batches_is_communication_bound(tmp_path: Path):
+    (tmp_path / "widemlp.py").write_text(WIDE_MLP)
+    env = engine_env()
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    cfg = config('name = "digits"', 'name = "widemlp:make"').replace("batch_size = 16", "batch_size = 2")
+    (tmp_path / "wide.toml").write_text(cfg + '[optim]\nname = "sgd"\nmomentum = 0.0\n')
+    done = run_engines({"wide": {"args": ["run", str(tmp_path / "wide.toml"), "--nproc", "2",
+                                          "--runs-dir", str(tmp_path / "runs")], "env": env}})
+    assert done["wide"].returncode == 0, done["wide"].stderr[-3000:]
+    events = events_of(only_run(tmp_path / "runs"))
+    steps = [e for e in events if e["type"] == "step"]
+    assert steps and all(e["time_comm_s"] > 0 and e["world_size"] == 2 for e in steps)
+    doctors = [e for e in events if e["type"] == "doctor"]
+    assert doctors and doctors[-1]["bound"] == "communication", doctors
+    assert doctors[-1]["field"] == "train.grad_accum_steps"
