@@ -30,7 +30,7 @@ batch_size = 8
 [checkpoint]
 every_steps = 10
 [logging]
-every_steps = 2
+every_steps = 1  # a logged loss averages the steps since the last one: stop and resume split that
 max_step_events_per_s = 100000
 status_every_s = 0.2
 """
