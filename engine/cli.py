@@ -130,6 +130,14 @@ def _needs_launcher(cfg: config_mod.Config) -> bool:
 def _torchrun(cfg: config_mod.Config, argv: list[str], args: argparse.Namespace) -> int:
     from engine import launch
 
+    if cfg.train.device.startswith("cuda"):
+        import torch  # only here: a CPU launch stays quick
+
+        visible = torch.cuda.device_count()
+        if visible < cfg.distributed.nproc:
+            raise BadInput(f"distributed.nproc = {cfg.distributed.nproc} with train.device = "
+                           f"{cfg.train.device!r} (--gpus): {visible} CUDA device(s) visible, one per "
+                           "process is needed; use --nproc N on the CPU")
     extra = (["--json"] if args.json else []) + (["--detached-child"] if args.detached_child else [])
     return launch.run(cfg.distributed.nproc, argv + extra)
 

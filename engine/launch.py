@@ -12,13 +12,19 @@ therefore leaves its own exit code in a file, and this process exits with that c
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 from engine.protocol import EXIT_FAILED
+
+#: torchrun's log lines ("E1124 02:00:32.486000 27435 .../elastic/multiprocessing/api.py:1002] ...")
+_AGENT_LOG = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ .*torch/distributed/")
 
 EXIT_FILE_ENV = "COCKPIT_EXIT_FILE"
 LAUNCHER_ENV = "COCKPIT_LAUNCHER_PID"
@@ -37,7 +43,10 @@ def run(nproc: int, rank_argv: list[str]) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{EXIT_FILE_ENV: exit_file, LAUNCHER_ENV: str(os.getpid())})
     if "OMP_NUM_THREADS" not in env:  # torchrun would set 1; share the cores instead
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    child = subprocess.Popen(torchrun_command(nproc, rank_argv), env=env, start_new_session=True)
+    child = subprocess.Popen(torchrun_command(nproc, rank_argv), env=env, start_new_session=True,
+                             stderr=subprocess.PIPE)
+    quiet = QuietTorchrun(child.stderr)
+    quiet.start()
     signals_seen = 0
 
     def forward(signum: int, _frame: object) -> None:
@@ -56,11 +65,42 @@ def run(nproc: int, rank_argv: list[str]) -> int:
             signal.signal(s, h)
     try:
         text = Path(exit_file).read_text().strip()
-        return int(text) if text else (code or EXIT_FAILED)
+        result = int(text) if text else (code or EXIT_FAILED)
     except (OSError, ValueError):
-        return code or EXIT_FAILED
+        result = code or EXIT_FAILED
     finally:
         Path(exit_file).unlink(missing_ok=True)
+    quiet.finish(show_report=result not in (0, 2, 3))
+    return result
+
+
+class QuietTorchrun(threading.Thread):
+    """Passes the ranks' stderr through as it comes, but holds back torchrun's own report of
+    a non-zero exit (its traceback and failure table), which only repeats what the ranks said;
+    it is shown when the run really failed (exit 1), not after a stop (3) or bad input (2)."""
+
+    def __init__(self, stream: Any):
+        super().__init__(daemon=True)
+        self.stream, self.held = stream, []
+
+    def run(self) -> None:
+        holding = False
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode(errors="replace")
+            if line.startswith("Traceback (most recent call last):") or _AGENT_LOG.match(line):
+                holding = True  # torchrun's own lines: ranks' lines carry a [rankN]: prefix
+            if holding:
+                self.held.append(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            if holding and _AGENT_LOG.match(line) is None and not line.startswith(("Traceback", " ", "torch.", "=", "-", "[", "engine.cli", "Failures", "Root Cause", "<")):
+                holding = False  # something else after all: let it through from here
+
+    def finish(self, show_report: bool) -> None:
+        self.join(timeout=10)
+        if show_report:
+            sys.stderr.write("".join(self.held))
 
 
 def record_exit(code: int) -> None:

@@ -6,12 +6,13 @@ import functools
 import re
 import subprocess
 import tomllib
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from pydantic import BaseModel
 
-from conftest import engine_cmd, engine_env
+from conftest import engine_cmd, engine_env, run_engine
 from engine.config import Config, validate
 
 
@@ -108,3 +109,19 @@ def test_markdown_reference_lists_every_field_once():
     assert len(paths) == len(set(paths))
     for row in rows:
         assert row.count(" | ") == 2 and row.endswith(" |"), f"malformed table row: {row}"
+
+
+def test_gpus_without_cuda_and_a_zero_process_count_are_refused(tmp_path: Path):
+    """Checked by the launching process, before torchrun starts or anything is written."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[data]\nname = "digits"\n')
+    runs = tmp_path / "runs"
+    import torch
+
+    if torch.cuda.device_count() < 64:
+        gpus = run_engine("run", str(cfg), "--gpus", "64", "--runs-dir", str(runs))
+        assert gpus.returncode == 2, gpus.stderr
+        assert "CUDA device(s) visible" in gpus.stderr and "distributed.nproc = 64" in gpus.stderr
+    zero = run_engine("run", str(cfg), "--nproc", "0", "--runs-dir", str(runs))
+    assert zero.returncode == 2 and "--nproc 0" in zero.stderr, zero.stderr
+    assert not runs.exists()

@@ -432,6 +432,9 @@ def test_stopped_then_sigterm_then_resumed_is_bit_identical(baseline, commanded)
         os.kill(engine.proc.pid, signal.SIGTERM)
         code = finish(engine)
         assert code == EXIT_STOPPED, f"launcher exit code {code}:\n{engine.log()}"
+        # torchrun reports any non-zero exit as a failure; after a clean stop the launcher
+        # holds that report back
+        assert "ChildFailedError" not in engine.log() and "FAILED" not in engine.log(), engine.log()
     finally:
         kill_tree(engine.proc)
     status = status_of(run)
