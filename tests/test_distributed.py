@@ -24,6 +24,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -585,3 +586,37 @@ def test_epoch_sampler_kth_batches_of_ranks_make_the_single_process_batch(b, wor
         k = 2
         resumed = shares(n, world, epoch=epoch, offset=k * b)
         assert resumed == [p[k * b:] for p in parts]
+
+
+# ---- 7. the README's multi-node line, as two "nodes" on this machine ----------------------
+
+
+def test_the_documented_multinode_torchrun_line_trains_the_same_run(tmp_path, config, baseline):
+    """Two torchrun agents, one process each, joined by the c10d rendezvous exactly as the
+    README's step-by-step shows (--nnodes 2 --rdzv-backend c10d ...): the same 2-rank run,
+    bit for bit, as `--nproc 2`."""
+    port, runs = free_port(), tmp_path / "runs"
+    line = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+            "-m", "engine.cli", "run", str(config), "--run-id", "two-nodes", "--runs-dir", str(runs)]
+    nodes = []
+    try:
+        for n in range(2):
+            out = open(tmp_path / f"node{n}.txt", "w")
+            nodes.append(subprocess.Popen(line, env=engine_env(), stdout=out, stderr=subprocess.STDOUT,
+                                          cwd=tmp_path))
+        codes = [p.wait(timeout=HANG_S) for p in nodes]
+    finally:
+        for p in nodes:
+            kill_tree(p)
+    logs = "\n".join((tmp_path / f"node{n}.txt").read_text(errors="replace")[-2000:] for n in range(2))
+    assert codes == [0, 0], logs
+    run = runs / "two-nodes"
+    assert sorted(p.name for p in runs.iterdir()) == ["two-nodes"]
+    assert status_of(run)["state"] == "finished" and status_of(run)["world_size"] == 2
+    mine, reference = latest_checkpoint(run), latest_checkpoint(baseline.ddp)
+    assert mine["step"] == reference["step"] == TOTAL_STEPS and mine["world_size"] == 2
+    for k, v in reference["model"].items():
+        assert torch.equal(mine["model"][k], v), k
+    # one process per node: config.toml keeps nproc (processes on this machine) at 1
+    assert load_config(run / "config.toml").distributed.nproc == 1
