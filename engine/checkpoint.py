@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from engine.atomic import write_atomic, write_json_atomic
+from engine.atomic import fsync_dir, write_atomic, write_json_atomic
 
 FORMAT = 1
 REQUIRED = ("format", "step", "model", "optimizer", "trainer", "rng", "config")
@@ -114,10 +114,10 @@ class CheckpointStore:
         """Rank 0, once every rank has written: rename the directory into place (complete or
         absent, as for a single file), then update the pointers and prune."""
         path = self.folder / f"step-{step:08d}.shards"
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _remove(path)
         tmp.rename(path)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         size = sum(f.stat().st_size for f in path.iterdir())
         write_json_atomic(self.folder / "latest", {"file": path.name, "step": step})
         if best:
@@ -206,14 +206,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _short(exc: Exception) -> str:
