@@ -373,7 +373,12 @@ def validate(data: dict[str, Any], source: str = "config", overridden: tuple[str
     except ValidationError as exc:
         def origin(err: dict[str, Any]) -> str:
             path = ".".join(str(p) for p in err["loc"])
-            return "--set" if any(path == o or path.startswith(o + ".") for o in overridden) else source
+            if any(path == o or path.startswith(o + ".") for o in overridden):
+                return "--set"
+            # a section-level check (loc is the section) that names a field given with --set
+            named = [o for o in overridden if o.startswith(path + ".") if path and
+                     o.rsplit(".", 1)[-1] in err["msg"]]
+            return "--set" if named else source
 
         lines = [_format_error(e, origin(e)) for e in exc.errors()]
         raise BadInput("invalid config:\n  " + "\n  ".join(lines)) from None
