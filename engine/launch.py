@@ -4,7 +4,7 @@ The launching process starts ``python -m torch.distributed.run --standalone`` (t
 free local port) in a process group of its own, so a Ctrl+C in the terminal reaches the ranks
 once, through torchrun, rather than twice. SIGINT and SIGTERM sent to this process are passed
 on to torchrun as SIGTERM, which hands them to every rank: the ranks agree to checkpoint at
-the same step and stop. torchrun reports any non-zero exit as a failure (code 1); rank 0
+the same step and stop. A second signal kills torchrun and every rank at once. torchrun reports any non-zero exit as a failure (code 1); rank 0
 therefore leaves its own exit code in a file, and this process exits with that code, so
 `--nproc` keeps the engine's exit codes (0 finished, 1 failed, 2 bad input, 3 stopped).
 """
@@ -52,8 +52,14 @@ def run(nproc: int, rank_argv: list[str]) -> int:
     def forward(signum: int, _frame: object) -> None:
         nonlocal signals_seen
         signals_seen += 1
-        # the first is a request to checkpoint and stop; a second one means "now"
-        child.send_signal(signal.SIGTERM if signals_seen == 1 else signal.SIGKILL)
+        if signals_seen == 1:  # checkpoint at the next step boundary and stop
+            child.send_signal(signal.SIGTERM)
+            return
+        for pid in [*_descendants(child.pid), child.pid]:  # a second one means now
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -72,6 +78,24 @@ def run(nproc: int, rank_argv: list[str]) -> int:
         Path(exit_file).unlink(missing_ok=True)
     quiet.finish(show_report=result not in (0, 2, 3))
     return result
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first (Linux /proc; torchrun puts each rank in a
+    session of its own, so a process group would not reach them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for kid in children.get(todo.pop(), []):
+            found.append(kid)
+            todo.append(kid)
+    return found
 
 
 class QuietTorchrun(threading.Thread):

@@ -211,6 +211,8 @@ def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str]) 
     if not dist.active:
         raise BadInput(error)
     return error
+
+
 def _train(trainer: Trainer, tele: Telemetry, run: RunDir, console: str) -> int:
     try:
         code = trainer.train()
