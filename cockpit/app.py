@@ -401,12 +401,24 @@ class CockpitApp(App):
                 pid = read_status(link.run).get("pid")
             if sampler.available:
                 devices = sampler.devices()
-                self.call_from_thread(pane.show_devices, devices, pid)
+                self.call_from_thread(pane.show_devices, devices, self._rank_pids(pid))
                 util = sum(d.util for d in devices) / len(devices) if devices else None
                 self._watch_utilization(util)
             else:
                 self.call_from_thread(pane.show_host, sampler.host(pid), sampler.reason)
             time.sleep(0.5)
+
+    def _rank_pids(self, pid: int | None) -> set[int]:
+        """The engine's pid, plus every rank's when it trains as several processes."""
+        pids = {pid} if isinstance(pid, int) else set()
+        link = self.link
+        if link is not None and (link.history.last_step or {}).get("world_size"):
+            from cockpit.runs import read_status
+
+            ranks = read_status(link.run).get("rank_pids")
+            if isinstance(ranks, list):
+                pids.update(p for p in ranks if isinstance(p, int) and not isinstance(p, bool))
+        return pids
 
     def _watch_utilization(self, util: float | None) -> None:
         link = self.link

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -117,6 +118,7 @@ class Trainer:
         self.doctor = Doctor()
         self.peak = cfg.train.peak_tflops or (
             peak_tflops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None)
+        self.rank_pids = self.dist.gather(os.getpid()) if self.dist.active else None
         if resume is not None:
             self._restore(resume)
 
@@ -685,7 +687,7 @@ class Trainer:
                 "total_steps": self.total_steps, "loss": self.last_loss,
                 "lr": self.current_lr(),
                 "run_id": self.run.path.name, "socket": str(self.server.path) if self.server else None,
-                "world_size": self.dist.world}
+                "world_size": self.dist.world, **({"rank_pids": self.rank_pids} if self.rank_pids else {})}
 
     def write_status(self, **extra: Any) -> None:
         self.last_status = time.monotonic()

@@ -308,6 +308,25 @@ async def test_gpu_pane_polls_nvml_and_highlights_the_engine(tmp_path: Path):
         assert not any(str(s.style) == "reverse" for s in other_line.spans)
 
 
+
+async def test_gpu_pane_highlights_every_rank_of_a_ddp_run(tmp_path: Path):
+    """With several processes the engine's step events carry world_size and status.json lists
+    every rank's pid; the GPU pane marks all of them as the run's own."""
+    run = copy_recorded(tmp_path)
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    (run / "events.jsonl").write_text("".join(
+        json.dumps({**e, "world_size": 2} if e["type"] == "step" else e) + "\n" for e in events))
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "rank_pids": [ENGINE_PID, 4242]}))
+    app = attached(run, poll_gpu=True, gpu=GpuSampler(nvml=FakeNvml()), clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(GpuPane)
+        await until(pilot, lambda: "pid 4242" in pane.text.plain and any(
+            str(s.style) == "reverse" for line in pane.text.split() if "pid 4242" in line.plain
+            for s in line.spans), what="rank 1's pid highlighted")
+        engine_line = next(line for line in pane.text.split() if f"pid {ENGINE_PID}" in line.plain)
+        assert any(str(s.style) == "reverse" for s in engine_line.spans)
+
 # ---- TensorBoard ------------------------------------------------------------------------
 
 def listening(port: int) -> bool:

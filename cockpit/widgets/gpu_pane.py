@@ -21,7 +21,9 @@ class GpuPane(Static):
         super().__init__(*args, **kwargs)
         self.util_history: dict[int, deque] = {}
 
-    def show_devices(self, devices: list[Device], engine_pid: int | None) -> None:
+    def show_devices(self, devices: list[Device], engine_pids: set[int] | int | None) -> None:
+        """Devices, with the run's own processes (every rank's) highlighted."""
+        ours = engine_pids if isinstance(engine_pids, set) else {engine_pids}
         t = Text()
         for d in devices:
             hist = self.util_history.setdefault(d.index, deque(maxlen=60))
@@ -34,7 +36,7 @@ class GpuPane(Static):
                 t.append(f"{d.power_w:.0f}W")
             t.append("\n" + spark(list(hist), 30) + "\n")
             for pid, gib in d.processes[:3]:
-                t.append(f"  pid {pid} {gib:.1f} GiB\n", style="reverse" if pid == engine_pid else "")
+                t.append(f"  pid {pid} {gib:.1f} GiB\n", style="reverse" if pid in ours else "")
         self.text = t if devices else Text("NVML reports no GPUs")
 
     def show_host(self, sample: HostSample | None, reason: str) -> None:
