@@ -70,6 +70,7 @@ class CockpitApp(App):
         super().__init__()
         self.gpu, self.clock = gpu, clock
         self.runs_root, self.initial_run, self.launch = runs_root, run, launch
+        self._ranks_for: tuple[object, set[int]] = (None, set())  # (run, engine pid) -> rank pids
         self.user = user or settings_mod.load()
         self.poll_gpu = poll_gpu
         self.link: RunLink | None = None
@@ -409,16 +410,20 @@ class CockpitApp(App):
             time.sleep(0.5)
 
     def _rank_pids(self, pid: int | None) -> set[int]:
-        """The engine's pid, plus every rank's when it trains as several processes."""
+        """The engine's pid, plus every rank's when it trains as several processes (read from
+        status.json once per run and engine pid: a resume starts new ranks)."""
         pids = {pid} if isinstance(pid, int) else set()
         link = self.link
-        if link is not None and (link.history.last_step or {}).get("world_size"):
+        if link is None or not (link.history.last_step or {}).get("world_size"):
+            return pids
+        key = (link.run, pid)
+        if self._ranks_for[0] != key:
             from cockpit.runs import read_status
 
             ranks = read_status(link.run).get("rank_pids")
-            if isinstance(ranks, list):
-                pids.update(p for p in ranks if isinstance(p, int) and not isinstance(p, bool))
-        return pids
+            found = {p for p in ranks if isinstance(p, int) and not isinstance(p, bool)} if isinstance(ranks, list) else set()
+            self._ranks_for = (key, found) if found else (None, set())
+        return pids | self._ranks_for[1]
 
     def _watch_utilization(self, util: float | None) -> None:
         link = self.link

@@ -54,6 +54,16 @@ class Dist:
     def active(self) -> bool:
         return self.world > 1
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP across ranks: a sharded model, and checkpoints with one file per rank."""
+        return self.active and self.strategy == "fsdp"
+
+    @property
+    def replicated(self) -> bool:
+        """DDP across ranks: every rank holds the whole model."""
+        return self.active and self.strategy == "ddp"
+
     # ---- agreement and reduction (host values, CPU group: no device sync) -----------
 
     def agree_max(self, values: list[float]) -> list[float]:

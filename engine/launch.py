@@ -55,7 +55,7 @@ def run(nproc: int, rank_argv: list[str]) -> int:
         if signals_seen == 1:  # checkpoint at the next step boundary and stop
             child.send_signal(signal.SIGTERM)
             return
-        for pid in [*_descendants(child.pid), child.pid]:  # a second one means now
+        for pid in [*descendants(child.pid), child.pid]:  # a second one means now
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -64,8 +64,6 @@ def run(nproc: int, rank_argv: list[str]) -> int:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = child.wait()
-        while code is None:
-            code = child.wait()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -80,7 +78,7 @@ def run(nproc: int, rank_argv: list[str]) -> int:
     return result
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid`, children first (Linux /proc; torchrun puts each rank in a
     session of its own, so a process group would not reach them)."""
     children: dict[int, list[int]] = {}

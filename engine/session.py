@@ -154,7 +154,7 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         spec, model = prepare(cfg, dist)
         warnings: list[str] = []
         found = _find_checkpoint(run, cfg, dist, warnings) if dist.main else None
-        sharded = dist.active and cfg.distributed.strategy == "fsdp"
+        sharded = dist.sharded
         if sharded:  # every rank reads its own shard file; the others need only the name
             named = dist.broadcast(found if isinstance(found, str) or found is None else (None, found[1]))
             found = found if dist.main else named
@@ -195,7 +195,7 @@ def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str]) 
     else:
         state, path = found
         written_by = state.get("world_size", 1)
-        sharded = dist.active and cfg.distributed.strategy == "fsdp"
+        sharded = dist.sharded
         if written_by != dist.world:
             error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written by {written_by} "
                      f"process(es) and this resume has {dist.world}; resume with --nproc {written_by} "

@@ -107,7 +107,7 @@ class Trainer:
         main = self.dist.main
         self.server = ControlServer(socket_path_for(run.path), self.status) if main else None
         self.saver = (AsyncSaver(self.store, self._saved, self._save_failed)
-                      if cfg.checkpoint.async_save and main and not self.sharded else None)
+                      if cfg.checkpoint.async_save and main and not self.dist.sharded else None)
         self.staging = HostStaging(pin=self.device.type == "cuda")
         self.save_error: BaseException | None = None
         self.state = "starting"
@@ -155,7 +155,7 @@ class Trainer:
 
     def _scaler(self, enabled: bool) -> Any:
         """fp16's loss scaler; FSDP's shards need one that agrees on inf/NaN across ranks."""
-        if enabled and self.dist.active and self.dist.strategy == "fsdp":
+        if enabled and self.dist.sharded:
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
             return ShardedGradScaler(self.device.type)
@@ -195,13 +195,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches / cfg.train.grad_accum_steps)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
-    @property
-    def sharded(self) -> bool:
-        """FSDP across ranks: checkpoints are a directory with one file per rank."""
-        return self.dist.active and self.dist.strategy == "fsdp"
-
     def _restore(self, state: dict[str, Any]) -> None:
-        if self.sharded:
+        if self.dist.sharded:
             from engine.sharded import load_local_state
 
             load_local_state(self.model, self.optimizer, state)
@@ -219,7 +214,7 @@ class Trainer:
         """Everything needed to continue exactly from this step boundary (`rngs`: every
         rank's RNG state, gathered by `save` under torchrun)."""
         extra: dict[str, Any] = {"rng_ranks": rngs} if rngs is not None and len(rngs) > 1 else {}
-        if self.sharded:
+        if self.dist.sharded:
             from engine.sharded import local_state
 
             extra.update(local_state(self.model, self.optimizer), rank=self.dist.rank, strategy="fsdp")
@@ -280,7 +275,7 @@ class Trainer:
     def check_replicas(self) -> None:
         """Under DDP, confirm at the end that every rank holds the same weights (a cheap
         guard against a rank that silently trained on something else)."""
-        if not self.dist.active or self.dist.strategy != "ddp":
+        if not self.dist.replicated:
             return
         flat = torch.cat([p.detach().float().flatten().cpu() for p in self.model.parameters()])
         digest = [float(flat.double().sum()), float(flat.double().abs().sum()), float(flat.double().square().sum())]
@@ -472,7 +467,7 @@ class Trainer:
         """Validation loss and top-1 accuracy over the whole validation set."""
         self.model.eval()
         # DDP's wrapper is for training; FSDP needs its own forward (it gathers the weights)
-        forward = self.model if self.dist.active and self.dist.strategy == "ddp" else self.forward
+        forward = self.model if self.dist.replicated else self.forward
         total, correct, loss_sum = 0, torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for x, y in self.val_loader:
             x, y = self.normalize(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
@@ -505,7 +500,7 @@ class Trainer:
         previous = self.state
         self._checkpointing(True)
         self.last_save_step, self.last_save_time = self.pos.step, time.monotonic()
-        if self.sharded:
+        if self.dist.sharded:
             return self._save_shards(reason, best, pending, previous)
         rngs = self.dist.gather(ckpt.capture_rng()) if self.dist.active else None
         if not self.dist.main:

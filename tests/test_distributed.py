@@ -35,6 +35,7 @@ from conftest import engine_cmd, engine_env, events_of, run_engine, run_engines,
 from engine.checkpoint import load as load_checkpoint
 from engine.config import load as load_config
 from engine.data import EpochSampler
+from engine.launch import descendants  # torchrun puts each rank in a session of its own
 from engine.protocol import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, replay, send_command
 
 # A batch-independent model (GroupNorm, no dropout) on synthetic data with no augmentation:
@@ -122,27 +123,6 @@ def wait_alive(engine: Engine, predicate, what: str, timeout: float = HANG_S):
                                  + engine.log())
         return value
     return wait_for(check, timeout=timeout, what=what)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (torchrun and its ranks run in sessions of their own,
-    so a process group does not reach them; the parent links do)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
