@@ -13,9 +13,9 @@ import difflib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from engine.errors import BadInput
 
@@ -23,6 +23,10 @@ BUILTIN_DATASETS = (
     "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic",
 )
 DATASETS_WITH_ROOT = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+
+
+#: An integer field that refuses floats (1e9, 2.5) and booleans instead of truncating them.
+Int = Annotated[int, Strict()]
 
 
 class Section(BaseModel):
@@ -44,16 +48,16 @@ class ModelConfig(Section):
         "classification model ('resnet18', 'mobilenet_v3_small', ...), or your own "
         "'package.module:factory' called as factory(num_classes=, in_channels=, **factory_args)",
     )
-    num_classes: Optional[int] = Field(
+    num_classes: Optional[Int] = Field(
         None, ge=2, description="Output classes; default: taken from the dataset"
     )
-    in_channels: Optional[int] = Field(
+    in_channels: Optional[Int] = Field(
         None, ge=1, description="Input channels; default: taken from the dataset"
     )
     weights_path: Optional[str] = Field(
         None, description="Local file with pretrained weights (a state_dict) to start from"
     )
-    pretrained: Optional[str] = Field(
+    pretrained: Optional[Union[bool, str]] = Field(
         None, description="Hub weights are never downloaded: set weights_path to a local file"
     )
     factory_args: dict[str, Any] = Field(
@@ -62,7 +66,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
-        if self.pretrained is not None:
+        if self.pretrained not in (None, False):
             raise ValueError(
                 f"pretrained={self.pretrained!r}: weights are never downloaded from a hub; "
                 "download them yourself and set model.weights_path to the local file"
@@ -73,7 +77,7 @@ class ModelConfig(Section):
 class AugmentConfig(Section):
     """Training-time augmentation, applied per sample with a seed derived from (seed, epoch, index)."""
 
-    random_crop_padding: int = Field(
+    random_crop_padding: Int = Field(
         0, ge=0, description="Pad by this many pixels, then crop back at a random offset (0: off)"
     )
     horizontal_flip: bool = Field(False, description="Flip left-right with probability 0.5")
@@ -104,23 +108,23 @@ class DataConfig(Section):
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share held out for validation where the set has no split"
     )
-    image_size: Optional[int] = Field(
+    image_size: Optional[Int] = Field(
         None, ge=1, description="Resize imagefolder images to this square size"
     )
-    synthetic_samples: int = Field(2048, ge=1, description="Synthetic: training samples")
-    synthetic_shape: list[int] = Field(
+    synthetic_samples: Int = Field(2048, ge=1, description="Synthetic: training samples")
+    synthetic_shape: list[Int] = Field(
         [3, 32, 32], min_length=3, max_length=3, description="Synthetic: [channels, height, width]"
     )
-    synthetic_classes: int = Field(10, ge=2, description="Synthetic: number of classes")
+    synthetic_classes: Int = Field(10, ge=2, description="Synthetic: number of classes")
     factory_args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for a dataset factory"
     )
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the trainer)")
+    num_workers: Int = Field(0, ge=0, description="DataLoader worker processes (0: load in the trainer)")
     pin_memory: bool = Field(False, description="Page-locked host batches for faster GPU copies")
     persistent_workers: bool = Field(
         False, description="Keep workers alive between epochs (needs num_workers > 0)"
     )
-    prefetch_factor: Optional[int] = Field(
+    prefetch_factor: Optional[Int] = Field(
         None, ge=1, description="Batches each worker loads ahead (needs num_workers > 0)"
     )
     device_resident: bool = Field(
@@ -174,9 +178,9 @@ class ScheduleConfig(Section):
     name: Literal["constant", "cosine", "step", "onecycle"] = Field(
         "cosine", description="constant, cosine (to min_lr_ratio), step (decay by gamma), onecycle"
     )
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 over this many steps")
+    warmup_steps: Int = Field(0, ge=0, description="Linear warm-up from 0 over this many steps")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine: final lr as a share of lr")
-    step_size: int = Field(1000, ge=1, description="Step: decay every this many steps")
+    step_size: Int = Field(1000, ge=1, description="Step: decay every this many steps")
     gamma: float = Field(0.1, gt=0, le=1, description="Step: decay factor")
     pct_start: float = Field(0.3, gt=0, lt=1, description="Onecycle: share of steps spent rising")
     div_factor: float = Field(25.0, ge=1, description="Onecycle: initial lr = lr / div_factor")
@@ -186,21 +190,21 @@ class ScheduleConfig(Section):
 class TrainConfig(Section):
     """The loop itself."""
 
-    epochs: int = Field(10, ge=1, description="Passes over the training set")
-    max_steps: Optional[int] = Field(
+    epochs: Int = Field(10, ge=1, description="Passes over the training set")
+    max_steps: Optional[Int] = Field(
         None, ge=1, description="Stop after this many optimizer steps (default: epochs decide)"
     )
-    batch_size: int = Field(64, ge=1, description="Samples per micro-batch")
-    eval_batch_size: Optional[int] = Field(None, ge=1, description="Default: batch_size")
+    batch_size: Int = Field(64, ge=1, description="Samples per micro-batch")
+    eval_batch_size: Optional[Int] = Field(None, ge=1, description="Default: batch_size")
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         "fp32", description="fp32, fp16 (autocast + GradScaler) or bf16 (autocast, no scaler)"
     )
     device: str = Field("auto", description="'auto' (cuda if present), 'cpu', 'cuda' or 'cuda:N'")
-    seed: int = Field(0, ge=0, description="Seed for weights, shuffling and augmentation")
+    seed: Int = Field(0, ge=0, description="Seed for weights, shuffling and augmentation")
     deterministic: bool = Field(
         True, description="Deterministic algorithms (bit-exact resume on the CPU)"
     )
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    grad_accum_steps: Int = Field(1, ge=1, description="Micro-batches per optimizer step")
     grad_clip_norm: Optional[float] = Field(
         None, gt=0, description="Clip the gradient's global norm to this (default: off)"
     )
@@ -227,14 +231,14 @@ class TrainConfig(Section):
 class CheckpointConfig(Section):
     """When checkpoints are written and which are kept."""
 
-    every_steps: Optional[int] = Field(
+    every_steps: Optional[Int] = Field(
         None, ge=1, description="Save every this many optimizer steps (default: off)"
     )
     every_minutes: Optional[float] = Field(
         None, gt=0, description="Save when this many minutes passed since the last save"
     )
     on_epoch_end: bool = Field(True, description="Save after each epoch's validation")
-    keep_last: int = Field(3, ge=2, description="Newest checkpoints kept (at least 2)")
+    keep_last: Int = Field(3, ge=2, description="Newest checkpoints kept (at least 2)")
     async_save: bool = Field(
         True, description="Write checkpoints on a background thread; the loop only pays for a host copy")
     best_metric: Optional[Literal["val_accuracy", "val_loss"]] = Field(
@@ -249,7 +253,7 @@ class LoggingConfig(Section):
         None, description="Root of run directories (else --runs-dir, $COCKPIT_RUNS, ./runs)"
     )
     run_name: Optional[str] = Field(None, description="Readable part of the run id")
-    every_steps: int = Field(
+    every_steps: Int = Field(
         10, ge=1, description="Read the loss every this many steps (a host-device sync)"
     )
     max_step_events_per_s: float = Field(
@@ -271,7 +275,7 @@ class CostConfig(Section):
 class DistributedConfig(Section):
     """Data-parallel training on several processes (torchrun underneath)."""
 
-    nproc: int = Field(
+    nproc: Int = Field(
         1, ge=1, le=1024,
         description="Processes on this machine; above 1 the engine starts torchrun (same as --nproc N)")
     strategy: Literal["ddp", "fsdp"] = Field(
@@ -357,6 +361,10 @@ def _format_error(err: dict[str, Any], source: str) -> str:
         hint = _suggest(str(loc[-1]), known) or f"; known keys: {', '.join(known)}"
         return f"{source}: {path} = {err['input']!r}: unknown key{hint}"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "int_type" and isinstance(err["input"], float):
+        value = err["input"]
+        hint = f" (write {int(value)})" if value.is_integer() and abs(value) < 1e18 else ""
+        return f"{source}: {path} = {value!r}: expected an integer, got a float{hint}"
     if err["type"] == "value_error":
         prefix = f"{path}." if path else ""
         return f"{source}: {prefix}{msg}"
