@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
 #: Checkpoint events remembered (plus the newest best): far more than any keep_last.
 MAX_CHECKPOINTS = 64
+#: Named loss parts followed (a step event's `losses`); further names are ignored.
+MAX_PARTS = 16
 
 
 class Series:
@@ -96,6 +99,7 @@ def _numbers_only(e: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 class RunHistory:
     """Everything the panes show about one run, updated one event at a time."""
 
+    run: Path | None = None  # the run's directory (its checkpoints and engine.log are there)
     state: str = "unknown"
     reason: str | None = None
     exit_code: int | None = None
@@ -108,6 +112,8 @@ class RunHistory:
     throughput: Series = field(default_factory=lambda: Series(512))
     val_loss: Series = field(default_factory=lambda: Series(1024))
     val_accuracy: Series = field(default_factory=lambda: Series(1024))
+    #: One series per named loss part (`"losses": {"ce": 0.41}` in step events), like `loss`.
+    parts: dict[str, Series] = field(default_factory=dict)
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     logs: deque = field(default_factory=lambda: deque(maxlen=500))
     error: dict[str, Any] = field(default_factory=dict)
@@ -151,6 +157,19 @@ class RunHistory:
             value = _number(e.get(key))
             if value is not None:
                 series.add(step, value)
+        self._add_parts(step, e.get("losses"))
+
+    def _add_parts(self, step: float, losses: Any) -> None:
+        """A step's named loss parts; events without them (older engines) add nothing."""
+        if not isinstance(losses, dict):
+            return
+        for name, value in losses.items():
+            value = _number(value)
+            if value is None or not isinstance(name, str) or len(name) > 64:
+                continue
+            if name not in self.parts and len(self.parts) >= MAX_PARTS:
+                continue  # a malformed event must not grow memory without bound
+            self.parts.setdefault(name, Series()).add(step, value)
 
     def _on_eval(self, e: dict[str, Any]) -> None:
         self.last_eval = e
@@ -166,7 +185,8 @@ class RunHistory:
         step = _number(e.get("step"))
         if step is None:
             return  # (a NaN step would drop every point)
-        for series in (self.loss, self.smooth, self.lr, self.throughput, self.val_loss, self.val_accuracy):
+        for series in (self.loss, self.smooth, self.lr, self.throughput, self.val_loss, self.val_accuracy,
+                       *self.parts.values()):
             series.drop_after(step)
         ys = self.smooth.ys
         self.ema = ys[-1] if ys else None

@@ -18,7 +18,7 @@ class RunLink:
 
     def __init__(self, run: Path):
         self.run = run
-        self.history = RunHistory()
+        self.history = RunHistory(run=run)
         self.lock = threading.Lock()
         self.follower = EventFollower(run / "events.jsonl")
         self.vanished = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cockpit.follower import EventFollower
 from cockpit.history import RunHistory, Series
 from cockpit.sanitize import clean
@@ -77,3 +79,25 @@ def test_checkpoint_memory_is_bounded_and_keeps_the_best():
         h.apply(make_event("checkpoint", path=f"/r/step-{n:08d}.pt", step=n, seconds=0.1, bytes=10, best=False))
     assert len(h.checkpoints) == MAX_CHECKPOINTS + 1
     assert "/r/step-00000001.pt" in h.checkpoints and "/r/step-00004999.pt" in h.checkpoints
+
+
+def test_each_named_loss_part_is_a_series_and_old_events_without_parts_still_fold():
+    h = RunHistory()
+    h.apply(make_event("step", step=1, epoch=0, loss=0.9, lr=0.1))  # an older engine: no `losses`
+    for n in range(2, 6):
+        h.apply(make_event("step", step=n, epoch=0, loss=1.0 / n, lr=0.1,
+                           losses={"kd": 0.6 / n, "task": 0.4 / n}))
+    h.apply(make_event("step", step=6, epoch=0, loss=0.2, lr=0.1, losses={"kd": "nan", "task": 0.05}))
+    assert sorted(h.parts) == ["kd", "task"]
+    xs, ys = h.parts["kd"].points()
+    assert xs == [2.0, 3.0, 4.0, 5.0] and ys == pytest.approx([0.3, 0.2, 0.15, 0.12])  # the NaN is skipped
+    assert h.parts["task"].points()[0] == [2.0, 3.0, 4.0, 5.0, 6.0]
+    assert h.loss.points()[0] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # the total, as before
+
+    h.apply(make_event("resume", step=3, epoch=0, checkpoint="step-00000003.pt"))
+    assert h.parts["kd"].points()[0] == [2.0, 3.0]  # recomputed points are dropped from every part
+
+    h.apply(make_event("step", step=4, epoch=0, loss=0.3, losses=["not", "a", "dict"]))
+    h.apply(make_event("step", step=5, epoch=0, loss=0.3, losses={f"p{i}": 1.0 for i in range(100)}))
+    assert h.loss.points()[0][-2:] == [4.0, 5.0]
+    assert len(h.parts) <= 16  # a hostile event cannot grow memory without bound
