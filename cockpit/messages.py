@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
+
+if TYPE_CHECKING:
+    from cockpit.gpu import Device, HostSample
 
 
 @dataclass
@@ -14,20 +17,9 @@ class HistoryUpdated(Message):
 
     run: str
     kinds: frozenset[str]
-    replaying: bool = False
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, HistoryUpdated) and message.run == self.run
-
-
-@dataclass
-class CheckpointSaved(Message):
-    """The engine confirmed a checkpoint."""
-
-    step: int
-    path: str
-    bytes: int | None
-    seconds: float
 
 
 @dataclass
@@ -44,3 +36,32 @@ class EngineVanished(Message):
 
     run: str
     exit_code: int | None
+
+
+@dataclass
+class GpuSampled(Message):
+    """NVML sampled every GPU (coalesced: a newer sample replaces one not yet shown)."""
+
+    devices: list[Device]
+    engine_pids: frozenset[int]  # the followed run's processes: its engine, or every rank
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, GpuSampled)
+
+
+@dataclass
+class HostSampled(Message):
+    """Without NVML: the engine process's CPU and memory were sampled (coalesced)."""
+
+    sample: HostSample | None  # None: the engine process is not running here
+    reason: str  # why there is no NVML
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, HostSampled)
+
+
+@dataclass
+class GpuUnderused(Message):
+    """The GPUs have stayed under the low-utilization mark while the run trains."""
+
+    advice: str  # the likely cause and the config field to change

@@ -252,7 +252,7 @@ async def test_a_remapped_key_triggers_its_action(engines):
         await until(pilot, lambda: app.link.history.state == "running", timeout=30, what="running")
         await pilot.press("c")  # no longer the checkpoint key
         await pilot.pause(0.3)
-        assert not app.checkpoint_in_flight and not notes(app)
+        assert not app.run_screen.checkpoint_in_flight and not notes(app)
         await pilot.press("x")
         await until(pilot, lambda: any(n.startswith("checkpoint saved at step") for n in notes(app)),
                     what="the checkpoint")
@@ -279,7 +279,7 @@ async def test_runs_list_shows_runs_and_enter_attaches_the_highlighted_one(tmp_p
         assert rows[0][4:6] == ["0.744", "2m"]  # best accuracy of the last eval; age by the clock
 
         await pilot.press("down")
-        app.refresh_runs()  # the 2-second re-read must not move the cursor back to the top
+        table.refresh_runs()  # the 2-second re-read must not move the cursor back to the top
         await pilot.pause()
         assert table.cursor_row == 1
         await pilot.press("enter")
@@ -290,6 +290,18 @@ async def test_runs_list_shows_runs_and_enter_attaches_the_highlighted_one(tmp_p
         assert app.query_one(RunBanner).text.plain.strip().startswith(f"{older.name}  FINISHED")
         assert not table.has_class("shown")
 
+
+async def test_the_command_palette_runs_the_screens_actions(tmp_path: Path):
+    run = copy_recorded(tmp_path)
+    app = attached(run, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = app.query_one("#runs")
+        assert not table.has_class("shown")
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        await pilot.press(*"Runs", "enter")
+        await until(pilot, lambda: table.has_class("shown"), what="the runs list")
+        assert table.row_count == 1
 
 # ---- GPU pane, polled -------------------------------------------------------------------
 

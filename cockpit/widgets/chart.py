@@ -1,8 +1,11 @@
-"""A line chart with axes, drawn by plotext (through textual-plotext)."""
+"""A line chart with axes, drawn by plotext (through textual-plotext), and the pane that holds one."""
 
 from __future__ import annotations
 
+from textual.app import ComposeResult
 from textual_plotext import PlotextPlot
+
+from cockpit.widgets.pane import Pane
 
 Line = tuple[list[float], list[float], str, str]  # xs, ys, label, colour
 
@@ -34,3 +37,17 @@ class Chart(PlotextPlot):
         if log_y and drawn:
             plt.yscale("log")
         self.refresh()
+
+
+class ChartPane(Pane):
+    """A pane that is one chart filling its box."""
+
+    #: plotext redraws its whole canvas: at most once a second.
+    INTERVAL_S = 1.0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.chart = Chart()
+
+    def compose(self) -> ComposeResult:
+        yield self.chart

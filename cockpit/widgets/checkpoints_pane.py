@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from rich.text import Text
-from textual.reactive import reactive
-from textual.widgets import Static
 
 from cockpit.history import RunHistory
+from cockpit.widgets.pane import TextPane
 
 
 def fmt_age(seconds: float) -> str:
+    """An age in one unit: 42s, 5m, 3h, 2d."""
     s = int(max(0, seconds))
     if s >= 86400:
         return f"{s // 86400}d"
@@ -33,14 +34,19 @@ def on_disk(path: str, run: Path | None) -> bool:
     return p.exists() or (run / "checkpoints" / p.name).exists()
 
 
-class CheckpointsPane(Static):
+class CheckpointsPane(TextPane):
     """The checkpoints still on disk."""
 
-    text: reactive[Text] = reactive(Text("no checkpoints yet"), layout=True)
+    TITLE = "checkpoints"
+    PLACEHOLDER = "no checkpoints yet"
 
-    def show(self, h: RunHistory, now: float | None = None, run: Path | None = None) -> None:
-        now = time.time() if now is None else now
-        alive = [e for p, e in h.checkpoints.items() if on_disk(p, run)]
+    def __init__(self, *args, clock: Callable[[], float] = time.time, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock  # ages are by this clock (the tests fix it)
+
+    def show(self, h: RunHistory) -> None:
+        now = self.clock()
+        alive = [e for p, e in h.checkpoints.items() if on_disk(p, h.run)]
         if not alive:
             self.text = Text("no checkpoints yet")
             return
@@ -53,6 +59,3 @@ class CheckpointsPane(Static):
                      f"{fmt_age(now - float(e.get('t', now))):>3} ")
             t.append(marks.strip() + "\n", style="bold")
         self.text = t
-
-    def render(self) -> Text:
-        return self.text

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.reactive import reactive
-from textual.widgets import Static
 
 from cockpit.history import RunHistory
 from cockpit.sanitize import clean
+from cockpit.widgets.pane import TextPane
 
 
-class CostPane(Static):
+class CostPane(TextPane):
     """Spot lifecycle and money."""
 
-    text: reactive[Text] = reactive(Text("not on a cloud instance\nno price set (cost.price_per_hour)"), layout=True)
+    TITLE = "spot & cost"
+    PLACEHOLDER = "not on a cloud instance\nno price set (cost.price_per_hour)"
 
-    def show(self, h: RunHistory, configured_price: float | None = None) -> None:
+    def show(self, h: RunHistory) -> None:
         t = Text()
         spot = h.spot
         if spot:
@@ -30,11 +30,6 @@ class CostPane(Static):
             t.append(f"{c.get('accumulated', 0):.4f} {cur} so far\n")
             t.append(f"{c.get('projected', 0):.4f} {cur} projected\n")
             t.append(f"at {c.get('price_per_hour', 0):.3f} {cur}/h ({clean(str(c.get('source', '?')))[:20]})")
-        elif configured_price is not None:
-            t.append(f"price {configured_price:.3f}/h (configured)")
         else:
             t.append("no price set (cost.price_per_hour)")
         self.text = t
-
-    def render(self) -> Text:
-        return self.text

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 
 from rich.text import Text
-from textual.reactive import reactive
-from textual.widgets import Static
 
 from cockpit.gpu import Device, HostSample
 from cockpit.sparkline import spark
+from cockpit.widgets.pane import TextPane
 
 
-class GpuPane(Static):
-    """Per-device lines, the engine's own process highlighted; CPU/memory when there is no NVML."""
+class GpuPane(TextPane):
+    """Per-device lines, the engine's own process highlighted; CPU/memory when there is no NVML.
+    Fed by the screen from GpuSampled and HostSampled messages, not from the run's history."""
 
-    text: reactive[Text] = reactive(Text("reading GPUs..."), layout=True)
+    TITLE = "GPU"
+    PLACEHOLDER = "reading GPUs..."
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.util_history: dict[int, deque] = {}
 
-    def show_devices(self, devices: list[Device], engine_pids: set[int] | int | None) -> None:
+    def show_devices(self, devices: list[Device], engine_pids: Collection[int] | int | None) -> None:
         """Devices, with the run's own processes (every rank's) highlighted."""
-        ours = engine_pids if isinstance(engine_pids, set) else {engine_pids}
+        ours = engine_pids if isinstance(engine_pids, Collection) else {engine_pids}
         t = Text()
         for d in devices:
             hist = self.util_history.setdefault(d.index, deque(maxlen=60))
@@ -40,6 +42,7 @@ class GpuPane(Static):
         self.text = t if devices else Text("NVML reports no GPUs")
 
     def show_host(self, sample: HostSample | None, reason: str) -> None:
+        """Without NVML: the engine process's CPU and memory, and why there is no GPU."""
         t = Text("no GPU (NVML unavailable)", style="dim")
         t.append("\n")
         if sample:
@@ -51,6 +54,3 @@ class GpuPane(Static):
             t.append("engine process not running here")
         self.tooltip = reason
         self.text = t
-
-    def render(self) -> Text:
-        return self.text

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 from rich.text import Text
-from textual.reactive import reactive
-from textual.widgets import Static
 
+from cockpit.history import RunHistory
 from cockpit.sanitize import clean
+from cockpit.widgets.pane import TextPane
 
 
 def tail_lines(path: Path, n: int, max_bytes: int = 65536) -> list[str]:
@@ -24,12 +24,17 @@ def tail_lines(path: Path, n: int, max_bytes: int = 65536) -> list[str]:
     return data.decode("utf-8", errors="replace").splitlines()[-n:]
 
 
-class LogPane(Static):
+class LogPane(TextPane):
     """engine.log's last lines."""
 
-    text: reactive[Text] = reactive(Text("no log yet"), layout=True)
+    TITLE = "engine.log"
+    PLACEHOLDER = "no log yet"
 
-    def show(self, path: Path, n: int | None = None) -> None:
+    def show(self, h: RunHistory) -> None:
+        if h.run is not None:
+            self.show_file(h.run / "engine.log")
+
+    def show_file(self, path: Path, n: int | None = None) -> None:
         """The last n lines (default: as many as the pane has rows, so the newest line shows)."""
         n = n or self.content_size.height or 8
         try:
@@ -46,7 +51,4 @@ class LogPane(Static):
             style = "bold red" if ("error" in low or "traceback" in low) else (
                 "yellow" if "warning" in low else "")
             t.append(("\n" if i else "") + clean(line)[: max(20, self.size.width - 2)], style=style)
-        self.text = t if t.plain else Text("no log yet")
-
-    def render(self) -> Text:
-        return self.text
+        self.text = t if t.plain else Text(self.PLACEHOLDER)

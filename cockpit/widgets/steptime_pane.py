@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.reactive import reactive
-from textual.widgets import Static
 
 from cockpit.diagnosis import diagnose, split
 from cockpit.history import RunHistory
 from cockpit.sanitize import clean
+from cockpit.widgets.pane import TextPane
 
 
-class StepTimePane(Static):
+class StepTimePane(TextPane):
     """The split of one step's time, and a one-line diagnosis."""
 
-    text: reactive[Text] = reactive(Text("waiting for step timings"), layout=True)
+    TITLE = "step time"
+    PLACEHOLDER = "waiting for step timings"
 
     def show(self, h: RunHistory) -> None:
         s = split(h.last_step) if h.last_step else None
@@ -35,6 +35,3 @@ class StepTimePane(Static):
         else:
             t.append("\n" + diagnose(s))
         self.text = t
-
-    def render(self) -> Text:
-        return self.text

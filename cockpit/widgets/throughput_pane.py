@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.reactive import reactive
-from textual.widgets import Static
 
 from cockpit.history import RunHistory
 from cockpit.sparkline import spark
+from cockpit.widgets.pane import TextPane
 
 
 def fmt_eta(seconds: object) -> str:
@@ -17,10 +16,11 @@ def fmt_eta(seconds: object) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-class ThroughputPane(Static):
+class ThroughputPane(TextPane):
     """How fast the run goes."""
 
-    text: reactive[Text] = reactive(Text("waiting for the first step"), layout=True)
+    TITLE = "throughput"
+    PLACEHOLDER = "waiting for the first step"
 
     def show(self, h: RunHistory) -> None:
         e = h.last_step
@@ -38,6 +38,3 @@ class ThroughputPane(Static):
         t.append(f" {done}/{total} ETA {fmt_eta(e.get('eta_s'))}\n")
         t.append(spark(h.throughput.points()[1], 32), style="dim")
         self.text = t
-
-    def render(self) -> Text:
-        return self.text

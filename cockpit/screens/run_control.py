@@ -1,0 +1,130 @@
+"""The keys that drive the followed run: checkpoint, pause, stop, resume, new run; and their replies."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cockpit import launcher
+from cockpit.link import RunLink
+from cockpit.messages import CommandAnswered
+from cockpit.sanitize import clean
+from cockpit.screens.modals import ConfirmStop, NewRunScreen
+
+RESUMABLE = ("stopped", "failed", "preempted")
+
+
+class RunControl:
+    """Actions for a screen that follows one run (mixed into RunScreen, which binds the keys).
+
+    The screen provides `link` (the followed run, or None), `attach(run)` and `runs_root`;
+    commands go out in worker threads and come back as CommandAnswered messages.
+    """
+
+    link: RunLink | None
+    runs_root: Path
+    #: A checkpoint was asked for and its reply has not come yet.
+    checkpoint_in_flight = False
+    last_checkpoint_press = -10.0
+
+    def launch(self, kind: str, args: list[str]) -> None:
+        """Start an engine in a worker (`demo` with --set args, or `run` CONFIG [--set ...]), then attach."""
+        def work() -> None:
+            self.app.call_from_thread(self.notify, f"starting the {kind} engine...", timeout=5)
+            result = (launcher.start_demo(self.runs_root, args) if kind == "demo"
+                      else launcher.start_run(Path(args[0]), self.runs_root, args[1:]))
+            self.app.call_from_thread(self._launched, result)
+
+        self.run_worker(work, thread=True, group="launch", name="launch")
+
+    def _launched(self, result: launcher.Launch) -> None:
+        if result.code == 0 and result.run is not None:
+            self.attach(result.run)
+        else:
+            self.notify(f"the engine did not start (exit {result.code}):\n{clean(result.message)}",
+                        severity="error", markup=False, timeout=20)
+
+    def _send(self, cmd: str, **args) -> None:
+        link = self.link
+
+        def work() -> None:
+            reply = link.send(cmd, **args)
+            self.post_message(CommandAnswered(cmd, reply))
+
+        self.run_worker(work, thread=True, group="commands", name=f"send {cmd}")
+
+    def _need_link(self) -> bool:
+        if self.link is None:
+            self.notify("no run selected: press l for the runs list", severity="warning")
+            return False
+        return True
+
+    def action_checkpoint(self) -> None:
+        """Checkpoint now; presses within a second, or while one is being saved, fold into it."""
+        if not self._need_link():
+            return
+        now = time.monotonic()
+        if self.checkpoint_in_flight or now - self.last_checkpoint_press < 1.0:
+            self.notify("checkpoint already requested", timeout=2)
+            return
+        self.checkpoint_in_flight, self.last_checkpoint_press = True, now
+        self._send("checkpoint")
+
+    def action_pause(self) -> None:
+        """Pause a training run, or continue a paused one."""
+        if self._need_link():
+            self._send("continue" if self.link.history.state == "paused" else "pause")
+
+    def action_stop(self) -> None:
+        """Checkpoint and stop the run, once the user says yes."""
+        if not self._need_link():
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._send("stop")
+
+        self.app.push_screen(ConfirmStop(self.link.name), answered)
+
+    def action_resume(self) -> None:
+        """Resume a stopped, failed or preempted run from its latest checkpoint, then follow it."""
+        if not self._need_link():
+            return
+        link = self.link
+        if not (link.vanished or link.history.state in RESUMABLE):
+            self.notify(f"the run is {link.history.state}; only stopped, failed or preempted runs resume",
+                        severity="warning", markup=False)
+            return
+
+        def work() -> None:
+            result = launcher.resume_run(link.run)
+            self.app.call_from_thread(self._launched, result)
+
+        self.notify(f"resuming {link.name} from its latest checkpoint...", markup=False)
+        self.run_worker(work, thread=True, group="launch", name="resume")
+
+    def action_new_run(self) -> None:
+        """Ask for a config file, start a run from it, and follow it."""
+        def chosen(path: str | None) -> None:
+            if path:
+                self.launch("run", [path])
+
+        self.app.push_screen(NewRunScreen(), chosen)
+
+    def on_command_answered(self, message: CommandAnswered) -> None:
+        reply = message.reply
+        if message.cmd == "checkpoint":
+            self.checkpoint_in_flight = False
+        if not reply.get("ok"):
+            self.notify(f"{message.cmd}: {clean(str(reply.get('error', 'failed')))}", severity="error",
+                        markup=False)
+            return
+        if message.cmd == "checkpoint":
+            size = reply.get("bytes")
+            size_text = f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) else "already on disk"
+            self.notify(f"checkpoint saved at step {reply.get('step')} ({size_text}, "
+                        f"{float(reply.get('seconds') or 0):.2f} s)", markup=False)
+        elif message.cmd in ("pause", "continue"):
+            self.notify(f"{reply.get('state')} at step {reply.get('step')}", markup=False)
+        elif message.cmd == "stop":
+            self.notify(f"stopped at step {reply.get('step')}; checkpoint {reply.get('path')}", markup=False)

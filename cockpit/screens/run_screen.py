@@ -1,0 +1,188 @@
+"""The live view of one run: its banner, the runs list, every pane, and the keys that drive it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import get_current_worker
+
+from cockpit.gpu import GpuSampler
+from cockpit.gpu_worker import GpuWatch
+from cockpit.link import RunLink
+from cockpit.messages import EngineVanished, GpuSampled, GpuUnderused, HistoryUpdated, HostSampled
+from cockpit.screens.run_control import RunControl
+from cockpit.widgets.banner import RunBanner
+from cockpit.widgets.checkpoints_pane import CheckpointsPane
+from cockpit.widgets.cost_pane import CostPane
+from cockpit.widgets.gpu_pane import GpuPane
+from cockpit.widgets.log_pane import LogPane
+from cockpit.widgets.loss_pane import LossPane
+from cockpit.widgets.lr_pane import LrPane
+from cockpit.widgets.pane import Pane
+from cockpit.widgets.runs_list import RunsList
+from cockpit.widgets.steptime_pane import StepTimePane
+from cockpit.widgets.throughput_pane import ThroughputPane
+
+MIN_WIDTH, MIN_HEIGHT = 60, 20
+#: Panes redraw at most this often, so tmux never flickers and a fast run cannot flood the terminal.
+REFRESH_HZ = 2
+#: Checkpoint ages and the log move on even when no event arrives: redraw at least this often.
+IDLE_REDRAW_S = 2.0
+
+
+class RunScreen(RunControl, Screen):
+    """Follows one run (chosen from the runs list, given on the command line, or just started)
+    and shows it; the keys act on that run (see RunControl)."""
+
+    BINDINGS = [
+        Binding("c", "checkpoint", "Checkpoint", id="checkpoint", tooltip="Save a checkpoint now"),
+        Binding("p", "pause", "Pause/continue", id="pause", tooltip="Pause training, or continue it"),
+        Binding("s", "stop", "Stop", id="stop", tooltip="Checkpoint, then stop the run (asks first)"),
+        Binding("r", "resume", "Resume", id="resume",
+                tooltip="Resume a stopped, failed or preempted run from its latest checkpoint"),
+        Binding("n", "new_run", "New run", id="new-run", tooltip="Start a new run from a config file"),
+        Binding("l", "runs", "Runs", id="runs", tooltip="Show or hide the runs list"),
+    ]
+
+    def __init__(self, runs_root: Path, run: Path | None = None, launch: tuple[str, list[str]] | None = None,
+                 gpu: GpuSampler | None = None, poll_gpu: bool = True, clock: Callable[[], float] = time.time,
+                 closing: threading.Event | None = None):
+        super().__init__()
+        self.runs_root, self.initial_run, self.initial_launch = runs_root, run, launch
+        self.poll_gpu, self.clock = poll_gpu, clock
+        #: Set when the app shuts down: thread workers poll it (a cancelled asyncio task
+        #: cannot stop a thread, and a thread left looping would keep the process alive).
+        self.closing = closing or threading.Event()
+        #: The run followed, or None before one is chosen.
+        self.link: RunLink | None = None
+        self.dirty = False
+        self.gpu_watch = GpuWatch(self.post_message, gpu)
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"terminal too small: the cockpit needs at least {MIN_WIDTH}x{MIN_HEIGHT}",
+                     id="too-small")
+        with Vertical(id="main"):
+            yield RunBanner()
+            yield RunsList(self.runs_root, self.clock, id="runs",  # shown until a run is chosen
+                           classes="" if self.initial_run or self.initial_launch else "shown")
+            with Horizontal(id="body"):
+                with Vertical(id="charts"):
+                    yield LossPane()
+                    yield LrPane()
+                with VerticalScroll(id="side"):
+                    yield GpuPane()
+                    yield ThroughputPane()
+                    yield StepTimePane()
+                    yield CostPane()
+            with Horizontal(id="bottom"):
+                yield LogPane()
+                yield CheckpointsPane(clock=self.clock)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(1 / REFRESH_HZ, self.refresh_panes)
+        self.set_interval(IDLE_REDRAW_S, self.mark_dirty)
+        self._check_size(self.app.size.width, self.app.size.height)
+        if self.poll_gpu:
+            self.run_worker(self._sample_gpus, thread=True, group="gpu", name="gpu")
+        if self.initial_launch:
+            self.launch(*self.initial_launch)
+        elif self.initial_run:
+            self.attach(self.initial_run)
+
+    def on_resize(self, event) -> None:
+        self._check_size(event.size.width, event.size.height)
+
+    def _check_size(self, width: int, height: int) -> None:
+        self.set_class(width < MIN_WIDTH or height < MIN_HEIGHT, "too-small")
+
+    # ---- following a run --------------------------------------------------------------
+
+    def attach(self, run: Path) -> None:
+        """Follow a run: replay its events.jsonl, then keep up with it."""
+        self.link = self.gpu_watch.link = RunLink(run)
+        self.checkpoint_in_flight = False
+        self.app.sub_title = run.name
+        self.run_worker(self._follow, thread=True, exclusive=True, group="follow", name="follow")
+
+    def _follow(self) -> None:
+        link, worker = self.link, get_current_worker()
+        if link is None:
+            return
+        link.follow(
+            on_update=lambda kinds: self.post_message(HistoryUpdated(link.name, frozenset(kinds))),
+            on_gone=lambda: self.post_message(EngineVanished(link.name, None)),
+            stop=lambda: worker.is_cancelled or self.link is not link or self.closing.is_set())
+
+    def _sample_gpus(self) -> None:
+        worker = get_current_worker()
+        self.gpu_watch.run(stop=lambda: worker.is_cancelled or self.closing.is_set())
+
+    def on_history_updated(self, message: HistoryUpdated) -> None:
+        self.dirty = True
+        if "state" in message.kinds or "error" in message.kinds:
+            self.refresh_banner()
+
+    def on_engine_vanished(self, message: EngineVanished) -> None:
+        self.refresh_banner()
+        self.notify("the engine exited unexpectedly; press r to resume from its latest checkpoint",
+                    severity="error", markup=False, timeout=10)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.attach(Path(str(event.row_key.value)))
+        self.query_one(RunsList).remove_class("shown")
+
+    # ---- drawing ----------------------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        """Redraw at the next refresh even if no event arrived (while a run is followed)."""
+        if self.link is not None:
+            self.dirty = True
+
+    def refresh_banner(self) -> None:
+        if self.link and self.app.is_running:
+            with self.link.lock:
+                self.query_one(RunBanner).show(self.link.name, self.link.history, self.link.vanished)
+
+    def refresh_panes(self) -> None:
+        """Push the history down into the banner and every pane (at most REFRESH_HZ times a
+        second, and each pane at most once every INTERVAL_S)."""
+        link = self.link
+        if link is None or not self.dirty or not self.app.is_running:
+            return  # not running: shutting down, the panes may be gone while a timer still fires
+        self.dirty = False
+        now = time.monotonic()
+        with link.lock:
+            h = link.history
+            self.query_one(RunBanner).show(link.name, h, link.vanished)
+            for pane in self.query(Pane):
+                if now - pane.drawn_at < pane.INTERVAL_S:
+                    self.dirty = True  # come back for it
+                    continue
+                pane.drawn_at = now
+                pane.show(h)
+
+    # ---- GPU --------------------------------------------------------------------------
+
+    def on_gpu_sampled(self, message: GpuSampled) -> None:
+        self.query_one(GpuPane).show_devices(message.devices, message.engine_pids)
+
+    def on_host_sampled(self, message: HostSampled) -> None:
+        self.query_one(GpuPane).show_host(message.sample, message.reason)
+
+    def on_gpu_underused(self, message: GpuUnderused) -> None:
+        self.notify(message.advice, severity="warning", timeout=15, markup=False)
+
+    # ---- keys -------------------------------------------------------------------------
+
+    def action_runs(self) -> None:
+        """Show or hide the runs list."""
+        self.query_one(RunsList).toggle()
