@@ -245,6 +245,25 @@ async def test_ctrl_t_cycles_the_theme_and_a_new_cockpit_remembers_it(tmp_path: 
     assert settings_mod.load().theme == "cockpit-contrast"
 
 
+async def test_the_step_time_bar_takes_its_colours_from_the_theme(tmp_path: Path):
+    run = copy_recorded(tmp_path)
+    app = attached(run, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(StepTimePane)
+
+        def bar_colours() -> set[str]:
+            bar_end = pane.text.plain.index("\n")
+            return {str(s.style) for s in pane.text.spans if s.end <= bar_end}
+
+        await until(pilot, lambda: "█" in pane.text.plain, what="the step-time bar")
+        dark = app.theme_variables
+        assert bar_colours() == {dark["steptime-data"], dark["steptime-compute"], dark["steptime-optim"]}
+        await pilot.press("ctrl+t")
+        light = app.get_theme("cockpit-light").variables
+        assert light["steptime-compute"] != dark["steptime-compute"]
+        await until(pilot, lambda: light["steptime-compute"] in bar_colours(), what="the light theme's colours")
+        assert bar_colours() == {light["steptime-data"], light["steptime-compute"], light["steptime-optim"]}
+
 async def test_a_remapped_key_triggers_its_action(engines):
     run = engines["shared"]
     app = attached(run, user=Settings(keys={"checkpoint": "x"}))

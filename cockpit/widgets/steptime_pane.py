@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from cockpit.diagnosis import diagnose, split
+from cockpit.diagnosis import Split, diagnose, split
 from cockpit.history import RunHistory
 from cockpit.sanitize import clean
 from cockpit.widgets.pane import TextPane
+
+#: The bar's parts: label, the theme variable naming its colour, and the colour without one.
+PARTS = (("data", "steptime-data", "yellow"), ("compute", "steptime-compute", "green"),
+         ("optim", "steptime-optim", "blue"), ("comm", "steptime-comm", "magenta"))
 
 
 class StepTimePane(TextPane):
@@ -16,19 +20,31 @@ class StepTimePane(TextPane):
     TITLE = "step time"
     PLACEHOLDER = "waiting for step timings"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown: tuple[Split, dict] | None = None
+
+    def on_mount(self) -> None:
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.draw())
+
     def show(self, h: RunHistory) -> None:
         s = split(h.last_step) if h.last_step else None
-        if s is None:
+        if s is not None:
+            self.shown = (s, h.doctor)
+            self.draw()
+
+    def draw(self) -> None:
+        """The bar in the theme's colours, the shares, and the verdict (again on a theme change)."""
+        if self.shown is None:
             return
-        width = 32
+        s, verdict = self.shown
+        width, colours = 32, self.app.theme_variables
         t = Text()
-        for label, share, style in (("data", s.data, "yellow"), ("compute", s.compute, "green"),
-                                    ("optim", s.optim, "blue"), ("comm", s.comm, "magenta")):
-            t.append(("█" * round(width * share))[:width], style=style)
+        for (label, variable, fallback), share in zip(PARTS, (s.data, s.compute, s.optim, s.comm)):
+            t.append(("█" * round(width * share))[:width], style=colours.get(variable, fallback))
         t.append("\n")
         t.append(f"data {s.data:.0%} compute {s.compute:.0%} optim {s.optim:.0%}"
                  + (f" comm {s.comm:.0%}" if s.comm >= 0.005 else ""), style="dim")
-        verdict = h.doctor
         if verdict.get("bound") and verdict.get("field"):
             t.append(f"\n{clean(str(verdict['bound']))}-bound: {float(verdict.get('share', 0)):.0%}; "
                      f"change {clean(str(verdict['field']))}")
