@@ -3,8 +3,8 @@
     python bench/checkpoint_stall.py [--model resnet50] [--rounds 7]
 
 Builds the model and an AdamW optimizer with state, then alternates, in one process:
-  sync:  the loop writes the checkpoint itself (engine.checkpoint.CheckpointStore.save);
-  async: the loop only copies the state into reused host buffers (engine.async_save.HostStaging,
+  sync:  the loop writes the checkpoint itself (engine.checkpoint.store.CheckpointStore.save);
+  async: the loop only copies the state into reused host buffers (engine.checkpoint.writer.HostStaging,
          as the trainer does) and hands it to the writer thread; the stall is that copy. The
          write is waited for before the next round, so each round measures one save.
 Prints each round and the median stall ratio async/sync (goal: at most 0.1).
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from engine.async_save import AsyncSaver, HostStaging, Job  # noqa: E402
-from engine.checkpoint import FORMAT, CheckpointStore  # noqa: E402
+from engine.checkpoint.writer import AsyncSaver, HostStaging, Job  # noqa: E402
+from engine.checkpoint.store import FORMAT, CheckpointStore  # noqa: E402
 
 
 def training_state(name: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from engine import config as config_mod
-    from engine import session
-    from engine.rundir import RunDir
-    from engine.telemetry import Console
-    from engine.trainer import StepMeter, Trainer
+    from engine.config import loading as config_mod
+    from engine.run import session
+    from engine.run.rundir import RunDir
+    from engine.telemetry.sinks import Console
+    from engine.train.trainer import StepMeter, Trainer
 
     cfg = config_mod.validate({
         "model": {"name": "small_cnn", "factory_args": {"width": 4}},  # the model is not timed here

@@ -172,9 +172,9 @@ def plain_worker(spec_json: str) -> None:
 
     s = json.loads(spec_json)
     torch.set_num_threads(s["threads"])
-    from engine import config as config_mod
-    from engine.data import build_spec
-    from engine.models import build_model
+    from engine.config import loading as config_mod
+    from engine.data.sources import build_spec
+    from engine.model.zoo import build_model
 
     # The same images and the same initial weights as the engine's run (seed, then data,
     # then model); the images are normalized once, as a plain script would do.

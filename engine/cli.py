@@ -7,7 +7,8 @@ import json
 import sys
 from importlib import resources
 
-from engine import config as config_mod
+from engine.config import loading as config_mod
+from engine.config.schema import Config
 from engine.errors import BadInput
 from engine.protocol import COMMANDS, EXIT_BAD_INPUT
 
@@ -101,13 +102,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _start(cfg, args, [])
 
 
-def _start(cfg: config_mod.Config, args: argparse.Namespace, positional: list[str]) -> int:
-    from engine.rundir import new_run_id, runs_root
+def _start(cfg: Config, args: argparse.Namespace, positional: list[str]) -> int:
+    from engine.run.rundir import new_run_id, runs_root
 
     root = runs_root(args.runs_dir, cfg.logging.runs_dir)
     multi = _needs_launcher(cfg)
     if args.detach or multi:
-        run_id = args.run_id or new_run_id(cfg.logging.run_name or cfg.model.name.split(":")[-1])
+        run_id = args.run_id or new_run_id(cfg)
         if (root / run_id).exists():
             raise BadInput(f"--run-id {run_id!r}: {root / run_id} already exists; pick another id")
         argv = [args.command, *positional, "--run-id", run_id, "--runs-dir", str(root)]
@@ -115,20 +116,20 @@ def _start(cfg: config_mod.Config, args: argparse.Namespace, positional: list[st
         if args.detach:
             return _spawn(argv, root / run_id)
         return _torchrun(cfg, argv, args)
-    from engine import session  # torch is imported only once the config is valid
+    from engine.run import session  # torch is imported only once the config is valid
 
     return session.start(cfg, root, args.run_id, args.json, detached=args.detached_child)
 
 
-def _needs_launcher(cfg: config_mod.Config) -> bool:
+def _needs_launcher(cfg: Config) -> bool:
     """More than one process asked for, and torchrun has not started us yet."""
-    from engine.dist import under_torchrun
+    from engine.parallel.dist import under_torchrun
 
     return cfg.distributed.nproc > 1 and not under_torchrun()
 
 
-def _torchrun(cfg: config_mod.Config, argv: list[str], args: argparse.Namespace) -> int:
-    from engine import launch
+def _torchrun(cfg: Config, argv: list[str], args: argparse.Namespace) -> int:
+    from engine.run import launch
 
     if cfg.train.device.startswith("cuda"):
         import torch  # only here: a CPU launch stays quick
@@ -143,13 +144,13 @@ def _torchrun(cfg: config_mod.Config, argv: list[str], args: argparse.Namespace)
 
 
 def _spawn(argv: list[str], run_dir) -> int:
-    from engine import detach
+    from engine.run import detach
 
     return detach.spawn(argv, run_dir)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from engine.rundir import find_run, runs_root
+    from engine.run.rundir import find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     args.set = args.set + _launch_sets(args)
@@ -159,14 +160,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return _spawn(argv, run)
     if _needs_launcher(cfg):
         return _torchrun(cfg, argv, args)
-    from engine import session
+    from engine.run import session
 
     return session.resume(run, args.set, args.json, detached=args.detached_child)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     from engine.protocol import send_command
-    from engine.rundir import find_run, runs_root
+    from engine.run.rundir import find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     try:
@@ -184,7 +185,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
-    from engine import schema_doc
+    from engine.config import reference as schema_doc
 
     print(schema_doc.markdown_reference() if args.markdown else schema_doc.example_toml())
     return 0
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"cockpit-engine: {exc}", file=sys.stderr)
         code = EXIT_BAD_INPUT
-    from engine.launch import record_exit
+    from engine.run.launch import record_exit
 
     record_exit(code)  # rank 0 under `--nproc`: torchrun itself would only say "failed"
     return code

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from conftest import TINY, events_of, only_run, run_engines
-from engine.async_save import AsyncSaver, Job, host_copy
-from engine.checkpoint import CheckpointStore, load
+from engine.checkpoint.writer import AsyncSaver, Job, host_copy
+from engine.checkpoint.store import CheckpointStore, load
 
 
 def test_async_and_sync_saving_train_and_checkpoint_identically(tmp_path: Path):

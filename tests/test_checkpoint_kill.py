@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from conftest import TINY, engine_cmd, engine_env, events_of, only_run, status_of, wait_for
-from engine.checkpoint import CheckpointStore, load
-from engine.rundir import RunDir
+from engine.checkpoint.store import CheckpointStore, load
+from engine.run.rundir import RunDir
 from test_resume import final_state, step_losses
 
 KILLS = 20

@@ -13,7 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import engine_cmd, engine_env, run_engine
-from engine.config import Config, validate
+from engine.config.loading import validate
+from engine.config.schema import Config
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import engine_env, run_engine, run_engines
-from engine.config import to_toml, validate
+from engine.config.loading import to_toml, validate
 
 
 @dataclass

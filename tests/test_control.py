@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
-from engine.checkpoint import load
-from engine.config import load as load_config
+from engine.checkpoint.store import load
+from engine.config.loading import load as load_config
 from engine.protocol import EXIT_FAILED, EXIT_STOPPED, send_command
-from engine.schedule import lr_at
+from engine.train.schedule import lr_at
 
 #: States in which the loop is training (a status reply may land during a periodic save).
 TRAINING = ("running", "checkpointing")
@@ -180,6 +180,8 @@ def test_bad_requests_are_refused_and_training_is_unaffected(live):
         "oversized": raw_request(live.sock, b'{"cmd": "status", "pad": "' + b"x" * 10_000 + b'"}\n'),
         "negative lr": send_command(live.sock, "set", lr=-0.01),
         "zero lr": send_command(live.sock, "set", lr=0),
+        "overflowing lr": send_command(live.sock, "set", lr=1e308),  # once failed the next step
+        "lr far below the configured one": send_command(live.sock, "set", lr=1e-9),
     }
     for what, reply in bad.items():
         assert reply["ok"] is False, f"{what}: {reply}"
@@ -188,6 +190,8 @@ def test_bad_requests_are_refused_and_training_is_unaffected(live):
     assert "explode" in bad["unknown command"]["error"]
     assert "too large" in bad["oversized"]["error"]
     assert "positive" in bad["negative lr"]["error"]
+    for what in ("overflowing lr", "lr far below the configured one"):
+        assert "optim.lr = 0.05" in bad[what]["error"] and "nothing was changed" in bad[what]["error"], bad[what]
 
     status = send_command(live.sock, "status")
     assert status["state"] in TRAINING

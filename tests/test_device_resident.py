@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from conftest import TINY, only_run, run_engine, start_engine, status_of, wait_for
-from engine.data import batch_augment
+from engine.data.augment import batch_augment
 from engine.protocol import send_command
 from test_resume import final_state, step_losses
 

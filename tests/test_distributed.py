@@ -32,10 +32,10 @@ import pytest
 import torch
 
 from conftest import engine_cmd, engine_env, events_of, run_engine, run_engines, status_of, wait_for
-from engine.checkpoint import load as load_checkpoint
-from engine.config import load as load_config
-from engine.data import EpochSampler
-from engine.launch import descendants  # torchrun puts each rank in a session of its own
+from engine.checkpoint.store import load as load_checkpoint
+from engine.config.loading import load as load_config
+from engine.data.sampler import EpochSampler
+from engine.run.launch import descendants  # torchrun puts each rank in a session of its own
 from engine.protocol import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, replay, send_command
 
 # A batch-independent model (GroupNorm, no dropout) on synthetic data with no augmentation:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import engine_env, events_of, only_run, run_engines
-from engine.doctor import Doctor, flops_per_sample, peak_tflops
+from engine.telemetry.doctor import Doctor
+from engine.telemetry.flops import flops_per_sample, peak_tflops
 
 SLOW_DATA = '''
 import time

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import engine_env, events_of, only_run, run_engines
-from engine.checkpoint import load
+from engine.checkpoint.store import load
 
 USER_MODULE = '''
 """A user's own factories, living outside the project."""

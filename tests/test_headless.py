@@ -135,3 +135,13 @@ def test_demo_finishes_and_says_where_its_run_is(outputs):
     assert f"finished run directory: {run}" in out.stdout
     assert (run / "config.toml").is_file() and (run / "events.jsonl").is_file()
     assert list((run / "checkpoints").glob("step-*.pt")), "the demo leaves a resumable checkpoint"
+
+
+def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path: Path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    done = piped(tmp_path / "runs", "run", str(tmp_path / "tiny.toml"), "--set", "train.max_steps=3",
+                 "--set", "schedule.warmup_steps=1000000")
+    assert done.code == EXIT_FINISHED, done.why()
+    warning = "schedule.warmup_steps = 1000000 is not shorter than the run's 3 steps"
+    assert warning in done.stdout, done.why()
+    assert warning in (done.run / "engine.log").read_text()

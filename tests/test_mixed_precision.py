@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import engine_env, events_of, only_run, run_engine
-from engine.config import ScheduleConfig
-from engine.schedule import lr_at
+from engine.config.schema import ScheduleConfig
+from engine.train.schedule import lr_at
 
 FACTORY = '''
 import torch

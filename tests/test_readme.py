@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.schema_doc import markdown_reference
+from engine.config.reference import markdown_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

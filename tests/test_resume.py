@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY, events_of, only_run, run_engine, start_engine, status_of, wait_for
-from engine.checkpoint import load
+from engine.checkpoint.store import load
 from engine.protocol import replay
 
 

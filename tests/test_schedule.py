@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import ScheduleConfig
-from engine.schedule import cosine, lr_at, one_cycle, step_decay, warmup_factor
+from engine.config.schema import ScheduleConfig
+from engine.train.schedule import cosine, lr_at, one_cycle, step_decay, warmup_factor
 
 approx = pytest.approx
 

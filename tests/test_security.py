@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import events_of, only_run, run_engine, run_engines, status_of
-from engine import checkpoint
+from engine.checkpoint import store as checkpoint
 
 BASE = """
 [model]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.protocol import make_event, read_events
-from engine.telemetry import Coalescer, EventsFile
+from engine.telemetry.sinks import Coalescer, EventsFile
 
 
 def step(n: int) -> dict:

@@ -45,5 +45,15 @@ def test_engine_never_imports_textual():
 
 def test_protocol_and_config_stay_light():
     """Validating a config and speaking the protocol must not pull in torch (fast refusal)."""
-    loaded = imported_after(["engine.protocol", "engine.config", "engine.cli", "engine.schema_doc"])
+    loaded = imported_after(["engine.protocol", "engine.config.schema", "engine.config.loading", "engine.cli",
+                             "engine.config.reference"])
     assert "torch" not in loaded
+
+
+def test_engine_packages_cost_nothing_to_import():
+    """engine/__init__.py and every capability folder's __init__.py stay empty, so importing
+    engine.protocol (the cockpit does) or engine.config (a bad config is refused fast) loads
+    nothing else."""
+    inits = sorted((ROOT / "engine").rglob("__init__.py"))
+    assert len(inits) >= 9, inits
+    assert all(p.read_text().strip() == "" for p in inits), [p for p in inits if p.read_text().strip()]

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from engine.config import Config
+from engine.config.schema import Config
 from engine.errors import BadInput
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from engine.config import ScheduleConfig
+from engine.config.schema import ScheduleConfig
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -56,3 +56,26 @@ def lr_at(step: int, total_steps: int, peak_lr: float, cfg: ScheduleConfig) -> f
     else:
         factor = one_cycle(step, total_steps, cfg.pct_start, cfg.div_factor, cfg.final_div_factor)
     return peak_lr * factor
+
+
+def peak_for(lr: float, step: int, total_steps: int, cfg: ScheduleConfig) -> float:
+    """The peak that makes `lr` the rate at `step`, keeping the schedule's shape (`set`)."""
+    factor = lr_at(step, total_steps, 1.0, cfg)
+    return lr / factor if factor > 1e-12 else lr
+
+
+def highest_ahead(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
+    """The largest factor of the peak the schedule reaches from `step` on: 1 until warm-up (or
+    onecycle's rise) is over, then the current factor, since every schedule only falls after."""
+    rising_until = max(1, int(cfg.pct_start * total_steps)) if cfg.name == "onecycle" else cfg.warmup_steps
+    candidates = [s for s in (step, rising_until) if step <= s < max(total_steps, step + 1)]
+    return max(lr_at(s, total_steps, 1.0, cfg) for s in candidates)
+
+
+def warmup_warning(cfg: ScheduleConfig, total_steps: int) -> str | None:
+    """Words for a warm-up that outlasts the run (the peak rate would never be reached)."""
+    if cfg.name == "onecycle" or cfg.warmup_steps < total_steps:
+        return None
+    return (f"schedule.warmup_steps = {cfg.warmup_steps} is not shorter than the run's {total_steps} steps: "
+            f"the learning rate never reaches optim.lr (it ends at {cfg.warmup_steps and total_steps / cfg.warmup_steps:.3g}x "
+            "of it); lower schedule.warmup_steps")

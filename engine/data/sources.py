@@ -11,17 +11,16 @@ Two things make resume exact with workers and random augmentation:
 from __future__ import annotations
 
 import gzip
-import importlib
-import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from engine.config import AugmentConfig, Config
+from engine.config.schema import Config
+from engine.model.factory import import_factory
 from engine.errors import BadInput
 
 # Per-channel statistics of the built-in sets (for normalization).
@@ -189,19 +188,6 @@ def _synthetic(cfg: Config) -> tuple[Dataset, Dataset, int]:
     return make(d.synthetic_samples), make(n_val), k
 
 
-def import_factory(path: str, field: str) -> Any:
-    """Import 'package.module:attr', with an error that names the config field."""
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BadInput(f"{field} = {path!r}: cannot import module {module_name!r} ({exc})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise BadInput(f"{field} = {path!r}: module {module_name!r} has no callable {attr!r}")
-    return fn
-
-
 def _factory(cfg: Config) -> tuple[Dataset, Dataset, int]:
     fn = import_factory(cfg.data.name, "data.name")
     result = fn(**cfg.data.factory_args)
@@ -250,171 +236,6 @@ def build_spec(cfg: Config) -> DataSpec:
 # ---- exact-resume sampling and augmentation ---------------------------------------------
 
 
-class EpochSampler(Sampler):
-    """Yields (epoch, index) pairs: a (seed, epoch) permutation, from any offset within it.
-
-    With several ranks, each takes every world-th index of the permutation, starting at its
-    rank (as torch's DistributedSampler does). The training sampler pads the permutation by
-    wrapping around, so every rank gets the same number of samples (and the same number of
-    steps); the validation sampler does not pad, so no sample is counted twice. Offsets are
-    per rank. Rank r of W sees, in its k-th batch of b, permutation entries k*b*W + r + j*W:
-    together the ranks' k-th batches are the single-process run's k-th batch of b*W.
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1, pad: bool = True):
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.rank, self.world, self.pad = rank, world, pad
-        self.epoch, self.offset = 0, 0
-
-    def set_position(self, epoch: int, offset: int) -> None:
-        """Start the next iteration at sample `offset` (of this rank's share) of epoch `epoch`."""
-        self.epoch, self.offset = epoch, offset
-
-    def per_rank(self) -> int:
-        """Samples in this rank's share of one epoch."""
-        if self.pad:
-            return math.ceil(self.n / self.world)
-        return len(range(self.rank, self.n, self.world))
-
-    def __len__(self) -> int:
-        return self.per_rank() - self.offset
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        if self.world > 1:
-            if self.pad:
-                total = math.ceil(self.n / self.world) * self.world
-                order = (order * math.ceil(total / self.n))[:total]
-            order = order[self.rank::self.world]
-        epoch = self.epoch
-        for i in order[self.offset:]:
-            yield epoch, i
-
-
-class Prepared(Dataset):
-    """Indexes a base dataset by (epoch, index) and augments (train). Normalization is done
-    per batch by `Normalizer`, on the device, which is cheaper than per sample."""
-
-    def __init__(self, base: Dataset, spec: DataSpec, aug: AugmentConfig, seed: int, train: bool):
-        self.base, self.aug, self.seed, self.train = base, aug, seed, train
-        self.random = train and (aug.random_crop_padding > 0 or aug.horizontal_flip)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        epoch, i = key
-        x, y = self.base[i]
-        x = as_tensor(x)
-        if self.random:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 2**24 + i)
-            x = augment(x, g, self.aug.random_crop_padding, self.aug.horizontal_flip)
-        return x, int(y)
-
-
-def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
-    """Random crop after zero padding, then a coin-flip horizontal flip."""
-    if pad:
-        h, w = x.shape[-2:]
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        top, left = torch.randint(0, 2 * pad + 1, (2,), generator=g).tolist()
-        x = padded[..., top:top + h, left:left + w]
-    if flip and torch.rand((), generator=g).item() < 0.5:
-        x = x.flip(-1)
-    return x
-
-
-class Normalizer:
-    """Per-channel normalization of whole batches (bit-identical to doing it per sample)."""
-
-    def __init__(self, spec: DataSpec, enabled: bool, device: torch.device):
-        self.enabled = enabled
-        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std if self.enabled and x.dim() == 4 else x
-
-
-def make_loader(ds: Dataset, cfg: Config, batch_size: int, sampler: EpochSampler) -> DataLoader:
-    """A DataLoader over (epoch, index) keys with the configured worker settings."""
-    d = cfg.data
-    extra: dict[str, Any] = {}
-    if d.num_workers > 0:
-        extra["persistent_workers"] = d.persistent_workers
-        if d.prefetch_factor is not None:
-            extra["prefetch_factor"] = d.prefetch_factor
-    # A private generator: otherwise each new iterator draws its worker seed from the global
-    # RNG, and a resumed run (which starts its iterator mid-epoch) would drift from the
-    # uninterrupted one.
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=d.num_workers,
-                      pin_memory=d.pin_memory, generator=torch.Generator(), **extra)
-
-
-def batches_per_epoch(n: int, batch_size: int) -> int:
-    """Micro-batches in one epoch (the last one may be short)."""
-    return math.ceil(n / batch_size)
-
-
 # ---- the device-resident path -----------------------------------------------------------
 
 
-class DeviceLoader:
-    """The whole (in-memory) dataset on the device, batches drawn by index, augmented there.
-
-    The trick behind the CIFAR-10 speed records: no workers, no collation, no host-to-device
-    copies per step. Images are scaled and normalized once, stored in the training dtype,
-    and each batch is cropped and flipped on the device with a generator seeded by
-    (seed, epoch, batch), so a resumed run continues exactly.
-    """
-
-    def __init__(self, base: Dataset, spec: DataSpec, cfg: Config, sampler: EpochSampler,
-                 device: torch.device, dtype: torch.dtype):
-        if not isinstance(base, TensorImages):
-            raise BadInput(
-                f"data.device_resident = true: data.name = {cfg.data.name!r} is not an in-memory "
-                "tensor dataset (digits, mnist, fashion_mnist, cifar10, cifar100, synthetic are)")
-        x = base.images.float() / base.scale
-        if cfg.data.augment.normalize:
-            x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
-        self.images = x.to(device=device, dtype=dtype)
-        self.labels = base.labels.to(device)
-        self.sampler, self.batch_size, self.device = sampler, cfg.train.batch_size, device
-        self.pad, self.flip, self.seed = cfg.data.augment.random_crop_padding, cfg.data.augment.horizontal_flip, cfg.train.seed
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        s = self.sampler
-        order = torch.tensor([i for _, i in s], dtype=torch.long, device=self.device)
-        first = s.offset // self.batch_size
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b:b + self.batch_size]
-            x = self.images[idx]
-            if self.pad or self.flip:
-                g = torch.Generator(device=self.device)
-                batch = first + b // self.batch_size
-                g.manual_seed((self.seed * 1_000_003 + s.epoch) * 2**24 + batch + s.rank * 2**20)
-                x = batch_augment(x, g, self.pad, self.flip)
-            yield x, self.labels[idx]
-
-
-def batch_augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
-    """Per-sample random crops (after zero padding) and flips of a whole batch, on its device."""
-    n, _, h, w = x.shape
-    if pad:
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=g, device=x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]   # (n, h, 1)
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]   # (n, 1, w)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-    if flip:
-        coins = torch.rand(n, generator=g, device=x.device) < 0.5
-        x = torch.where(coins[:, None, None, None], x.flip(-1), x)
-    return x.contiguous()

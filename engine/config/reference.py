@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel
 
-from engine.config import Config
+from engine.config.schema import Config
 
 
 def _sections(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, type[BaseModel]]]:

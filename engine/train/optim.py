@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.config import OptimConfig
+from engine.config.schema import OptimConfig
 from engine.errors import BadInput
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.config import Config
-from engine.data import DataSpec, import_factory
+from engine.config.schema import Config
+from engine.data.sources import DataSpec
+from engine.model.factory import import_factory
 from engine.errors import BadInput
 
 

@@ -15,18 +15,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import config as config_mod
-from engine.atomic import write_atomic
-from engine.checkpoint import CheckpointStore, load_rank
-from engine.config import Config
-from engine.data import DataSpec, build_spec
-from engine.dist import Dist
-from engine.dist import setup as setup_dist
+from engine.config import loading as config_mod
+from engine.checkpoint.atomic import write_atomic
+from engine.checkpoint.store import CheckpointStore, load_rank
+from engine.config.schema import Config
+from engine.data.sources import DataSpec, build_spec
+from engine.parallel.dist import Dist
+from engine.parallel.dist import setup as setup_dist
 from engine.errors import BadInput
-from engine.models import build_model
-from engine.rundir import RunDir, new_run_id
-from engine.telemetry import Console, EventsFile, LogFile, TensorBoard, Telemetry
-from engine.trainer import Trainer
+from engine.model.zoo import build_model
+from engine.run.rundir import RunDir, new_run_id
+from engine.telemetry.cost import ConfigPrice, CostMeter
+from engine.telemetry.sinks import Console, EventsFile, LogFile, TensorBoard, Telemetry
+from engine.train.trainer import Trainer
 
 
 def seed_everything(cfg: Config) -> None:
@@ -80,12 +81,15 @@ def console_mode(json_mode: bool, detached: bool) -> str:
 
 
 def telemetry_for(cfg: Config, run: RunDir, console: str, resume_step: int | None) -> Telemetry:
+    """Rank 0's sinks: events.jsonl, engine.log, TensorBoard, the console, and the cost meter."""
     sinks: list = [EventsFile(run.events, cfg.logging.max_step_events_per_s), LogFile(run.log)]
     if cfg.logging.tensorboard:
         sinks.append(TensorBoard(run.tb, resume_step))
     if console != "none":
         sinks.append(Console(console, cfg.logging.max_step_events_per_s))
-    return Telemetry(sinks)
+    tele = Telemetry(sinks)
+    tele.add(CostMeter(ConfigPrice(cfg.cost.price_per_hour, cfg.cost.currency), tele.emit))
+    return tele
 
 
 def announce(run: RunDir, console: str, when: str) -> None:
@@ -97,7 +101,7 @@ def announce(run: RunDir, console: str, when: str) -> None:
 
 def _detach_if(detached: bool, run: RunDir) -> None:
     if detached:
-        from engine.detach import become_detached
+        from engine.run.detach import become_detached
 
         become_detached(run.log)
 
@@ -124,7 +128,7 @@ def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool, detached
 def _create(cfg: Config, root: Path, run_id: str | None, dist: Dist) -> str | dict[str, str]:
     """Rank 0: make the run directory, lock it (for the life of the process) and write its
     config; its path, or {"error": ...} for the other ranks to raise too."""
-    run = RunDir(root.resolve() / (run_id or new_run_id(cfg.logging.run_name or cfg.model.name.split(":")[-1])))
+    run = RunDir(root.resolve() / (run_id or new_run_id(cfg)))
     try:
         run.path.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
@@ -150,7 +154,7 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
     cfg = config_mod.load(run.config, overrides)
     dist = setup_dist(cfg)
     try:
-        _lock = run.lock() if dist.main else None
+        _lock = run.lock() if dist.main else None  # noqa: F841 - held for the process's life
         spec, model = prepare(cfg, dist)
         warnings: list[str] = []
         found = _find_checkpoint(run, cfg, dist, warnings) if dist.main else None
@@ -215,8 +219,8 @@ def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str]) 
 
 def _train(trainer: Trainer, tele: Telemetry, run: RunDir, console: str) -> int:
     try:
-        code = trainer.train()
+        result = trainer.train()
     finally:
         tele.close()
-    announce(run, console, {0: "finished", 3: "stopped"}.get(code, "failed"))
-    return code
+    announce(run, console, result.state)
+    return result.exit_code

@@ -69,38 +69,3 @@ class Doctor:
         return verdict
 
 
-#: Dense bf16/fp16 tensor-core peak, TFLOP/s, by GPU name fragment (override: train.peak_tflops).
-PEAK_TFLOPS = {
-    "H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0,
-    "A10": 125.0, "V100": 125.0, "T4": 65.0, "RTX 4090": 165.0, "RTX 3090": 71.0,
-}
-
-
-def peak_tflops(device_name: str) -> float | None:
-    """The table's peak for a device name, or None when it is not listed."""
-    for key, value in PEAK_TFLOPS.items():
-        if key in device_name:
-            return value
-    return None
-
-
-def flops_per_sample(model, sample_shape: tuple[int, ...]) -> float | None:
-    """FLOPs of one forward and backward pass per sample, counted by torch on a meta-device copy.
-
-    The copy lives on the meta device: no memory, no compute, and no RNG draws, so counting
-    leaves the run exactly as it was. None when the model cannot be traced that way.
-    """
-    import copy
-
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        with torch.random.fork_rng(devices=[]):
-            meta = copy.deepcopy(model).to("meta")
-            x = torch.empty((2, *sample_shape), device="meta")
-            with FlopCounterMode(display=False) as counter:
-                meta(x).float().sum().backward()
-        return counter.get_total_flops() / 2
-    except Exception:  # noqa: BLE001 - exotic models simply get no MFU
-        return None

@@ -1,7 +1,7 @@
 """Asynchronous checkpoints: the loop pays for a host copy; a worker thread does the writing.
 
 At a step boundary the loop copies the state to host memory (on the CPU: clones) and hands
-it to one background thread, which writes it atomically (engine.checkpoint), prunes, moves
+it to one background thread, which writes it atomically (engine.checkpoint.store), prunes, moves
 the pointers and reports. Requests that arrive while one is being written wait in a queue:
 none is lost. A crash mid-write leaves the previous checkpoint in place, as with a
 synchronous save.
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from engine.checkpoint import CheckpointStore, Saved
+from engine.checkpoint.store import CheckpointStore, Saved
 
 
 class HostStaging:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import deque
 import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from engine.protocol import encode_event, make_event
+from engine.telemetry.narration import Narrator, describe
 
 
 class Sink(Protocol):
@@ -102,65 +104,15 @@ class TensorBoard:
             for key, tag in SCALARS["step"].items():
                 if isinstance(event.get(key), (int, float)):
                     self.writer.add_scalar(tag, event[key], step)
+            for part, value in (event.get("losses") or {}).items():  # the task's named parts
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"loss/{part}", value, step)
         elif kind == "eval":
             for key, value in event["metrics"].items():
                 self.writer.add_scalar(f"val/{key}", value, step)
 
     def close(self) -> None:
         self.writer.close()
-
-
-def describe(event: dict[str, Any]) -> str | None:
-    """A one-line human description of an event (None: not worth a line)."""
-    kind = event["type"]
-    if kind == "step":
-        return (f"epoch {event['epoch'] + 1} step {event['step']} loss {event['loss']:.4f} "
-                f"lr {event['lr']:.3g} {event['samples_per_s']:,.0f} samples/s "
-                f"ETA {fmt_duration(event.get('eta_s'))}")
-    if kind == "eval":
-        parts = " ".join(f"{k} {v:.4f}" for k, v in event["metrics"].items())
-        return f"epoch {event['epoch'] + 1} validation: {parts}"
-    if kind == "state":
-        if event["state"] == "checkpointing":
-            return None  # the checkpoint event gets its own line
-        extra = f" ({event['reason']})" if event.get("reason") else ""
-        return f"state {event['state']}{extra}"
-    if kind == "checkpoint":
-        return (f"checkpoint saved at step {event['step']}: {event['path']} "
-                f"({event['bytes'] / 1e6:.1f} MB, {event['seconds']:.2f} s)")
-    if kind == "doctor":
-        return f"doctor: {event['message']}"
-    if kind == "resume":
-        return f"resumed from {event['checkpoint']} at step {event['step']}"
-    if kind == "log":
-        return f"{event['level']}: {event['message']}"
-    if kind == "error":
-        return f"error: {event['message']}\n{event.get('traceback', '')}".rstrip()
-    return None
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """3h02m, 4m05s, 12s, or '?'."""
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-class Narrator:
-    """describe() with memory: a state already announced is not announced again."""
-
-    def __init__(self) -> None:
-        self.state: str | None = None
-
-    def __call__(self, event: dict[str, Any]) -> str | None:
-        if event["type"] == "state":
-            if event["state"] in (self.state, "checkpointing"):
-                return None
-            self.state = event["state"]
-        return describe(event)
 
 
 class LogFile:
@@ -217,18 +169,41 @@ class Console:
 
 
 class Telemetry:
-    """Fans each event out to every sink."""
+    """Fans each event out to every sink, in one order for all of them.
+
+    A sink may emit in turn (the cost meter answers a step with a cost event; an S3 mirror
+    will answer a checkpoint): the new event is queued and fanned out once the current one
+    has reached every sink, so nothing deadlocks and every sink sees the same order. The
+    lock is re-entrant for that; other threads (the checkpoint writer) wait their turn.
+    """
 
     def __init__(self, sinks: list[Sink]):
         self.sinks = sinks
-        self.lock = threading.Lock()  # the checkpoint writer thread emits too
+        self.lock = threading.RLock()
+        self.queue: deque[dict[str, Any]] = deque()
+        self.dispatching = False
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         event = make_event(type_, **fields)
         with self.lock:
-            for sink in self.sinks:
-                sink.emit(event)
+            self.queue.append(event)
+            if self.dispatching:  # a sink emitted: its event goes out after this one
+                return event
+            self.dispatching = True
+            try:
+                while self.queue:
+                    queued = self.queue.popleft()
+                    for sink in self.sinks:
+                        sink.emit(queued)
+            finally:
+                self.dispatching = False
+                self.queue.clear()
         return event
+
+    def add(self, sink: Sink) -> None:
+        """One more sink, from now on."""
+        with self.lock:
+            self.sinks.append(sink)
 
     def close(self) -> None:
         for sink in self.sinks:

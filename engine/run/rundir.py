@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.atomic import write_json_atomic
+from engine.checkpoint.atomic import write_json_atomic
 from engine.errors import BadInput
 from engine.protocol import MAX_SOCKET_PATH
 
@@ -23,8 +23,10 @@ def runs_root(cli_value: str | None, config_value: str | None) -> Path:
     return Path(cli_value or config_value or os.environ.get("COCKPIT_RUNS") or "runs")
 
 
-def new_run_id(name: str) -> str:
-    """A sortable, readable, unique id: 20261123-221500-resnet18-3f9a."""
+def new_run_id(cfg: Any) -> str:
+    """A sortable, readable, unique id: 20261123-221500-resnet18-3f9a (the readable part is
+    logging.run_name, else the model's name)."""
+    name = cfg.logging.run_name or cfg.model.name.split(":")[-1]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "run"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
 
@@ -96,7 +98,7 @@ class RunDir:
         """Replace status.json atomically."""
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time(), **fields}
         launcher = os.environ.get("COCKPIT_LAUNCHER_PID", "")
-        if launcher.isdigit():  # --nproc: the process that started torchrun (see engine.launch)
+        if launcher.isdigit():  # --nproc: the process that started torchrun (see engine.run.launch)
             doc["launcher_pid"] = int(launcher)
         # Rewritten every few seconds on the training thread: atomic, but not fsynced.
         write_json_atomic(self.status, doc, durable=False)

@@ -1,0 +1,98 @@
+"""Wrapping the model for several processes: DDP (replicated) or FSDP2 (sharded).
+
+The model is wrapped after the converters changed it and before it is compiled and given to
+the optimizer. DDP's gradient all-reduce goes through a timed hook, so the loop can tell how
+much of the backward pass waited on communication that did not overlap compute.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.parallel.dist import Dist
+
+
+class CommClock:
+    """When DDP launched its last gradient bucket (perf_counter seconds; 0: not this step)."""
+
+    def __init__(self) -> None:
+        self.launched = 0.0
+
+
+@dataclass
+class Wrapped:
+    """The model as the loop uses it: `model` (its parameters, its state) and `forward`."""
+
+    model: nn.Module
+    forward: nn.Module
+    comm: CommClock
+    dist: Dist
+
+    def grad_sync(self, sync: bool) -> Any:
+        """Skip the cross-rank gradient reduction on accumulation micro-batches."""
+        if not self.dist.active:
+            return nullcontext()
+        if self.dist.sharded:
+            self.model.set_requires_gradient_sync(sync)
+            return nullcontext()
+        return nullcontext() if sync else self.forward.no_sync()
+
+
+def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: bool = False) -> Wrapped:
+    """DDP or FSDP2 under torchrun; the bare model in a single process."""
+    comm = CommClock()
+    if not dist.active:
+        return Wrapped(model, model, comm, dist)
+    if dist.sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        for child in model.children():  # each parameterized block is a unit; then the root
+            if any(p.requires_grad for p in child.parameters()):
+                fully_shard(child)
+        fully_shard(model)
+        return Wrapped(model, model, comm, dist)
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    ddp = DistributedDataParallel(model, device_ids=ids)
+
+    def timed_allreduce(state, bucket):  # noqa: ANN001 - DDP checks the annotations
+        # The last bucket is launched when the backward computation is done; whatever
+        # backward() waits after that is communication that did not overlap compute.
+        comm.launched = time.perf_counter()
+        return allreduce_hook(state, bucket)
+
+    ddp.register_comm_hook(None, timed_allreduce)
+    return Wrapped(model, ddp, comm, dist)
+
+
+def grad_scaler(enabled: bool, dist: Dist, device: torch.device) -> Any:
+    """fp16's loss scaler; FSDP's shards need one that agrees on inf/NaN across ranks."""
+    if enabled and dist.sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def check_replicas(model: nn.Module, dist: Dist) -> tuple[str, str] | None:
+    """Under DDP, whether every rank holds the same weights at the end, as (level, message):
+    a cheap guard against a rank that silently trained on something else."""
+    if not dist.replicated:
+        return None
+    flat = torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
+    digest = [float(flat.double().sum()), float(flat.double().abs().sum()), float(flat.double().square().sum())]
+    high, low = dist.agree_max(digest), dist.agree_max([-v for v in digest])
+    if all(h == -lo for h, lo in zip(high, low)):
+        return "info", f"DDP replicas agree: {flat.numel():,} parameters identical on {dist.world} ranks"
+    return "warning", (f"DDP replicas differ across the {dist.world} ranks at the end of training: "
+                       "check for rank-dependent code in the model")

@@ -1,0 +1,64 @@
+"""Evaluation as a free function of (model, loader, task, device, precision), and its hooks.
+
+`evaluate` needs no Trainer, so a later `quantize` command can score a model the same way
+the loop does. After each evaluation the loop hands (step, epoch, metrics) to every
+registered hook; a hook may ask the run to stop (a sweep's pruner will).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+
+from engine.train.boundary import Reason
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """torch.autocast for fp16/bf16, nothing for fp32."""
+    dtype = AMP_DTYPES.get(precision)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, task: Any,
+             device: torch.device, precision: str, prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+             valid: int | None = None, reduce: Callable[[list[float]], list[float]] = lambda v: v) -> dict[str, float]:
+    """The task's metrics over a whole loader: loss and top-1 accuracy for classification.
+
+    `prepare` readies inputs on the device (normalization, memory format); `valid` is how many
+    samples count (a sharded loader pads its end); `reduce` sums host numbers over ranks.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    total = 0
+    for x, y in loader:
+        x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(x)
+        keep = len(y) if valid is None else min(len(y), valid - total)  # padding is at the end
+        for name, value in task.metric_sums(logits[:keep], y[:keep]).items():
+            sums[name] = sums[name] + value if name in sums else value
+        total += keep
+    names = list(sums)  # the task's order: every rank builds the same dict
+    # .item() here is a host-device sync, once per evaluation
+    reduced = reduce([float(sums[n].item()) for n in names] + [float(total)])
+    count = reduced[-1]
+    return {n: v / count for n, v in zip(names, reduced[:-1])}
+
+
+@dataclass
+class EvalVerdict:
+    """A hook's answer: carry on (None) or stop the run for a reason."""
+
+    reason: Reason
+    why: str
+
+
+class EvalHook(Protocol):
+    """Called after each evaluation with (step, epoch, metrics); may ask to stop."""
+
+    def __call__(self, step: int, epoch: int, metrics: dict[str, float]) -> EvalVerdict | None: ...

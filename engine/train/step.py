@@ -1,0 +1,160 @@
+"""The core of a step: micro-steps (forward, backward) and the optimizer step, and their meter.
+
+`Stepper.micro_step` runs the task under autocast and backpropagates the loss divided by the
+accumulation steps (scaled for fp16); `optimizer_step` unscales and clips, steps, updates the
+scaler and zeroes the gradients. `StepMeter` keeps the timings and sums the loss and its
+parts as device tensors: nothing is read back to the host until a logging step.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.parallel.dist import Dist
+from engine.parallel.wrap import Wrapped
+from engine.train.evaluate import autocast
+from engine.train.task import StepOutput
+
+
+class StepMeter:
+    """Accumulates per-step timings, the loss and its parts (tensors: no sync until read).
+
+    Data wait is host time (perf_counter). The copy to the device, forward+backward and the
+    optimizer step are timed with perf_counter on the CPU and with CUDA events on a GPU:
+    events are only read in `report`, after the loss has been read, when they are complete,
+    so timing adds no host-device synchronization of its own.
+    """
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+        self.events = device is not None and device.type == "cuda"
+        self.data = self.h2d = self.compute = self.optim = self.comm = 0.0
+        self.spans: list[tuple[str, Any, Any]] = []
+        self.loss_sum: torch.Tensor | None = None
+        self.part_sums: dict[str, torch.Tensor] = {}
+        self.batches = self.samples = self.steps = 0
+        self.lr = 0.0
+        self.since = time.perf_counter()
+
+    def mark(self) -> Any:
+        """A point in time: a recorded CUDA event on a GPU, perf_counter() otherwise."""
+        if not self.events:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def span(self, kind: str, start: Any, end: Any) -> None:
+        """Add the time between two marks to `kind` (CUDA spans are resolved in `report`)."""
+        if self.events:
+            self.spans.append((kind, start, end))
+        else:
+            setattr(self, kind, getattr(self, kind) + end - start)
+
+    def timed(self, loader: Any) -> Any:
+        """Iterate the loader, timing how long each batch is waited for."""
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.data += time.perf_counter() - t0
+            yield batch
+
+    def add_loss(self, loss: torch.Tensor, n: int, parts: dict[str, torch.Tensor] | None = None) -> None:
+        """Add one micro-batch's (detached) loss and parts, as device tensors."""
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        for name, value in (parts or {}).items():
+            self.part_sums[name] = value if name not in self.part_sums else self.part_sums[name] + value
+        self.batches += 1
+        self.samples += n
+
+    def pending_loss(self) -> float | None:
+        """The summed loss not yet reported (a host-device sync; used before a save)."""
+        return None if self.loss_sum is None else float(self.loss_sum.item())
+
+    def report(self, dist: Dist) -> dict[str, Any]:
+        """Averages since the last report over every rank (samples summed), then reset."""
+        wall = time.perf_counter() - self.since
+        # .item() here is the step's one host-device sync, on logging steps only
+        loss_sum = self.loss_sum.item() if self.loss_sum is not None else float("nan")
+        names = list(self.part_sums)
+        parts = [float(self.part_sums[n].item()) for n in names]
+        for kind, start, end in self.spans:  # complete: the .item() above waited for them
+            setattr(self, kind, getattr(self, kind) + start.elapsed_time(end) / 1000)
+        loss_sum, batches, samples, data, h2d, compute, optim, comm, *parts = dist.sum(
+            [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm, *parts])
+        n = max(1, batches)  # per micro-batch, averaged over the ranks
+        out = {"loss": loss_sum / n, "lr": self.lr, "samples": int(samples), "wall_s": wall,
+               "samples_per_s": samples / wall if wall > 0 else 0.0,
+               "steps_per_s": self.steps / wall if wall > 0 else 0.0, "data": data / n, "h2d": h2d / n,
+               "compute": compute / n, "optim": optim / n, "comm": comm / n,
+               "losses": {name: value / n for name, value in zip(names, parts)}}
+        self.__init__(self.device)
+        return out
+
+
+class Stepper:
+    """Forward/backward per micro-batch and the optimizer step, for one wrapped model."""
+
+    def __init__(self, net: Wrapped, forward: Any, optimizer: torch.optim.Optimizer, scaler: Any,
+                 task: Any, device: torch.device, precision: str, accum: int, clip: float | None):
+        self.net, self.forward, self.optimizer, self.scaler = net, forward, optimizer, scaler
+        self.task, self.device, self.precision = task, device, precision
+        self.accum, self.clip = accum, clip
+
+    def micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: StepMeter, prepare: Any,
+                   sync: bool = True) -> StepOutput:
+        """Forward and backward for one micro-batch; gradients accumulate. Under DDP/FSDP the
+        gradients are reduced across ranks only on the step's last micro-batch (`sync`)."""
+        mark0 = meter.mark()
+        x = prepare(x.to(self.device, non_blocking=True))
+        y = y.to(self.device, non_blocking=True)
+        mark1 = meter.mark()
+        meter.span("h2d", mark0, mark1)
+        comm = self.net.comm
+        with self.net.grad_sync(sync):
+            with autocast(self.device, self.precision):
+                out = self.task(self.forward, (x, y))
+            comm.launched = 0.0
+            t_backward = time.perf_counter()
+            self.scaler.scale(out.loss / self.accum).backward()
+            t_end = time.perf_counter()
+        meter.add_loss(out.loss.detach(), len(y), out.parts)
+        waited = t_end - comm.launched if comm.launched > t_backward else 0.0
+        meter.comm += waited
+        if meter.events:  # on a GPU the device's own clock times forward+backward
+            meter.span("compute", mark1, meter.mark())
+        else:
+            meter.compute += t_end - mark1 - waited
+        return out
+
+    def optimizer_step(self, meter: StepMeter, lr: float) -> bool:
+        """Unscale, clip, step, update the scaler, zero the gradients; False when fp16's
+        scaler skipped the step for inf/NaN gradients."""
+        t0 = time.perf_counter()
+        mark0 = meter.mark()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.net.model.parameters(), self.clip)
+        # fp16 only: GradScaler.step already synchronizes to check for inf/NaN, so reading the
+        # scale costs no extra stall. The scale only ever shrinks when the step was skipped.
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale_before
+        self.optimizer.zero_grad(set_to_none=True)
+        meter.lr, meter.steps = lr, meter.steps + 1
+        if meter.events:
+            meter.span("optim", mark0, meter.mark())
+        else:
+            meter.optim += time.perf_counter() - t0
+        return not skipped
