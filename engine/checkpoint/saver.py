@@ -116,6 +116,14 @@ class Checkpointer:
             error, self.error = self.error, None
             raise RuntimeError(f"writing a checkpoint failed: {error}") from error
 
+    def last_good(self) -> Path | None:
+        """The newest checkpoint once the queued writes have landed (each was checked finite)."""
+        try:
+            self.flush()
+        except RuntimeError:
+            pass  # a failed write: the newest file on disk is still the last good one
+        return self.latest()
+
     def latest(self) -> Path | None:
         """The newest checkpoint written (rank 0), for the stop reply and messages."""
         name = self.store.pointer("latest") if self.dist.main else None

@@ -154,3 +154,21 @@ def setup(cfg: Config) -> Dist:
     dist.init_process_group(**kwargs)
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     return Dist(rank, world, local_rank, d.strategy, backend, control)
+
+
+def device_for(name: str, dist: "Dist | None" = None) -> torch.device:
+    """'auto' is the first GPU when there is one, else the CPU; under torchrun, each rank
+    takes the GPU of its local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if dist is not None and dist.active and name.startswith("cuda"):
+        return torch.device("cuda", dist.local_rank)
+    return torch.device(name)
+
+
+def collective_failure(exc: BaseException) -> bool:
+    """A collective that failed because a peer died or hung (Gloo's errors are often plain
+    RuntimeErrors, raised from inside DDP's reducer)."""
+    text = str(exc)
+    return isinstance(exc, torch.distributed.DistError) or any(
+        w in text for w in ("gloo", "NCCL", "Timed out", "Connection reset", "Connection closed"))

@@ -154,7 +154,8 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
     cfg = config_mod.load(run.config, overrides)
     dist = setup_dist(cfg)
     try:
-        _lock = run.lock() if dist.main else None  # noqa: F841 - held for the process's life
+        if dist.main:
+            run.lock()  # an open descriptor: held for the life of the process
         spec, model = prepare(cfg, dist)
         warnings: list[str] = []
         found = _find_checkpoint(run, cfg, dist, warnings) if dist.main else None

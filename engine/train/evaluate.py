@@ -62,3 +62,12 @@ class EvalHook(Protocol):
     """Called after each evaluation with (step, epoch, metrics); may ask to stop."""
 
     def __call__(self, step: int, epoch: int, metrics: dict[str, float]) -> EvalVerdict | None: ...
+
+
+def improves(metrics: dict[str, float], best: float | None, metric: str | None) -> bool:
+    """Whether these metrics beat the best so far by `metric` (val_accuracy: higher is better,
+    val_loss: lower); False when no metric is tracked."""
+    if metric is None:
+        return False
+    value = metrics[metric.removeprefix("val_")]
+    return best is None or (value > best if metric == "val_accuracy" else value < best)

@@ -79,3 +79,8 @@ def warmup_warning(cfg: ScheduleConfig, total_steps: int) -> str | None:
     return (f"schedule.warmup_steps = {cfg.warmup_steps} is not shorter than the run's {total_steps} steps: "
             f"the learning rate never reaches optim.lr (it ends at {cfg.warmup_steps and total_steps / cfg.warmup_steps:.3g}x "
             "of it); lower schedule.warmup_steps")
+
+
+def highest_if_set(lr: float, step: int, total_steps: int, cfg: ScheduleConfig) -> float:
+    """The highest rate the schedule would reach from `step` on if `lr` were set there."""
+    return peak_for(lr, step, total_steps, cfg) * highest_ahead(step, total_steps, cfg)

@@ -158,3 +158,14 @@ class Stepper:
         else:
             meter.optim += time.perf_counter() - t0
         return not skipped
+
+
+def compiled(model: nn.Module, enabled: bool, mode: str, emit: Any) -> Any:
+    """torch.compile'd when asked; a compile failure falls back to eager with a warning."""
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model, mode=mode)
+    except Exception as exc:  # noqa: BLE001 - compile failures fall back to eager
+        emit("log", level="warning", message=f"torch.compile failed, running eager: {exc}")
+        return model

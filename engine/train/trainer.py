@@ -13,20 +13,18 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from engine.checkpoint.rng import capture_rng, restore_rng
 from engine.checkpoint.saver import Checkpointer
-from engine.checkpoint.store import FORMAT, CheckpointStore
+from engine.checkpoint.store import CheckpointStore
 from engine.config.schema import Config
 from engine.data.loaders import build_loaders
 from engine.data.sources import DataSpec
 from engine.model.convert import build_converters, convert, finalize, prepare_inputs
-from engine.parallel.dist import Dist
+from engine.parallel.dist import Dist, collective_failure, device_for
 from engine.parallel.wrap import check_replicas, grad_scaler, wrap
 from engine.protocol import EXIT_FAILED
 from engine.run.control import ControlServer, Pending
@@ -35,38 +33,13 @@ from engine.telemetry.doctor import Doctor
 from engine.telemetry.flops import flops_per_sample, memory_fields, peak_tflops, step_flops
 from engine.telemetry.sinks import Telemetry
 from engine.train.boundary import OUTCOMES, Clock, Commands, Pause, Plan, Reason, Signals
-from engine.train.evaluate import EvalHook, evaluate
-from engine.train.guard import Diverged, diverged_message, finite, weights_finite
+from engine.train.evaluate import EvalHook, evaluate, improves
+from engine.train.guard import Diverged, DivergenceGuard
 from engine.train.optim import build_optimizer
-from engine.train.schedule import highest_ahead, lr_at, peak_for, warmup_warning
-from engine.train.step import StepMeter, Stepper
+from engine.train.schedule import highest_if_set, lr_at, peak_for, warmup_warning
+from engine.train.state import Position, RunResult, restore, snapshot
+from engine.train.step import StepMeter, Stepper, compiled
 from engine.train.task import build_task
-
-
-@dataclass
-class Position:
-    """Where the run is: everything besides tensors that a checkpoint must restore."""
-
-    step: int = 0          # optimizer steps taken
-    epoch: int = 0         # current epoch (0-based)
-    batch: int = 0         # micro-batches of this epoch already consumed
-    peak_lr: float = 0.0   # the schedule's peak (changed by the `set` command)
-    best: float | None = None
-    train_seconds: float = 0.0
-    samples: int = 0
-    skipped: int = 0       # fp16 steps skipped for inf/NaN gradients (the schedule holds still)
-
-
-@dataclass
-class RunResult:
-    """How a run ended: its exit code and final state, the last and best metrics, the steps."""
-
-    exit_code: int
-    state: str
-    steps: int
-    reason: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    best: float | None = None
 
 
 class StopRun(Exception):
@@ -75,16 +48,6 @@ class StopRun(Exception):
     def __init__(self, plan: Plan):
         super().__init__(plan.why)
         self.plan = plan
-
-
-def pick_device(name: str, dist: Dist | None = None) -> torch.device:
-    """'auto' is the first GPU when there is one, else the CPU; under torchrun, each rank
-    takes the GPU of its local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if dist is not None and dist.active and name.startswith("cuda"):
-        return torch.device("cuda", dist.local_rank)
-    return torch.device(name)
 
 
 #: Words for a stop reason that came from another rank (this rank's sources said nothing).
@@ -100,14 +63,14 @@ class Trainer:
         self.cfg, self.spec, self.run, self.tele = cfg, spec, run, telemetry
         self.dist = dist or Dist()
         t = cfg.train
-        self.device = pick_device(t.device, self.dist)
+        self.device = device_for(t.device, self.dist)
         self.converters = build_converters(cfg)
         model = convert(model.to(self.device), self.converters)
         sample = spec.train[0][0]
         self.flops = flops_per_sample(model, tuple(sample.shape)) if hasattr(sample, "shape") else None
         self.net = wrap(model, self.dist, self.device, cfg.distributed.sync_batchnorm)
         self.model = self.net.model
-        self.forward = self._maybe_compile(self.net.forward)
+        self.forward = compiled(self.net.forward, t.compile, t.compile_mode, self.tele.emit)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = grad_scaler(t.precision == "fp16", self.dist, self.device)
         self.task = build_task(cfg)
@@ -122,7 +85,9 @@ class Trainer:
         self.server = ControlServer(socket_path_for(run.path), self.status) if main else None
         self.checkpoints = Checkpointer(CheckpointStore(run.checkpoints, cfg.checkpoint.keep_last), self.dist,
                                         self.tele.emit, cfg.checkpoint.async_save, self.device.type == "cuda")
-        self.commands = Commands(self.server, cfg.optim.lr, self._highest_for)
+        self.guard = DivergenceGuard(self.model, self.dist, t.precision, self.checkpoints.last_good)
+        self.commands = Commands(self.server, cfg.optim.lr, lambda lr: highest_if_set(
+            lr, self.pos.step - self.pos.skipped, self.total_steps, cfg.schedule))
         self.signals, self.clock = Signals(), Clock(cfg.checkpoint.every_minutes if main else None)
         self.sources: list[Any] = [self.signals, self.clock]  # more boundary sources plug in here
         self.eval_hooks: list[EvalHook] = []
@@ -140,47 +105,13 @@ class Trainer:
         if warning:
             self.tele.emit("log", level="warning", message=warning)
 
-    def _maybe_compile(self, model: nn.Module) -> Any:
-        if not self.cfg.train.compile:
-            return model
-        try:
-            return torch.compile(model, mode=self.cfg.train.compile_mode)
-        except Exception as exc:  # noqa: BLE001 - compile failures fall back to eager
-            self.tele.emit("log", level="warning", message=f"torch.compile failed, running eager: {exc}")
-            return model
-
     def _restore(self, state: dict[str, Any]) -> None:
-        if self.dist.sharded:
-            from engine.parallel.sharded import load_local_state
-
-            load_local_state(self.model, self.optimizer, state)
-        else:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.pos = Position(**state["trainer"])
-        self.pos.peak_lr = state["scheduler"]["peak_lr"]
-        rngs = state.get("rng_ranks")
-        restore_rng(rngs[self.dist.rank] if self.dist.active and rngs else state["rng"])
+        self.pos = restore(state, self.model, self.optimizer, self.scaler, self.dist)
         self.checkpoints.last_step = self.pos.step
 
     def snapshot(self, rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Everything needed to continue exactly from this step boundary (`rngs`: every
-        rank's RNG state, gathered by the Checkpointer under torchrun)."""
-        extra: dict[str, Any] = {"rng_ranks": rngs} if rngs is not None and len(rngs) > 1 else {}
-        if self.dist.sharded:
-            from engine.parallel.sharded import local_state
-
-            extra.update(local_state(self.model, self.optimizer), rank=self.dist.rank, strategy="fsdp")
-        else:
-            extra.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
-        return {**extra, "format": FORMAT, "step": self.pos.step, "scaler": self.scaler.state_dict(),
-                "scheduler": {"name": self.cfg.schedule.name, "peak_lr": self.pos.peak_lr},
-                "trainer": asdict(self.pos),
-                "data": {"epoch": self.pos.epoch, "offset": self.pos.batch * self.cfg.train.batch_size,
-                         "seed": self.cfg.train.seed},
-                "rng": capture_rng(), "world_size": self.dist.world, "config": self.cfg.model_dump(),
-                "torch_version": str(torch.__version__)}
+        """The checkpoint dictionary of this step boundary (engine.train.state.snapshot)."""
+        return snapshot(self.model, self.optimizer, self.scaler, self.pos, self.cfg, self.dist, rngs)
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -251,7 +182,7 @@ class Trainer:
         self.pos.samples += report["samples"]
         self.pos.train_seconds += report["wall_s"]
         self.last_loss = report["loss"]
-        self._guard_loss(report["loss"])
+        self.guard.loss(report["loss"], self.pos.step)
         elapsed = self.pos.train_seconds
         eta = elapsed / max(1, self.pos.step) * (self.total_steps - self.pos.step) if elapsed else None
         self.tele.emit(
@@ -286,24 +217,15 @@ class Trainer:
         epoch = self.pos.epoch
         if epoch_done:
             self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
-        best = self._is_best(metrics)
+        best = improves(metrics, self.pos.best, self.cfg.checkpoint.best_metric)
+        if best:
+            self.pos.best = metrics[self.cfg.checkpoint.best_metric.removeprefix("val_")]
         if best or self.cfg.checkpoint.on_epoch_end:
             self.save("epoch", best=best)
         for hook in self.eval_hooks:
             verdict = hook(self.pos.step, epoch, metrics)
             if verdict is not None:  # every rank's hooks see the same reduced metrics
                 raise StopRun(Plan(verdict.reason, why=verdict.why))
-
-    def _is_best(self, metrics: dict[str, float]) -> bool:
-        name = self.cfg.checkpoint.best_metric
-        if name is None:
-            return False
-        value = metrics[name.removeprefix("val_")]
-        better = self.pos.best is None or (
-            value > self.pos.best if name == "val_accuracy" else value < self.pos.best)
-        if better:
-            self.pos.best = value
-        return better
 
     # ---- checkpoints and divergence ---------------------------------------------------
 
@@ -312,7 +234,7 @@ class Trainer:
         (a second save at the same step only moves `best` and answers `pending`)."""
         new = self.pos.step != self.checkpoints.last_step
         if new:
-            self._guard_state()
+            self.guard.before_save(self.meter.pending_loss() if self.meter else None, self.pos.step)
         previous = self.state
         entering = new and previous not in ("stopping", "checkpointing")
         if entering:  # a stop's own save stays in "stopping" (one state event, with its reason)
@@ -322,32 +244,6 @@ class Trainer:
             self.clock.saved()
         if entering:
             self.set_state(previous)
-
-    def _guard_loss(self, loss: float | None) -> None:
-        """fp32/bf16 train on through a NaN: stop at the first non-finite loss read (reduced
-        over the ranks, so every rank stops here). fp16's scaler skips such steps itself."""
-        if self.cfg.train.precision != "fp16" and not finite(loss):
-            raise Diverged(diverged_message(f"the loss is {loss}", self.pos.step, self.cfg.train.precision,
-                                            self._last_good()))
-
-    def _guard_state(self) -> None:
-        """Before a save: the loss not yet logged, and every weight, must be finite on every
-        rank (agreed, so that all ranks fail together rather than wait for each other)."""
-        pending = self.meter.pending_loss() if self.meter is not None else None
-        bad = [float(self.cfg.train.precision != "fp16" and not finite(pending)),
-               float(not weights_finite(self.model))]
-        bad_loss, bad_weights = (v > 0 for v in self.dist.agree_max(bad))
-        if bad_loss or bad_weights:
-            what = "the loss is not finite" if bad_loss else "the weights are not finite"
-            raise Diverged(diverged_message(what, self.pos.step, self.cfg.train.precision, self._last_good()))
-
-    def _last_good(self) -> Any:
-        """The newest checkpoint once the queued writes have landed (all finite: each was checked)."""
-        try:
-            self.checkpoints.flush()
-        except RuntimeError:
-            pass  # a failed write: the newest file on disk is still the last good one
-        return self.checkpoints.latest()
 
     # ---- commands, signals, stop reasons ------------------------------------------------
 
@@ -385,11 +281,6 @@ class Trainer:
             plan.why = plan.why or ELSEWHERE[plan.reason]
             raise StopRun(plan)
 
-    def _highest_for(self, lr: float) -> float:
-        """The highest rate the schedule would reach from now on if `lr` were set now."""
-        step, s = self.pos.step - self.pos.skipped, self.cfg.schedule
-        return peak_for(lr, step, self.total_steps, s) * highest_ahead(step, self.total_steps, s)
-
     def _set_lr(self, lr: float, pending: list[Pending]) -> None:
         """Make the current lr the requested one; the schedule keeps its shape from here."""
         self.pos.peak_lr = peak_for(lr, self.pos.step - self.pos.skipped, self.total_steps, self.cfg.schedule)
@@ -424,7 +315,7 @@ class Trainer:
             print(f"cockpit-engine: rank {self.dist.rank} failed: {traceback.format_exc()}",
                   file=sys.stderr, flush=True)
         reason = str(exc) if isinstance(exc, Diverged) else f"{type(exc).__name__}: {exc}"
-        if self.dist.active and _collective_failure(exc):
+        if self.dist.active and collective_failure(exc):
             reason = ("another rank died or stopped answering (collectives give up after "
                       f"distributed.timeout_s = {self.cfg.distributed.timeout_s:g} s): {reason}")
         self.tele.emit("error", message=reason, traceback=traceback.format_exc())
@@ -450,11 +341,3 @@ class Trainer:
         self.last_status = time.monotonic()
         if self.dist.main:
             self.run.write_status(**self.status(), **extra)
-
-
-def _collective_failure(exc: BaseException) -> bool:
-    """A collective that failed because a peer died or hung (Gloo's errors are often plain
-    RuntimeErrors, raised from inside DDP's reducer)."""
-    text = str(exc)
-    return isinstance(exc, torch.distributed.DistError) or any(
-        w in text for w in ("gloo", "NCCL", "Timed out", "Connection reset", "Connection closed"))
