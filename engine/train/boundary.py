@@ -149,7 +149,11 @@ class Commands:
             pending = [waited] if waited else []
         plan = Plan()
         for p in pending:
-            plan = plan.fold(self._plan_for(p))
+            one = self._plan_for(p)
+            plan = plan.fold(one)
+            # between commands, the later one wins (as sent); max is for reasons and ranks
+            plan.pause = one.pause or plan.pause
+            plan.lr = one.lr if one.lr >= 0 else plan.lr
         return plan
 
     def _plan_for(self, p: Pending) -> Plan:

@@ -83,9 +83,11 @@ class StepMeter:
         """Averages since the last report over every rank (samples summed), then reset."""
         wall = time.perf_counter() - self.since
         # .item() here is the step's one host-device sync, on logging steps only
-        loss_sum = self.loss_sum.item() if self.loss_sum is not None else float("nan")
         names = list(self.part_sums)
-        parts = [float(self.part_sums[n].item()) for n in names]
+        if self.loss_sum is not None:  # one copy to the host for the loss and all its parts
+            loss_sum, *parts = torch.stack([t.double() for t in (self.loss_sum, *self.part_sums.values())]).tolist()
+        else:
+            loss_sum, parts = float("nan"), [float("nan")] * len(names)
         for kind, start, end in self.spans:  # complete: the .item() above waited for them
             setattr(self, kind, getattr(self, kind) + start.elapsed_time(end) / 1000)
         loss_sum, batches, samples, data, h2d, compute, optim, comm, *parts = dist.sum(
