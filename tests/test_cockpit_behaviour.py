@@ -49,7 +49,7 @@ batch_size = 32
 deterministic = false
 [checkpoint]
 every_steps = 100000
-keep_last = 2
+keep_last = 100000  # the engine prunes to keep_last: a test must find its checkpoint still there
 [logging]
 every_steps = 5
 status_every_s = 0.2
