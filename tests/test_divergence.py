@@ -134,3 +134,44 @@ def test_under_ddp_every_rank_stops_at_the_same_step(tmp_path: Path):
     assert "another rank" not in final["reason"], "rank 0 must fail on the NaN, not on a dead peer"
     assert sorted(checkpoints_of(run)) == [4, 6] and all(all_finite(s) for s in checkpoints_of(run).values())
     assert "rank 1 failed" in done.stderr and "diverged" in done.stderr
+
+
+class TwoRanks:
+    """A Dist stand-in for the agreement: this rank's flags, max'ed with another rank's."""
+
+    active = True
+
+    def __init__(self, other: list[float]):
+        self.other, self.calls = other, 0
+
+    def agree_max(self, values: list[float]) -> list[float]:
+        self.calls += 1
+        return [max(a, b) for a, b in zip(values, self.other)]
+
+
+def guard_for(model: torch.nn.Module, dist, precision: str = "fp32"):
+    from engine.train.guard import DivergenceGuard
+
+    return DivergenceGuard(model, dist, precision, lambda: Path("step-00000006.pt"))
+
+
+def test_the_guard_fails_every_rank_when_only_another_rank_saw_a_nan():
+    from engine.train.guard import Diverged
+
+    model = torch.nn.Linear(3, 2)
+    dist = TwoRanks(other=[1.0, 0.0])  # the other rank's pending loss is NaN; ours is fine
+    with pytest.raises(Diverged, match="the loss is not finite at step 8.*step-00000006.pt"):
+        guard_for(model, dist).before_save(0.7, step=8)
+    assert dist.calls == 1
+    guard_for(model, TwoRanks(other=[0.0, 0.0])).before_save(0.7, step=8)  # nobody saw one
+
+
+def test_the_guard_checks_the_weights_even_when_the_loss_is_finite():
+    from engine.train.guard import Diverged
+
+    model = torch.nn.BatchNorm1d(3)
+    model.running_var[1] = float("inf")  # a poisoned buffer, with a finite loss
+    for precision in ("fp32", "fp16"):  # fp16's scaler guards the gradients, not the buffers
+        with pytest.raises(Diverged, match="the weights are not finite"):
+            guard_for(model, TwoRanks(other=[0.0, 0.0]), precision).before_save(0.7, step=3)
+    guard_for(torch.nn.BatchNorm1d(3), TwoRanks(other=[0.0, 0.0])).before_save(0.7, step=3)

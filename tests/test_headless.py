@@ -142,6 +142,6 @@ def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path: Path):
     done = piped(tmp_path / "runs", "run", str(tmp_path / "tiny.toml"), "--set", "train.max_steps=3",
                  "--set", "schedule.warmup_steps=1000000")
     assert done.code == EXIT_FINISHED, done.why()
-    warning = "schedule.warmup_steps = 1000000 is not shorter than the run's 3 steps"
+    warning = "schedule.warmup_steps = 1000000 is longer than the run's 3 steps"
     assert warning in done.stdout, done.why()
     assert warning in (done.run / "engine.log").read_text()

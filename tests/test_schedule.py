@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.config.schema import ScheduleConfig
-from engine.train.schedule import cosine, lr_at, one_cycle, step_decay, warmup_factor
+from engine.train.schedule import (cosine, highest_ahead, lr_at, one_cycle, step_decay, warmup_factor,
+                                   warmup_warning)
 
 approx = pytest.approx
 
@@ -100,3 +101,33 @@ def test_default_schedule_is_cosine_from_the_peak_to_zero():
     assert cfg.name == "cosine"
     assert lr_at(0, 100, 0.01, cfg) == approx(0.01)
     assert lr_at(100, 100, 0.01, cfg) == approx(0.0, abs=1e-15)
+
+
+SCHEDULES = [
+    ScheduleConfig(name="cosine", warmup_steps=100),
+    ScheduleConfig(name="cosine", warmup_steps=2000),  # warm-up longer than the run
+    ScheduleConfig(name="constant", warmup_steps=300),
+    ScheduleConfig(name="step", warmup_steps=500, step_size=100, gamma=0.5),  # decays inside warm-up
+    ScheduleConfig(name="step", warmup_steps=0, step_size=250, gamma=0.1),
+    ScheduleConfig(name="onecycle"),
+    ScheduleConfig(name="onecycle", pct_start=0.9),
+]
+
+
+@pytest.mark.parametrize("cfg", SCHEDULES, ids=lambda c: f"{c.name}-w{c.warmup_steps}")
+def test_highest_ahead_never_underestimates_what_the_schedule_reaches(cfg):
+    """What bounds the `set` command: the highest factor from a step to the end of the run,
+    checked against every step ahead (exact except for step decays inside a warm-up)."""
+    total = 1000
+    factors = [lr_at(s, total, 1.0, cfg) for s in range(total)]
+    for step in range(0, total, 7):
+        truth = max(factors[step:])
+        bound = highest_ahead(step, total, cfg)
+        assert bound >= truth - 1e-12, f"step {step}: {bound} < {truth}"
+        if cfg.name != "step":
+            assert bound == pytest.approx(truth, rel=1e-12), f"step {step}"
+
+
+def test_a_warm_up_as_long_as_the_run_is_not_warned_about():
+    assert warmup_warning(ScheduleConfig(warmup_steps=240), 240) is None
+    assert "longer than the run's 240 steps" in warmup_warning(ScheduleConfig(warmup_steps=241), 240)

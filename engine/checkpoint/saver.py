@@ -35,43 +35,48 @@ class Checkpointer:
         self.last_step = -1
 
     def save(self, step: int, reason: str, snapshot: Snapshot, best: bool = False,
-             pending: list[Pending] = ()) -> None:
-        """Checkpoint `step` (a second call at the same step only moves `best` and answers)."""
+             pending: list[Pending] = ()) -> Callable[[], None]:
+        """Checkpoint `step` (a second call at the same step only moves `best` and answers).
+
+        Returns what answers `pending` for a checkpoint written here, for the caller to call
+        once its state is restored; an asynchronous write answers by itself when it lands.
+        """
         if step == self.last_step:
             if self.dist.main:
                 self._again(step, best, pending)
-            return
+            return _nothing
         self.last_step = step
         if self.dist.sharded:
             return self._save_shards(step, reason, snapshot, best, pending)
         rngs = self.dist.gather(capture_rng()) if self.dist.active else None
         if not self.dist.main:
-            return
+            return _nothing
         if self.saver is not None:
             start = time.perf_counter()
             state, release = self.staging.copy(snapshot(rngs))
             self.saver.submit(Job(state, step, best, reason, time.perf_counter() - start,
                                   done=lambda saved, job: self._answer(pending, saved, job),
                                   release=release))
-            return
+            return _nothing
         saved = self.store.save(snapshot(rngs), step, best=best)
         job = Job(None, saved.step, best, reason, saved.seconds)
         self._report(saved, job)
-        self._answer(pending, saved, job)
+        return lambda: self._answer(pending, saved, job)
 
     def _save_shards(self, step: int, reason: str, snapshot: Snapshot, best: bool,
-                     pending: list[Pending]) -> None:
+                     pending: list[Pending]) -> Callable[[], None]:
         """FSDP: every rank writes its shards (synchronously) into one temporary directory,
         which rank 0 renames into place once all have written."""
         start = time.perf_counter()
         tmp = self.dist.broadcast(str(self.store.shards_tmp(step)) if self.dist.main else None)
         self.store.write_shard(Path(tmp), self.dist.rank, snapshot(None))
         self.dist.barrier()
-        if self.dist.main:
-            saved = self.store.commit_shards(Path(tmp), step, best, start)
-            job = Job(None, saved.step, best, reason, saved.seconds)
-            self._report(saved, job)
-            self._answer(pending, saved, job)
+        if not self.dist.main:
+            return _nothing
+        saved = self.store.commit_shards(Path(tmp), step, best, start)
+        job = Job(None, saved.step, best, reason, saved.seconds)
+        self._report(saved, job)
+        return lambda: self._answer(pending, saved, job)
 
     def _again(self, step: int, best: bool, pending: list[Pending]) -> None:
         """A second request at the same step: move the best pointer, answer with the file."""
@@ -120,8 +125,8 @@ class Checkpointer:
         """The newest checkpoint once the queued writes have landed (each was checked finite)."""
         try:
             self.flush()
-        except RuntimeError:
-            pass  # a failed write: the newest file on disk is still the last good one
+        except RuntimeError as exc:  # the newest file on disk is still the last good one
+            self.emit("log", level="error", message=str(exc))
         return self.latest()
 
     def latest(self) -> Path | None:
@@ -133,3 +138,7 @@ class Checkpointer:
         """Finish the writes already queued (a failed run still gets them), then stop."""
         if self.saver is not None:
             self.saver.close()
+
+
+def _nothing() -> None:
+    """No reply to send."""

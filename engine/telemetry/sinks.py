@@ -195,9 +195,8 @@ class Telemetry:
                     queued = self.queue.popleft()
                     for sink in self.sinks:
                         sink.emit(queued)
-            finally:
+            finally:  # a sink that raised: what is still queued goes out with the next event
                 self.dispatching = False
-                self.queue.clear()
         return event
 
     def add(self, sink: Sink) -> None:

@@ -35,10 +35,6 @@ class Reason(IntEnum):
         """True for the reasons that end the run (after a checkpoint)."""
         return self >= Reason.STOP_COMMAND
 
-    @property
-    def saves(self) -> bool:
-        """True for the reasons that want a checkpoint at this boundary."""
-        return self != Reason.CONTINUE
 
 
 #: How a run that stopped for a reason ends: its final state and exit code.

@@ -65,18 +65,30 @@ def peak_for(lr: float, step: int, total_steps: int, cfg: ScheduleConfig) -> flo
 
 
 def highest_ahead(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
-    """The largest factor of the peak the schedule reaches from `step` on: 1 until warm-up (or
-    onecycle's rise) is over, then the current factor, since every schedule only falls after."""
-    rising_until = max(1, int(cfg.pct_start * total_steps)) if cfg.name == "onecycle" else cfg.warmup_steps
-    candidates = [s for s in (step, rising_until) if step <= s < max(total_steps, step + 1)]
-    return max(lr_at(s, total_steps, 1.0, cfg) for s in candidates)
+    """The largest factor of the peak the schedule reaches from `step` to the end of the run.
+
+    Every schedule rises (warm-up, or onecycle's first part) and then only falls, so the
+    highest point ahead is where the rise ends, or the run does, or the current step. For
+    the step schedule during warm-up this is an upper bound (its decays only lower it).
+    """
+    last = max(step, total_steps - 1)
+    now = lr_at(step, total_steps, 1.0, cfg)
+    if cfg.name == "onecycle":
+        peak = min(max(step, max(1, int(cfg.pct_start * total_steps))), last)
+        return max(now, lr_at(peak, total_steps, 1.0, cfg))
+    if step >= cfg.warmup_steps:
+        return now
+    rise = warmup_factor(min(cfg.warmup_steps - 1, last), cfg.warmup_steps)
+    if cfg.name == "step":
+        rise *= cfg.gamma ** (step // cfg.step_size)
+    return max(now, rise)
 
 
 def warmup_warning(cfg: ScheduleConfig, total_steps: int) -> str | None:
     """Words for a warm-up that outlasts the run (the peak rate would never be reached)."""
-    if cfg.name == "onecycle" or cfg.warmup_steps < total_steps:
+    if cfg.name == "onecycle" or cfg.warmup_steps <= total_steps:  # the last step reaches the peak
         return None
-    return (f"schedule.warmup_steps = {cfg.warmup_steps} is not shorter than the run's {total_steps} steps: "
+    return (f"schedule.warmup_steps = {cfg.warmup_steps} is longer than the run's {total_steps} steps: "
             f"the learning rate never reaches optim.lr (it ends at {cfg.warmup_steps and total_steps / cfg.warmup_steps:.3g}x "
             "of it); lower schedule.warmup_steps")
 

@@ -94,6 +94,7 @@ class Trainer:
         self.state, self.last_status, self.last_loss = "starting", 0.0, None
         self.metrics: dict[str, float] = {}
         self.meter: StepMeter | None = None
+        self.unanswered: list[Pending] = []
         self.doctor = Doctor()
         self.peak = t.peak_tflops or (
             peak_tflops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None)
@@ -222,10 +223,15 @@ class Trainer:
             self.pos.best = metrics[self.cfg.checkpoint.best_metric.removeprefix("val_")]
         if best or self.cfg.checkpoint.on_epoch_end:
             self.save("epoch", best=best)
+        plan = Plan()
         for hook in self.eval_hooks:
             verdict = hook(self.pos.step, epoch, metrics)
-            if verdict is not None:  # every rank's hooks see the same reduced metrics
-                raise StopRun(Plan(verdict.reason, why=verdict.why))
+            if verdict is not None and verdict.reason.stops:
+                plan = plan.fold(Plan(verdict.reason, why=verdict.why))
+        plan = plan.agreed(self.dist.agree_max(plan.vector()))  # a hook on one rank stops them all
+        if plan.reason.stops:
+            plan.why = plan.why or ELSEWHERE[plan.reason]
+            raise StopRun(plan)
 
     # ---- checkpoints and divergence ---------------------------------------------------
 
@@ -239,11 +245,12 @@ class Trainer:
         entering = new and previous not in ("stopping", "checkpointing")
         if entering:  # a stop's own save stays in "stopping" (one state event, with its reason)
             self.set_state("checkpointing")
-        self.checkpoints.save(self.pos.step, reason, self.snapshot, best, pending)
         if new:
-            self.clock.saved()
+            self.clock.saved()  # every_minutes counts from the start of a save
+        reply = self.checkpoints.save(self.pos.step, reason, self.snapshot, best, pending)
         if entering:
             self.set_state(previous)
+        reply()  # a written checkpoint is answered once the state is back
 
     # ---- commands, signals, stop reasons ------------------------------------------------
 
@@ -255,6 +262,7 @@ class Trainer:
             plan = self.commands.poll(wait_s=0.5 if paused else 0.0)
             for source in self.sources:
                 plan = plan.fold(source.poll())
+            self.unanswered = plan.pending  # answered by _carry_out, _finish or, failing, _fail
             self._carry_out(plan.agreed(self.dist.agree_max(plan.vector())))
             if self.state != "paused":
                 return
@@ -318,6 +326,9 @@ class Trainer:
         if self.dist.active and collective_failure(exc):
             reason = ("another rank died or stopped answering (collectives give up after "
                       f"distributed.timeout_s = {self.cfg.distributed.timeout_s:g} s): {reason}")
+        for p in self.unanswered:  # commands taken off the socket before the failure
+            if not p.done.is_set():
+                p.answer(False, error=f"the run failed: {reason}")
         self.tele.emit("error", message=reason, traceback=traceback.format_exc())
         self.set_state("failed", reason=reason)
         return RunResult(EXIT_FAILED, "failed", self.pos.step, reason, self.metrics, self.pos.best)
