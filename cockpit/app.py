@@ -16,7 +16,9 @@ from cockpit import settings as settings_mod
 from cockpit.gpu import GpuSampler
 from cockpit.link import RunLink
 from cockpit.screens.modals import HelpScreen
+from cockpit.messages import RunChosen
 from cockpit.screens.run_screen import RunScreen
+from cockpit.screens.runs_screen import RunsScreen
 from cockpit.tensorboard import TensorBoardServer
 from cockpit.themes import load_themes
 
@@ -31,8 +33,8 @@ class CockpitApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "Training Cockpit"
-    MODES = {"run": "run"}  # mode -> installed screen
-    DEFAULT_MODE = "run"
+    MODES = {"run": "run", "runs": "runs"}  # mode -> installed screen
+    DEFAULT_MODE = "run"  # "runs" when started without a run (see __init__)
     BINDINGS = [
         Binding("b", "tensorboard", "TensorBoard", id="tensorboard",
                 tooltip="Start TensorBoard on the runs directory and show its address"),
@@ -44,6 +46,8 @@ class CockpitApp(App):
     def __init__(self, runs_root: Path, run: Path | None = None,
                  launch: tuple[str, list[str]] | None = None, user: settings_mod.Settings | None = None,
                  poll_gpu: bool = True, gpu: GpuSampler | None = None, clock=time.time):
+        if run is None and launch is None:
+            self.DEFAULT_MODE = "runs"  # read by App.__init__: no run yet, so start on the list
         super().__init__()
         self.runs_root, self.gpu = runs_root, gpu
         self.user = user or settings_mod.load()
@@ -53,11 +57,17 @@ class CockpitApp(App):
         self.closing = threading.Event()
         self.install_screen(RunScreen(runs_root, run=run, launch=launch, gpu=gpu, poll_gpu=poll_gpu,
                                       clock=clock, closing=self.closing), "run")
+        self.install_screen(RunsScreen(runs_root, clock), "runs")
 
     @property
     def run_screen(self) -> RunScreen:
         """The live view of one run."""
         return self.get_screen("run")
+
+    def on_run_chosen(self, message: RunChosen) -> None:
+        """Follow the run picked on the runs screen, in the run screen."""
+        self.switch_mode("run")
+        self.run_screen.attach(message.run)
 
     @property
     def link(self) -> RunLink | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
@@ -28,6 +29,13 @@ class CommandAnswered(Message):
 
     cmd: str
     reply: dict[str, Any]
+
+
+@dataclass
+class RunChosen(Message):
+    """The person picked a run to follow (from the runs screen)."""
+
+    run: Path
 
 
 @dataclass

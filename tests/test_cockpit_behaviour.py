@@ -19,6 +19,7 @@ from cockpit.app import CockpitApp
 from cockpit.gpu import GpuSampler
 from cockpit.runs import pid_alive, read_status
 from cockpit.settings import Settings
+from cockpit.screens.runs_screen import RunsScreen
 from cockpit.widgets.banner import RunBanner
 from cockpit.widgets.checkpoints_pane import CheckpointsPane
 from cockpit.widgets.cost_pane import CostPane
@@ -168,7 +169,8 @@ async def test_hostile_run_files_are_shown_literally_and_do_not_crash(tmp_path: 
         assert max(len(line) for line in log.splitlines()) <= 120  # the 100k line is cut to the pane
 
         await pilot.press("l")  # the runs list shows the hostile status.json literally
-        table = app.query_one("#runs")
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs screen")
+        table = app.screen.query_one("#runs")
         await until(pilot, lambda: table.row_count == 1, what="the runs list")
         cells = [c.plain for c in table.get_row_at(0)]
         assert cells[0] == NAME and cells[2] == f"[/] {MARKUP}"  # "[/]" alone is a markup error
@@ -194,10 +196,10 @@ async def test_engine_killed_shows_exited_unexpectedly_and_the_app_keeps_working
                     what="the banner to notice")
         assert any("the engine exited unexpectedly" in n and "press r" in n for n in notes(app))
 
-        runs = app.query_one("#runs")
-        shown = runs.has_class("shown")
-        await pilot.press("l")
-        assert runs.has_class("shown") != shown
+        assert app.current_mode == "run"
+        await pilot.press("l")  # the runs list is a screen of its own
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs screen")
+        runs = app.screen.query_one("#runs")
         await until(pilot, lambda: runs.row_count == 1, what="the runs list")
         assert runs.get_row_at(0)[1].plain == "exited"  # status.json says running; its pid is gone
 
@@ -289,9 +291,9 @@ async def test_runs_list_shows_runs_and_enter_attaches_the_highlighted_one(tmp_p
     shutil.copytree(run, older)
     app = CockpitApp(run.parent, user=Settings(), poll_gpu=False, clock=lambda: FIXED_NOW)
     async with app.run_test(size=(100, 30)) as pilot:
+        assert app.current_mode == "runs", "started without a run: the runs list comes first"
         table = app.query_one("#runs")
-        assert table.has_class("shown")
-        assert "no run selected" in app.query_one(RunBanner).text.plain
+        assert app.link is None, "no run is followed until one is chosen"
         rows = [[c.plain for c in table.get_row_at(i)] for i in range(table.row_count)]
         assert [r[:4] for r in rows] == [[RUN_NAME, "finished", "60", "0.5911"],
                                          [older.name, "finished", "60", "0.5911"]]
@@ -306,21 +308,23 @@ async def test_runs_list_shows_runs_and_enter_attaches_the_highlighted_one(tmp_p
                     what="the history")
         await pilot.pause(0.3)
         assert app.link.run == older
-        assert app.query_one(RunBanner).text.plain.strip().startswith(f"{older.name}  FINISHED")
-        assert not table.has_class("shown")
+        assert app.current_mode == "run"
+        assert app.run_screen.query_one(RunBanner).text.plain.strip().startswith(f"{older.name}  FINISHED")
+        await pilot.press("l")  # and back: the list is re-read, the cursor still on that run
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs screen")
+        assert table.cursor_row == 1
 
 
 async def test_the_command_palette_runs_the_screens_actions(tmp_path: Path):
     run = copy_recorded(tmp_path)
     app = attached(run, clock=lambda: FIXED_NOW)
     async with app.run_test(size=(100, 30)) as pilot:
-        table = app.query_one("#runs")
-        assert not table.has_class("shown")
+        assert app.current_mode == "run"
         await pilot.press("ctrl+p")
         await pilot.pause(0.3)
         await pilot.press(*"Runs", "enter")
-        await until(pilot, lambda: table.has_class("shown"), what="the runs list")
-        assert table.row_count == 1
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs list")
+        assert app.screen.query_one("#runs").row_count == 1
 
 # ---- GPU pane, polled -------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The live view of one run: its banner, the runs list, every pane, and the keys that drive it."""
+"""The live view of one run: its banner, every pane, and the keys that drive it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Callable
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import Footer
 from textual.worker import get_current_worker
 
 from cockpit.gpu import GpuSampler
@@ -19,6 +18,7 @@ from cockpit.gpu_worker import GpuWatch
 from cockpit.link import RunLink
 from cockpit.messages import EngineVanished, GpuSampled, GpuUnderused, HistoryUpdated, HostSampled
 from cockpit.screens.run_control import RunControl
+from cockpit.screens.sized import SizedScreen
 from cockpit.widgets.banner import RunBanner
 from cockpit.widgets.checkpoints_pane import CheckpointsPane
 from cockpit.widgets.cost_pane import CostPane
@@ -27,18 +27,16 @@ from cockpit.widgets.log_pane import LogPane
 from cockpit.widgets.loss_pane import LossPane
 from cockpit.widgets.lr_pane import LrPane
 from cockpit.widgets.pane import Pane
-from cockpit.widgets.runs_list import RunsList
 from cockpit.widgets.steptime_pane import StepTimePane
 from cockpit.widgets.throughput_pane import ThroughputPane
 
-MIN_WIDTH, MIN_HEIGHT = 60, 20
 #: Panes redraw at most this often, so tmux never flickers and a fast run cannot flood the terminal.
 REFRESH_HZ = 2
 #: Checkpoint ages and the log move on even when no event arrives: redraw at least this often.
 IDLE_REDRAW_S = 2.0
 
 
-class RunScreen(RunControl, Screen):
+class RunScreen(RunControl, SizedScreen):
     """Follows one run (chosen from the runs list, given on the command line, or just started)
     and shows it; the keys act on that run (see RunControl)."""
 
@@ -49,7 +47,7 @@ class RunScreen(RunControl, Screen):
         Binding("r", "resume", "Resume", id="resume",
                 tooltip="Resume a stopped, failed or preempted run from its latest checkpoint"),
         Binding("n", "new_run", "New run", id="new-run", tooltip="Start a new run from a config file"),
-        Binding("l", "runs", "Runs", id="runs", tooltip="Show or hide the runs list"),
+        Binding("l", "runs", "Runs", id="runs", tooltip="Show the runs list, to follow another run"),
     ]
 
     def __init__(self, runs_root: Path, run: Path | None = None, launch: tuple[str, list[str]] | None = None,
@@ -67,12 +65,9 @@ class RunScreen(RunControl, Screen):
         self.gpu_watch = GpuWatch(self.post_message, gpu)
 
     def compose(self) -> ComposeResult:
-        yield Static(f"terminal too small: the cockpit needs at least {MIN_WIDTH}x{MIN_HEIGHT}",
-                     id="too-small")
+        yield self.too_small()
         with Vertical(id="main"):
             yield RunBanner()
-            yield RunsList(self.runs_root, self.clock, id="runs",  # shown until a run is chosen
-                           classes="" if self.initial_run or self.initial_launch else "shown")
             with Horizontal(id="body"):
                 with Vertical(id="charts"):
                     yield LossPane()
@@ -88,21 +83,15 @@ class RunScreen(RunControl, Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        super().on_mount()
         self.set_interval(1 / REFRESH_HZ, self.refresh_panes)
         self.set_interval(IDLE_REDRAW_S, self.mark_dirty)
-        self._check_size(self.app.size.width, self.app.size.height)
         if self.poll_gpu:
             self.run_worker(self._sample_gpus, thread=True, group="gpu", name="gpu")
         if self.initial_launch:
             self.launch(*self.initial_launch)
         elif self.initial_run:
             self.attach(self.initial_run)
-
-    def on_resize(self, event) -> None:
-        self._check_size(event.size.width, event.size.height)
-
-    def _check_size(self, width: int, height: int) -> None:
-        self.set_class(width < MIN_WIDTH or height < MIN_HEIGHT, "too-small")
 
     # ---- following a run --------------------------------------------------------------
 
@@ -135,10 +124,6 @@ class RunScreen(RunControl, Screen):
         self.refresh_banner()
         self.notify("the engine exited unexpectedly; press r to resume from its latest checkpoint",
                     severity="error", markup=False, timeout=10)
-
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.attach(Path(str(event.row_key.value)))
-        self.query_one(RunsList).remove_class("shown")
 
     # ---- drawing ----------------------------------------------------------------------
 
@@ -184,5 +169,5 @@ class RunScreen(RunControl, Screen):
     # ---- keys -------------------------------------------------------------------------
 
     def action_runs(self) -> None:
-        """Show or hide the runs list."""
-        self.query_one(RunsList).toggle()
+        """Show the runs list (a screen of its own)."""
+        self.app.switch_mode("runs")

@@ -37,7 +37,7 @@ def row_cells(info: RunInfo, now: float) -> tuple[str, ...]:
 
 class RunsList(DataTable):
     """A table of runs; Enter on one posts DataTable.RowSelected with the run's path as the row key.
-    Shown while it has the CSS class "shown"."""
+    Re-read every REREAD_S seconds while its screen is the one shown."""
 
     def __init__(self, root: Path, clock: Callable[[], float] = time.time, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
@@ -48,15 +48,10 @@ class RunsList(DataTable):
         self.set_interval(REREAD_S, self.refresh_runs)
         self.refresh_runs(force=True)
 
-    def toggle(self) -> None:
-        """Show the list (re-read first) or hide it."""
-        self.refresh_runs(force=True)
-        self.toggle_class("shown")
-
     def refresh_runs(self, force: bool = False) -> None:
         """Re-read the runs directory (only while the list is shown, unless forced), keeping the
         cursor on the run it was on."""
-        if not (force or self.has_class("shown")) or not self.app.is_running:
+        if not self.app.is_running or not (force or self.screen.is_current):
             return
         selected = None
         if self.row_count and self.is_valid_row_index(self.cursor_row):
