@@ -194,7 +194,9 @@ async def test_engine_killed_shows_exited_unexpectedly_and_the_app_keeps_working
         banner = app.query_one(RunBanner)
         await until(pilot, lambda: "engine exited unexpectedly" in banner.text.plain, timeout=10,
                     what="the banner to notice")
-        assert any("the engine exited unexpectedly" in n and "press r" in n for n in notes(app))
+        # the banner can show it (at a pane refresh) before the EngineVanished message is handled
+        await until(pilot, lambda: any("the engine exited unexpectedly" in n and "press r" in n
+                                       for n in notes(app)), timeout=10, what="the notification")
 
         assert app.current_mode == "run"
         await pilot.press("l")  # the runs list is a screen of its own
