@@ -120,6 +120,8 @@ class RunHistory:
     cost: dict[str, Any] = field(default_factory=dict)
     spot: dict[str, Any] = field(default_factory=dict)
     doctor: dict[str, Any] = field(default_factory=dict)
+    #: The teacher of a distilled run: its source, T, alpha and its own validation metrics.
+    distill: dict[str, Any] = field(default_factory=dict)
     events_seen: int = 0
     ema: float | None = None
 
@@ -213,6 +215,11 @@ class RunHistory:
 
     def _on_spot(self, e: dict[str, Any]) -> None:
         self.spot = e
+
+    def _on_distill(self, e: dict[str, Any]) -> None:
+        metrics = e.get("metrics")
+        metrics = {k: v for k, v in metrics.items() if _number(v) is not None} if isinstance(metrics, dict) else {}
+        self.distill = {**_numbers_only(e, ("temperature", "alpha")), "metrics": metrics}
 
     def _on_doctor(self, e: dict[str, Any]) -> None:
         self.doctor = _numbers_only(e, ("step", "share"))

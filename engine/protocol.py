@@ -35,6 +35,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     ),
     "eval": ("step", "epoch", "metrics"),
     "doctor": ("step", "bound", "share", "field", "remedy", "message"),
+    "distill": ("step", "teacher", "sha256", "metrics", "temperature", "alpha"),
     "gpu": ("devices",),
     "cost": ("price_per_hour", "source", "accumulated", "projected"),
     "spot": ("lifecycle", "instance_type", "notice"),

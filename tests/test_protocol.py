@@ -41,6 +41,7 @@ SAMPLE = {
     "traceback": "Traceback (most recent call last):\n  ...\nValueError: boom",
     "skipped_steps": 1, "tflops": 12.5, "mfu": 0.41, "bound": "input", "share": 0.62,
     "field": "data.num_workers", "remedy": "raise data.num_workers", "stall_s": 0.004,
+    "teacher": "runs/20261201-teacher", "sha256": "9f2c" * 16, "temperature": 3.0, "alpha": 0.5,
 }
 
 

@@ -22,6 +22,7 @@ from cockpit.screens.sized import SizedScreen
 from cockpit.widgets.banner import RunBanner
 from cockpit.widgets.checkpoints_pane import CheckpointsPane
 from cockpit.widgets.cost_pane import CostPane
+from cockpit.widgets.distill_pane import DistillPane
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.log_pane import LogPane
 from cockpit.widgets.loss_pane import LossPane
@@ -77,6 +78,7 @@ class RunScreen(RunControl, SizedScreen):
                     yield ThroughputPane()
                     yield StepTimePane()
                     yield CostPane()
+                    yield DistillPane()
             with Horizontal(id="bottom"):
                 yield LogPane()
                 yield CheckpointsPane(clock=self.clock)

@@ -295,8 +295,27 @@ class FeatureSection(Section):
         return self
 
 
-class DistillConfig(FeatureSection):
-    """Knowledge distillation (planned)."""
+class DistillConfig(Section):
+    """Knowledge distillation: the model learns from a frozen teacher's softened outputs."""
+
+    enabled: bool = Field(False, description="Train the model as a student of `teacher`")
+    teacher: Optional[str] = Field(
+        None, description="A run directory of ours (its best checkpoint, else its latest), a checkpoint "
+        "file of ours, a torchvision classifier by name, or 'package.module:factory'")
+    teacher_weights: Optional[str] = Field(
+        None, description="For a torchvision or factory teacher: a local state_dict file (never downloaded)")
+    teacher_factory_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for a teacher factory")
+    temperature: float = Field(3.0, gt=0, description="Softens both distributions: softmax(logits / T)")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="Share of the distillation term: alpha * T^2 * KL + (1 - alpha) * CE")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistillConfig":
+        if self.enabled and not self.teacher:
+            raise ValueError("enabled=true needs distill.teacher: a run directory, a checkpoint file, "
+                             "a torchvision model name or 'package.module:factory'")
+        return self
 
 
 class QuantizeConfig(FeatureSection):

@@ -23,6 +23,7 @@ from engine.data.sources import DataSpec, build_spec
 from engine.parallel.dist import Dist
 from engine.parallel.dist import setup as setup_dist
 from engine.errors import BadInput
+from engine.model.teacher import Teacher, load_teacher
 from engine.model.zoo import build_model
 from engine.run.rundir import RunDir, new_run_id
 from engine.telemetry.cost import ConfigPrice, CostMeter
@@ -112,6 +113,7 @@ def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool, detached
     dist = setup_dist(cfg)
     try:
         spec, model = prepare(cfg, dist)
+        teacher = load_teacher(cfg, spec)  # a bad teacher is refused before the directory exists
         outcome = dist.broadcast(_create(cfg, root, run_id, dist) if dist.main else None)
         if isinstance(outcome, dict):
             raise BadInput(outcome["error"])
@@ -120,7 +122,7 @@ def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool, detached
         console = console_mode(json_mode, detached) if dist.main else "none"
         announce(run, console, "new")
         tele = telemetry_for(cfg, run, console, None) if dist.main else Telemetry([])
-        return _train(Trainer(cfg, spec, model, run, tele, dist=dist), tele, run, console)
+        return _train(Trainer(cfg, spec, model, run, tele, dist=dist, teacher=teacher), tele, run, console)
     finally:
         dist.close()
 
@@ -157,8 +159,9 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         if dist.main:
             run.lock()  # an open descriptor: held for the life of the process
         spec, model = prepare(cfg, dist)
+        teacher = load_teacher(cfg, spec)
         warnings: list[str] = []
-        found = _find_checkpoint(run, cfg, dist, warnings) if dist.main else None
+        found = _find_checkpoint(run, cfg, dist, warnings, teacher) if dist.main else None
         sharded = dist.sharded
         if sharded:  # every rank reads its own shard file; the others need only the name
             named = dist.broadcast(found if isinstance(found, str) or found is None else (None, found[1]))
@@ -179,12 +182,13 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         for message in warnings:
             tele.emit("log", level="warning", message=message)
         tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=name)
-        return _train(Trainer(cfg, spec, model, run, tele, resume=state, dist=dist), tele, run, console)
+        return _train(Trainer(cfg, spec, model, run, tele, resume=state, dist=dist, teacher=teacher),
+                      tele, run, console)
     finally:
         dist.close()
 
 
-def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str]) -> Any:
+def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str], teacher: Teacher | None = None) -> Any:
     """Rank 0: (state, file name) of the newest usable checkpoint, or the error as a string."""
     store = CheckpointStore(run.checkpoints, cfg.checkpoint.keep_last)
     store.clean_temporaries()
@@ -211,11 +215,22 @@ def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str]) 
                      f"{'with FSDP (sharded)' if path.is_dir() else 'as one file (one process or DDP)'}; "
                      f"resume with distributed.strategy = {'fsdp' if path.is_dir() else 'ddp'!r}; "
                      "nothing was changed")
+        elif _teacher_of(state) != (teacher.sha256 if teacher else None):
+            error = (f"resume {str(run.path)!r}: checkpoint {path.name} was distilled from another teacher "
+                     f"(weights sha256 {str(_teacher_of(state))[:12]}, distill.teacher now gives "
+                     f"{teacher.sha256[:12] if teacher else 'none'}); resume with the same distill.teacher; "
+                     "nothing was changed")
         else:
             return state, path.name
     if not dist.active:
         raise BadInput(error)
     return error
+
+
+def _teacher_of(state: dict[str, Any]) -> str | None:
+    """The SHA-256 of the teacher a checkpoint was distilled from (None: no teacher)."""
+    teacher = state.get("teacher")
+    return teacher.get("sha256") if isinstance(teacher, dict) else None
 
 
 def _train(trainer: Trainer, tele: Telemetry, run: RunDir, console: str) -> int:

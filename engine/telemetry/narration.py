@@ -23,6 +23,10 @@ def describe(event: dict[str, Any]) -> str | None:
     if kind == "checkpoint":
         return (f"checkpoint saved at step {event['step']}: {event['path']} "
                 f"({event['bytes'] / 1e6:.1f} MB, {event['seconds']:.2f} s)")
+    if kind == "distill":
+        parts = " ".join(f"{k} {v:.4f}" for k, v in event["metrics"].items())
+        return (f"distilling from {event['teacher']} (T {event['temperature']:g}, alpha {event['alpha']:g}): "
+                f"teacher validation {parts}")
     if kind == "doctor":
         return f"doctor: {event['message']}"
     if kind == "resume":

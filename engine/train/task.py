@@ -45,6 +45,45 @@ class Classification:
                 "accuracy": (logits.argmax(1) == y).sum()}
 
 
-def build_task(cfg: Any) -> Classification:
-    """The task a config asks for (classification is the only one so far)."""
+class Distillation(Classification):
+    """Learn from a frozen teacher: alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE.
+
+    Both sides go through log_softmax in fp32 (also under autocast), and the KL term uses
+    reduction="batchmean", the true KL divergence per sample ("mean" would divide it by the
+    number of classes too). T^2 keeps the soft term's gradients on the scale of the hard
+    term's as T grows (Hinton et al., 2015). Parts: ``kd`` and ``ce``.
+    """
+
+    name = "distillation"
+
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float, label_smoothing: float = 0.0):
+        super().__init__(label_smoothing)
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+
+    def __call__(self, model: Callable[[torch.Tensor], torch.Tensor], batch: tuple[Any, Any]) -> StepOutput:
+        x, y = batch
+        logits = model(x)
+        with torch.no_grad():  # frozen, in eval mode: no graph, no BatchNorm updates
+            teacher_logits = self.teacher(x)
+        kd = kd_loss(logits, teacher_logits, self.temperature)
+        ce = self.loss_fn(logits, y)
+        loss = self.alpha * kd + (1 - self.alpha) * ce
+        return StepOutput(loss, {"kd": kd.detach(), "ce": ce.detach()}, logits)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch, in fp32."""
+    t = temperature
+    log_p_student = nn.functional.log_softmax(student.float() / t, dim=1)
+    log_p_teacher = nn.functional.log_softmax(teacher.float() / t, dim=1)
+    return nn.functional.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * t * t
+
+
+def build_task(cfg: Any, teacher: nn.Module | None = None) -> Classification:
+    """The task a config asks for: classification, or distillation from `teacher`."""
+    if cfg.distill.enabled:
+        if teacher is None:
+            raise ValueError("distill.enabled = true: the teacher must be built first (load_teacher)")
+        d = cfg.distill
+        return Distillation(teacher, d.temperature, d.alpha, cfg.train.label_smoothing)
     return Classification(cfg.train.label_smoothing)

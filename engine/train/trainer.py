@@ -24,6 +24,7 @@ from engine.config.schema import Config
 from engine.data.loaders import build_loaders
 from engine.data.sources import DataSpec
 from engine.model.convert import build_converters, convert, finalize, prepare_inputs
+from engine.model.teacher import Teacher
 from engine.parallel.dist import Dist, collective_failure, device_for
 from engine.parallel.wrap import check_replicas, grad_scaler, wrap
 from engine.protocol import EXIT_FAILED
@@ -59,7 +60,8 @@ class Trainer:
     """One run in one process (one rank of several under torchrun)."""
 
     def __init__(self, cfg: Config, spec: DataSpec, model: nn.Module, run: RunDir,
-                 telemetry: Telemetry, resume: dict[str, Any] | None = None, dist: Dist | None = None):
+                 telemetry: Telemetry, resume: dict[str, Any] | None = None, dist: Dist | None = None,
+                 teacher: Teacher | None = None):
         self.cfg, self.spec, self.run, self.tele = cfg, spec, run, telemetry
         self.dist = dist or Dist()
         t = cfg.train
@@ -73,7 +75,8 @@ class Trainer:
         self.forward = compiled(self.net.forward, t.compile, t.compile_mode, self.tele.emit)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = grad_scaler(t.precision == "fp16", self.dist, self.device)
-        self.task = build_task(cfg)
+        self.teacher = teacher
+        self.task = build_task(cfg, teacher.model.to(self.device) if teacher else None)
         self.stepper = Stepper(self.net, self.forward, self.optimizer, self.scaler, self.task, self.device,
                                t.precision, t.grad_accum_steps, t.grad_clip_norm)
         self.data = build_loaders(cfg, spec, self.dist.rank, self.dist.world, self.device)
@@ -112,7 +115,10 @@ class Trainer:
 
     def snapshot(self, rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The checkpoint dictionary of this step boundary (engine.train.state.snapshot)."""
-        return snapshot(self.model, self.optimizer, self.scaler, self.pos, self.cfg, self.dist, rngs)
+        state = snapshot(self.model, self.optimizer, self.scaler, self.pos, self.cfg, self.dist, rngs)
+        if self.teacher is not None:  # resume refuses another teacher (engine.run.session)
+            state["teacher"] = {"source": self.teacher.source, "sha256": self.teacher.sha256}
+        return state
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -123,6 +129,7 @@ class Trainer:
             self.server.start()
         try:
             self.set_state("running")
+            self._announce_teacher()
             try:
                 while not self.finished():
                     self.run_epoch()
@@ -137,6 +144,17 @@ class Trainer:
             if self.server is not None:
                 self.server.close()
             self.signals.restore()
+
+    def _announce_teacher(self) -> None:
+        """Distillation: the teacher's own validation metrics, once per session (every rank)."""
+        if self.teacher is None:
+            return
+        metrics = evaluate(self.teacher.model, self.data.val, self.task, self.device, self.cfg.train.precision,
+                           lambda x: prepare_inputs(self.data.normalize(x), []), self.data.val_valid,
+                           self.dist.sum)
+        d = self.cfg.distill
+        self.tele.emit("distill", step=self.pos.step, teacher=self.teacher.source, sha256=self.teacher.sha256,
+                       metrics=metrics, temperature=d.temperature, alpha=d.alpha)
 
     def finished(self) -> bool:
         return self.pos.step >= self.total_steps or self.pos.epoch >= self.cfg.train.epochs

@@ -1,0 +1,129 @@
+"""Teachers for distillation: a run or checkpoint of ours, a torchvision model, or a factory; frozen.
+
+The teacher is built before the run directory exists, so a bad teacher is refused (exit 2)
+with nothing written. It is frozen (no gradients, eval mode: its BatchNorm statistics never
+move), never wrapped in DDP/FSDP, never compiled with the student and never given to the
+optimizer. Its identity is the SHA-256 of its weights, recorded in every checkpoint so that a
+resume with another teacher is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.checkpoint.store import load
+from engine.config.schema import Config, ModelConfig
+from engine.data.sources import DataSpec
+from engine.errors import BadInput
+from engine.model.zoo import build_model
+
+
+@dataclass
+class Teacher:
+    """A frozen teacher, where it came from, and the digest of its weights."""
+
+    model: nn.Module
+    source: str
+    sha256: str
+
+
+def load_teacher(cfg: Config, spec: DataSpec) -> Teacher | None:
+    """The configured teacher, checked against the student's data; None without distillation."""
+    d = cfg.distill
+    if not d.enabled:
+        return None
+    model, source = _build(cfg, spec)
+    _check_outputs(model, spec, d.teacher)
+    model.requires_grad_(False)
+    model.eval()
+    return Teacher(model, source, weights_sha256(model))
+
+
+def _build(cfg: Config, spec: DataSpec) -> tuple[nn.Module, str]:
+    d = cfg.distill
+    path = Path(d.teacher)
+    if path.is_dir():
+        return _from_checkpoint(_run_checkpoint(path, d.teacher), spec, d.teacher), str(path)
+    if path.suffix == ".pt" or path.exists():
+        if not path.is_file():
+            raise BadInput(f"distill.teacher = {d.teacher!r}: no such checkpoint file")
+        return _from_checkpoint(path, spec, d.teacher), str(path)
+    if "/" in d.teacher:
+        raise BadInput(f"distill.teacher = {d.teacher!r}: no such run directory or checkpoint file")
+    teacher_cfg = Config(model=ModelConfig(name=d.teacher, factory_args=d.teacher_factory_args,
+                                           weights_path=d.teacher_weights))
+    try:
+        return build_model(teacher_cfg, spec), d.teacher
+    except BadInput as exc:  # name the teacher's fields, not the student's
+        text = str(exc).replace("model.weights_path", "distill.teacher_weights").replace(
+            "model.factory_args", "distill.teacher_factory_args").replace("model.name", "distill.teacher")
+        raise BadInput(text) from None
+
+
+def _run_checkpoint(run: Path, given: str) -> Path:
+    """A run's best checkpoint, else its latest."""
+    if not (run / "config.toml").is_file():
+        raise BadInput(f"distill.teacher = {given!r}: {run} is not a run directory (no config.toml)")
+    folder = run / "checkpoints"  # only read: a teacher's run is never changed
+    for pointer in ("best", "latest"):
+        try:
+            name = json.loads((folder / pointer).read_text())["file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (folder / name).exists():
+            return folder / name
+    raise BadInput(f"distill.teacher = {given!r}: the run has no checkpoint to teach from "
+                   "(train it first, or name a checkpoint file)")
+
+
+def _from_checkpoint(path: Path, spec: DataSpec, given: str) -> nn.Module:
+    if path.is_dir():
+        raise BadInput(f"distill.teacher = {given!r}: {path.name} is a sharded (FSDP) checkpoint; "
+                       "a teacher must be one file (train it with one process or DDP)")
+    try:
+        state = load(path)
+        teacher_cfg = Config.model_validate(state["config"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
+        raise BadInput(f"distill.teacher = {given!r}: cannot read checkpoint {path}: {exc}") from None
+    teacher_cfg.model.weights_path = None
+    model = build_model(teacher_cfg, spec)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise BadInput(f"distill.teacher = {given!r}: its weights do not fit the student's data "
+                       f"({spec.num_classes} classes, {spec.in_channels} input channels): "
+                       f"{str(exc).splitlines()[-1].strip()}") from None
+    return model
+
+
+def _check_outputs(model: nn.Module, spec: DataSpec, given: str) -> None:
+    """One forward pass on a training sample: the teacher must take the student's input and
+    give one logit per class."""
+    x = spec.train[0][0]
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.float().unsqueeze(0))
+    except Exception as exc:  # noqa: BLE001 - a teacher that cannot take the student's input
+        raise BadInput(f"distill.teacher = {given!r}: it cannot take the student's input "
+                       f"({spec.in_channels} channels, shape {tuple(x.shape)}): {exc}") from None
+    if out.dim() != 2 or out.shape[1] != spec.num_classes:
+        raise BadInput(f"distill.teacher = {given!r}: it gives {tuple(out.shape[1:])} outputs per sample, "
+                       f"the student's data has {spec.num_classes} classes")
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """The teacher's identity: SHA-256 over every tensor of its state, by name, in order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
