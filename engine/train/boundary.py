@@ -180,3 +180,17 @@ class Commands:
                     f"{high:g} ({LR_RANGE:g}x optim.lr); set a smaller rate or wait for the warm-up to end; "
                     "nothing was changed")
         return None
+
+
+#: Words for a stop reason that came from another rank (this rank's sources said nothing).
+ELSEWHERE = {Reason.STOP_COMMAND: "stop command", Reason.SIGNAL: "a signal on another rank",
+             Reason.PREEMPTED: "preempted", Reason.PRUNED: "pruned"}
+
+
+class StopRun(Exception):
+    """Leave the loop at a step boundary, for the agreed plan's reason (with words for it)."""
+
+    def __init__(self, plan: Plan):
+        plan.why = plan.why or ELSEWHERE.get(plan.reason, plan.reason.name.lower())
+        super().__init__(plan.why)
+        self.plan = plan

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
-from engine.train.boundary import Reason
+from engine.train.boundary import Plan, Reason
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -71,3 +71,13 @@ def improves(metrics: dict[str, float], best: float | None, metric: str | None) 
         return False
     value = metrics[metric.removeprefix("val_")]
     return best is None or (value > best if metric == "val_accuracy" else value < best)
+
+
+def hooks_plan(hooks: list[EvalHook], step: int, epoch: int, metrics: dict[str, float]) -> Plan:
+    """What the hooks ask after an evaluation, as a plan (to be agreed across ranks)."""
+    plan = Plan()
+    for hook in hooks:
+        verdict = hook(step, epoch, metrics)
+        if verdict is not None and verdict.reason.stops:
+            plan = plan.fold(Plan(verdict.reason, why=verdict.why))
+    return plan

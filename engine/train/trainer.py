@@ -33,27 +33,14 @@ from engine.run.rundir import RunDir, socket_path_for
 from engine.telemetry.doctor import Doctor
 from engine.telemetry.flops import flops_per_sample, memory_fields, peak_tflops, step_flops
 from engine.telemetry.sinks import Telemetry
-from engine.train.boundary import OUTCOMES, Clock, Commands, Pause, Plan, Reason, Signals
-from engine.train.evaluate import EvalHook, evaluate, improves
+from engine.train.boundary import OUTCOMES, Clock, Commands, Pause, Plan, Reason, Signals, StopRun
+from engine.train.evaluate import EvalHook, evaluate, hooks_plan, improves
 from engine.train.guard import Diverged, DivergenceGuard
 from engine.train.optim import build_optimizer
 from engine.train.schedule import highest_if_set, lr_at, peak_for, warmup_warning
 from engine.train.state import Position, RunResult, restore, snapshot
 from engine.train.step import StepMeter, Stepper, compiled
 from engine.train.task import build_task
-
-
-class StopRun(Exception):
-    """Leave the loop at a step boundary, for the agreed plan's reason."""
-
-    def __init__(self, plan: Plan):
-        super().__init__(plan.why)
-        self.plan = plan
-
-
-#: Words for a stop reason that came from another rank (this rank's sources said nothing).
-ELSEWHERE = {Reason.STOP_COMMAND: "stop command", Reason.SIGNAL: "a signal on another rank",
-             Reason.PREEMPTED: "preempted", Reason.PRUNED: "pruned"}
 
 
 class Trainer:
@@ -241,14 +228,9 @@ class Trainer:
             self.pos.best = metrics[self.cfg.checkpoint.best_metric.removeprefix("val_")]
         if best or self.cfg.checkpoint.on_epoch_end:
             self.save("epoch", best=best)
-        plan = Plan()
-        for hook in self.eval_hooks:
-            verdict = hook(self.pos.step, epoch, metrics)
-            if verdict is not None and verdict.reason.stops:
-                plan = plan.fold(Plan(verdict.reason, why=verdict.why))
+        plan = hooks_plan(self.eval_hooks, self.pos.step, epoch, metrics)
         plan = plan.agreed(self.dist.agree_max(plan.vector()))  # a hook on one rank stops them all
         if plan.reason.stops:
-            plan.why = plan.why or ELSEWHERE[plan.reason]
             raise StopRun(plan)
 
     # ---- checkpoints and divergence ---------------------------------------------------
@@ -304,7 +286,6 @@ class Trainer:
         for p in by_cmd.get("pause", []) + by_cmd.get("continue", []):
             p.answer(state=self.state, step=self.pos.step)
         if plan.reason.stops:
-            plan.why = plan.why or ELSEWHERE[plan.reason]
             raise StopRun(plan)
 
     def _set_lr(self, lr: float, pending: list[Pending]) -> None:
