@@ -226,3 +226,16 @@ def test_image_folder_of_pngs_trains(runs):
     weights = final_weights(run)
     assert tuple(weights["features.0.0.weight"].shape) == (8, 3, 3, 3), "RGB input"
     assert tuple(weights["head.1.weight"].shape) == (2, 16), "one class per folder"
+
+
+def test_mnist_idx_files_directly_in_data_root_are_read(tmp_path: Path):
+    """A flat folder of IDX files (as ../shared/data/mnist10k ships t10k alone) is read too,
+    and a lone t10k split is split for validation."""
+    from engine.config.loading import validate
+    from engine.data.sources import build_spec
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28)))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(50) % 10)
+    spec = build_spec(validate({"data": {"name": "mnist", "root": str(tmp_path), "val_fraction": 0.2}}))
+    assert (len(spec.train), len(spec.val), spec.num_classes, spec.in_channels) == (40, 10, 10, 1)

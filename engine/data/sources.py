@@ -112,7 +112,10 @@ def _mnist(cfg: Config) -> tuple[Dataset, Dataset, int]:
         cls(str(root), train=True, download=True)
     parts = {}
     for split in ("train", "t10k"):
-        img, lab = _find(raw, f"{split}-images-idx3-ubyte"), _find(raw, f"{split}-labels-idx1-ubyte")
+        for folder in (raw, root):  # torchvision's layout, or the IDX files right in data.root
+            img, lab = _find(folder, f"{split}-images-idx3-ubyte"), _find(folder, f"{split}-labels-idx1-ubyte")
+            if img and lab:
+                break
         if img and lab:
             parts[split] = TensorImages(_read_idx(img).unsqueeze(1), _read_idx(lab))
     if not parts:
@@ -120,7 +123,8 @@ def _mnist(cfg: Config) -> tuple[Dataset, Dataset, int]:
             f"data.root = {str(root)!r}: no {name} files found. Expected torchvision's layout:\n"
             f"  {raw}/train-images-idx3-ubyte[.gz]\n  {raw}/train-labels-idx1-ubyte[.gz]\n"
             f"  {raw}/t10k-images-idx3-ubyte[.gz]\n  {raw}/t10k-labels-idx1-ubyte[.gz]\n"
-            "(or set data.download = true to let torchvision fetch them)"
+            f"or the same files directly in {root}/ (either split alone is enough: it is split for "
+            "validation), or set data.download = true to let torchvision fetch them"
         )
     if "train" in parts and "t10k" in parts:
         return parts["train"], parts["t10k"], 10
