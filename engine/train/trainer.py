@@ -314,6 +314,9 @@ class Trainer:
             if p.cmd == "stop":
                 p.answer(state=state, step=self.pos.step, path=str(latest) if latest else None)
         self.set_state(state, **({"reason": plan.why, "exit_code": code} if stops else {}))
+        # Leave together: a rank that tears its process group down while another still talks
+        # to it can abort at exit (seen once with two torchrun agents). A no-op in one process.
+        self.dist.barrier()
         return RunResult(code, state, self.pos.step, plan.why, self.metrics, self.pos.best)
 
     def _fail(self, exc: BaseException) -> RunResult:
