@@ -89,7 +89,9 @@ class Trainer:
         self.peak = t.peak_tflops or (
             peak_tflops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None)
         self.rank_pids = self.dist.gather(os.getpid()) if self.dist.active else None
+        # batches on the device as the converted model takes them (training, validation)
         self.prepare = lambda x: prepare_inputs(self.data.normalize_train(x), self.converters)
+        self.prepare_val = lambda x: prepare_inputs(self.data.normalize(x), self.converters)
         if resume is not None:
             self._restore(resume)
         warning = warmup_warning(cfg.schedule, self.total_steps)
@@ -137,7 +139,7 @@ class Trainer:
         if self.teacher is None:
             return
         metrics = evaluate(self.teacher.model, self.data.val, self.task, self.device, self.cfg.train.precision,
-                           lambda x: prepare_inputs(self.data.normalize(x), []), self.data.val_valid,
+                           self.data.normalize, self.data.val_valid,
                            self.dist.sum)
         d = self.cfg.distill
         self.tele.emit("distill", step=self.pos.step, teacher=self.teacher.source, sha256=self.teacher.sha256,
@@ -215,7 +217,7 @@ class Trainer:
         self.model.eval()
         metrics = evaluate(self.model if self.dist.replicated else self.forward, self.data.val, self.task,
                            self.device, self.cfg.train.precision,
-                           lambda x: prepare_inputs(self.data.normalize(x), self.converters),
+                           self.prepare_val,
                            self.data.val_valid, self.dist.sum)
         self.model.train()
         self.metrics = metrics
