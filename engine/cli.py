@@ -20,6 +20,7 @@ examples:
   cockpit-engine run run.toml --set train.epochs=5 --set optim.lr=0.01
   cockpit-engine resume runs/20261123-221500-small_cnn-3f9a
   cockpit-engine send runs/20261123-221500-small_cnn-3f9a checkpoint
+  cockpit-engine quantize runs/20261123-221500-small_cnn-3f9a --mode static
   cockpit-engine run run.toml --gpus 4             (DDP on 4 GPUs, torchrun underneath)
   torchrun --nproc-per-node 8 -m engine.cli run run.toml --run-id big   (launch it yourself)
 """
@@ -72,10 +73,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="root of run directories")
     p.set_defaults(func=cmd_send)
 
+    p = sub.add_parser(
+        "quantize", help="an int8 model of a finished run, measured against the float one",
+        description="Quantize a run's best checkpoint (else its latest) to int8 and write "
+        "RUN/quantized/<mode>-int8.pt2 (a torch.export program), float.pt2 and a report "
+        "(quantize.json, quantize.txt): file size, CPU latency (eager and compiled), validation "
+        "accuracy and the layers covered. Needs the quantize extra: pip install 'training-cockpit[quantize]'.",
+        epilog=QUANTIZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory, or run id under the runs directory")
+    p.add_argument("--mode", required=True, choices=["static", "dynamic", "qat-convert"],
+                   help="static: PT2E int8, calibrated (conv nets); dynamic: int8 Linear layers, "
+                        "activations quantized at run time (MLPs, transformers); qat-convert: a run "
+                        "trained with quantize.qat = true")
+    p.add_argument("--calibration-batches", type=_positive, default=16, metavar="N",
+                   help="training batches the static mode calibrates on (default 16)")
+    p.add_argument("--repeats", type=_positive, default=20, metavar="N",
+                   help="timed runs per latency measurement; the median is reported (default 20)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip torch.compile (quicker; static int8 is slow in eager mode, so its "
+                        "latency then says little)")
+    p.add_argument("--runs-dir", help="root of run directories")
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("example-config", help="print a complete, commented example config")
     p.add_argument("--markdown", action="store_true", help="print the field reference as a Markdown table")
     p.set_defaults(func=cmd_example)
     return parser
+
+
+QUANTIZE_EPILOG = """exit codes: 0 done, 2 bad input (no checkpoint, a mode the model does not suit,
+a model torch.export cannot trace, torchao missing or too old); nothing is written then.
+
+examples:
+  cockpit-engine quantize runs/cnn --mode static --calibration-batches 32
+  cockpit-engine quantize runs/mlp --mode dynamic
+  cockpit-engine quantize runs/cnn-qat --mode qat-convert
+
+load the result (images scaled to [0, 1]; any batch size):
+  import torch
+  model = torch.compile(torch.export.load("runs/cnn/quantized/static-int8.pt2").module())
+  logits = model(images)
+"""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 1 or more")
+    return value
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from engine.run.rundir import find_run, runs_root
+
+    run = find_run(args.run, runs_root(args.runs_dir, None))
+    from engine.quantize.command import quantize
+
+    report = quantize(run, args.mode, args.calibration_batches, not args.no_compile, args.repeats)
+    print((run / "quantized" / "quantize.txt").read_text(), end="")
+    print(f"wrote {run / 'quantized' / report[args.mode]['file']}", file=sys.stderr)
+    return 0
 
 
 def _launch_sets(args: argparse.Namespace) -> list[str]:

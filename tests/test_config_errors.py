@@ -61,7 +61,7 @@ EARLY = [
          ["schedule.warmup_steps = 1000000000.0", "expected an integer, got a float", "write 1000000000"]),
     Case("fraction-for-an-integer-via-set", "", ["--set: train.epochs = 2.5", "expected an integer, got a float"],
          sets=["train.epochs=2.5"]),
-    Case("planned-feature-enabled", "[quantize]\nenabled = true\n", ["quantize.enabled=true", "not available"]),
+    Case("planned-feature-enabled", "[sweep]\nenabled = true\n", ["sweep.enabled=true", "not available"]),
     Case("distill-without-teacher", "[distill]\nenabled = true\n", ["distill.enabled=true", "needs distill.teacher"]),
     Case("distill-alpha-out-of-range", "", ["distill.alpha = 1.5", "less than or equal to 1"], sets=["distill.alpha=1.5"]),
     Case("distill-temperature-not-positive", "[distill]\ntemperature = 0\n", ["distill.temperature = 0", "greater than 0"]),

@@ -143,6 +143,19 @@ class CheckpointStore:
         write_json_atomic(self.folder / "best", {"file": self.path_for(step).name, "step": step})
 
 
+def best_or_latest(folder: Path) -> Path | None:
+    """A run's best checkpoint, else its latest (by the pointers; None when neither names a
+    file that exists). Only reads: a finished run used as a teacher or quantized is never changed."""
+    for pointer in ("best", "latest"):
+        try:
+            name = json.loads((folder / pointer).read_text())["file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
 def load(path: Path) -> dict[str, Any]:
     """Load and check one checkpoint (weights only: unpickling cannot run code)."""
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -39,7 +39,8 @@ class ModelConfig(Section):
 
     name: str = Field(
         "small_cnn",
-        description="'small_cnn' (a compact CNN for tiny images), any torchvision "
+        description="'small_cnn' (a compact CNN for tiny images; factory_args width, norm, dropout), "
+        "'mlp' (Linear layers; factory_args hidden = [256, 256], dropout), any torchvision "
         "classification model ('resnet18', 'mobilenet_v3_small', ...), or your own "
         "'package.module:factory' called as factory(num_classes=, in_channels=, **factory_args)",
     )
@@ -50,7 +51,8 @@ class ModelConfig(Section):
         None, ge=1, description="Input channels; default: taken from the dataset"
     )
     weights_path: Optional[str] = Field(
-        None, description="Local file with pretrained weights (a state_dict) to start from"
+        None, description="Weights to start from: a local state_dict file, a checkpoint of ours, or a "
+        "run directory of ours (its best checkpoint, else its latest)"
     )
     pretrained: Optional[Union[bool, str]] = Field(
         None, description="Hub weights are never downloaded: set weights_path to a local file"
@@ -318,8 +320,17 @@ class DistillConfig(Section):
         return self
 
 
-class QuantizeConfig(FeatureSection):
-    """Quantization (planned)."""
+class QuantizeConfig(Section):
+    """Training-time quantization (needs the `quantize` extra: torchao). Post-training
+    quantization of a finished run is the `cockpit-engine quantize` command."""
+
+    qat: bool = Field(
+        False, description="Quantization-aware training: train with int8 fake quantization (PT2E for "
+        "conv nets, torchao's QATConfig for Linear-only models), then `cockpit-engine quantize RUN "
+        "--mode qat-convert`; fine-tune a float run by setting model.weights_path to its run directory")
+    float8: bool = Field(
+        False, description="float8 training of the Linear layers (torchao; H100-class GPUs, both "
+        "dimensions divisible by 16)")
 
 
 class SweepConfig(FeatureSection):

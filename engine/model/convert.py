@@ -2,8 +2,8 @@
 
 A converter's `convert(model)` runs once the model is on its device and before DDP/FSDP,
 torch.compile and the optimizer see it; `inputs(x)` readies a batch for the converted model;
-`finalize(model)` runs after training (quantization-aware training will turn fake-quantized
-layers into quantized ones there). `channels_last` is the first converter.
+`finalize(model)` runs after training. `channels_last` was the first converter; quantization-aware
+training and float8 training (engine.quantize.training) are the others.
 """
 
 from __future__ import annotations
@@ -41,9 +41,14 @@ class ChannelsLast:
         return model
 
 
-def build_converters(cfg: Any) -> list[ModelConverter]:
+def build_converters(cfg: Any, spec: Any) -> list[ModelConverter]:
     """The converters a config asks for, in the order they apply."""
-    return [ChannelsLast()] if cfg.train.channels_last else []
+    found: list[ModelConverter] = []
+    if cfg.quantize.qat or cfg.quantize.float8:
+        from engine.quantize.training import converters  # torchao only when asked for
+
+        found += converters(cfg, spec)
+    return found + ([ChannelsLast()] if cfg.train.channels_last else [])
 
 
 def convert(model: nn.Module, converters: list[ModelConverter]) -> nn.Module:

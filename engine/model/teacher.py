@@ -10,14 +10,13 @@ resume with another teacher is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from engine.checkpoint.store import load
+from engine.checkpoint.store import best_or_latest, load
 from engine.config.schema import Config, ModelConfig
 from engine.data.sources import DataSpec
 from engine.errors import BadInput
@@ -70,14 +69,9 @@ def _run_checkpoint(run: Path, given: str) -> Path:
     """A run's best checkpoint, else its latest."""
     if not (run / "config.toml").is_file():
         raise BadInput(f"distill.teacher = {given!r}: {run} is not a run directory (no config.toml)")
-    folder = run / "checkpoints"  # only read: a teacher's run is never changed
-    for pointer in ("best", "latest"):
-        try:
-            name = json.loads((folder / pointer).read_text())["file"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if (folder / name).exists():
-            return folder / name
+    found = best_or_latest(run / "checkpoints")
+    if found is not None:
+        return found
     raise BadInput(f"distill.teacher = {given!r}: the run has no checkpoint to teach from "
                    "(train it first, or name a checkpoint file)")
 

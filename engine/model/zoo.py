@@ -1,4 +1,4 @@
-"""Models: a small CNN for tiny images, any torchvision classifier by name, or a factory."""
+"""Models: a small CNN for tiny images, an MLP, any torchvision classifier by name, or a factory."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from engine.config.schema import Config
-from engine.data.sources import DataSpec
+from engine.data.sources import DataSpec, as_tensor
 from engine.model.factory import import_factory
 from engine.errors import BadInput
 
@@ -44,6 +44,32 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class MLP(nn.Module):
+    """Flatten, then Linear layers with ReLU: the Linear-heavy model dynamic int8 and Linear QAT
+    are for. `hidden` lists the hidden widths."""
+
+    def __init__(self, num_classes: int = 10, in_features: int = 64, hidden: list[int] | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        hidden = [256, 256] if hidden is None else list(hidden)
+        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
+            raise BadInput(f"model.factory_args.hidden = {hidden!r}: expected a list of widths, each 1 or more")
+        if not 0 <= dropout < 1:
+            raise BadInput(f"model.factory_args.dropout = {dropout!r}: expected a number in [0, 1)")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 def _torchvision_names() -> list[str]:
     import torchvision
 
@@ -69,10 +95,10 @@ def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
     if name not in names:
         import difflib
 
-        close = difflib.get_close_matches(name, names + ["small_cnn"], n=3)
+        close = difflib.get_close_matches(name, names + ["small_cnn", "mlp"], n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise BadInput(
-            f"model.name = {name!r}: not 'small_cnn', a torchvision classification model, or "
+            f"model.name = {name!r}: not 'small_cnn', 'mlp', a torchvision classification model, or "
             f"'package.module:factory'{hint}"
         )
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
@@ -91,6 +117,13 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
         except TypeError as exc:
             raise BadInput(f"model.factory_args = {cfg.model.factory_args!r}: small_cnn takes width, norm "
                            f"and dropout ({exc})") from None
+    elif name == "mlp":
+        features = as_tensor(spec.train[0][0]).numel()
+        try:
+            model = MLP(num_classes, features, **cfg.model.factory_args)
+        except TypeError as exc:
+            raise BadInput(f"model.factory_args = {cfg.model.factory_args!r}: mlp takes hidden and dropout "
+                           f"({exc})") from None
     elif ":" in name:
         fn = import_factory(name, "model.name")
         model = fn(num_classes=num_classes, in_channels=in_channels, **cfg.model.factory_args)
@@ -104,8 +137,16 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
 
 
 def load_weights(model: nn.Module, path: str) -> None:
-    """Load a local state_dict (weights only: no code runs while unpickling)."""
+    """Load a local state_dict, a checkpoint of ours, or a run of ours (its best checkpoint, else
+    its latest); weights only: no code runs while unpickling."""
     p = Path(path)
+    if p.is_dir() and (p / "config.toml").is_file():
+        from engine.checkpoint.store import best_or_latest
+
+        found = best_or_latest(p / "checkpoints")
+        if found is None or found.is_dir():
+            raise BadInput(f"model.weights_path = {path!r}: the run has no single-file checkpoint to start from")
+        p = found
     if not p.is_file():
         raise BadInput(f"model.weights_path = {path!r}: file not found")
     try:

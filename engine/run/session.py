@@ -67,6 +67,10 @@ def prepare(cfg: Config, dist: Dist | None = None) -> tuple[DataSpec, torch.nn.M
     seed_everything(cfg)
     spec = build_spec(cfg)
     model = build_model(cfg, spec)
+    if cfg.quantize.qat or cfg.quantize.float8:
+        from engine.quantize.training import check
+
+        check(cfg, model, spec)
     if dist is not None and dist.rank:
         torch.manual_seed(cfg.train.seed + dist.rank)
     return spec, model

@@ -53,7 +53,7 @@ class Trainer:
         self.dist = dist or Dist()
         t = cfg.train
         self.device = device_for(t.device, self.dist)
-        self.converters = build_converters(cfg)
+        self.converters = build_converters(cfg, spec)
         model = convert(model.to(self.device), self.converters)
         sample = spec.train[0][0]
         self.flops = flops_per_sample(model, tuple(sample.shape)) if hasattr(sample, "shape") else None

@@ -1,0 +1,260 @@
+"""`cockpit-engine quantize RUN --mode static|dynamic|qat-convert`: an int8 model of a finished
+run, measured against the float one.
+
+Everything is checked and computed before anything is written: the run's checkpoint is
+read (never changed), the quantized and float programs are built and measured in memory,
+then `RUN/quantized/<mode>-int8.pt2`, `float.pt2`, `quantize.json` and `quantize.txt`
+are written atomically. Bad input (no checkpoint, a mode the model does not suit, a model
+`torch.export` cannot trace) stops before the first write, with exit 2.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from engine.checkpoint.atomic import write_atomic, write_json_atomic
+from engine.checkpoint.store import best_or_latest, load
+from engine.config.schema import Config
+from engine.errors import BadInput
+from engine.quantize.support import require_torchao
+
+ARTIFACTS = {"static": "static-int8.pt2", "dynamic": "dynamic-int8.pt2", "qat-convert": "qat-int8.pt2"}
+FLOAT = "float.pt2"
+
+
+def _say(text: str) -> None:
+    print(f"quantize: {text}", file=sys.stderr, flush=True)
+
+
+def _checkpoint(run: Path) -> tuple[Path, dict[str, Any]]:
+    found = best_or_latest(run / "checkpoints")
+    if found is None:
+        raise BadInput(f"run {str(run)!r}: no checkpoint to quantize (train it first; a run stopped "
+                       "before its first checkpoint has none)")
+    if found.is_dir():
+        raise BadInput(f"run {str(run)!r}: its checkpoint {found.name} is sharded (FSDP); quantization "
+                       "needs a single-file checkpoint (train with one process or DDP)")
+    try:
+        return found, load(found)
+    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is the user's input
+        raise BadInput(f"run {str(run)!r}: cannot read checkpoint {found}: {exc}") from None
+
+
+def _models(cfg: Config, spec: Any, state: dict[str, Any], mode: str, example: torch.Tensor,
+            what: str) -> tuple[nn.Module, nn.Module | None]:
+    """(the float model, QAT's fake-quantized one or None), both with the checkpoint's weights."""
+    from engine.model.zoo import build_model
+    from engine.quantize.training import prepare_qat
+
+    cfg.model.weights_path = None
+    float_model = build_model(cfg, spec)
+    weights = state["model"]
+    if mode != "qat-convert":
+        float_model.load_state_dict(weights)
+        return float_model.eval(), None
+    import copy
+
+    qat = prepare_qat(copy.deepcopy(float_model), example)
+    qat.load_state_dict(weights)
+    # The float baseline: the same trained weights without fake quantization.
+    result = float_model.load_state_dict({k: v for k, v in weights.items() if "activation_post_process" not in k},
+                                         strict=False)
+    if result.missing_keys:
+        raise BadInput(f"{what}: the checkpoint's weights do not fit the model ({result.missing_keys[:3]} missing)")
+    return float_model.eval(), qat
+
+
+def _loaders(cfg: Config, spec: Any, batches: int) -> tuple[list[torch.Tensor], Any, int]:
+    """Calibration batches (training images, shuffled with a fixed seed, no augmentation) and
+    the validation loader."""
+    from torch.utils.data import DataLoader
+
+    bs = cfg.train.eval_batch_size or cfg.train.batch_size
+    calib = DataLoader(spec.train, batch_size=cfg.train.batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(cfg.train.seed))
+    chosen = []
+    for x, _ in calib:
+        chosen.append(x.float())
+        if len(chosen) == batches:
+            break
+    return chosen, DataLoader(spec.val, batch_size=bs, shuffle=False), bs
+
+
+def _accuracy(fn: Callable[[torch.Tensor], torch.Tensor], val: Any) -> float:
+    from engine.train.evaluate import evaluate
+    from engine.train.task import Classification
+
+    metrics = evaluate(fn, val, Classification(), torch.device("cpu"), "fp32")
+    return metrics["accuracy"]
+
+
+def latency_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+    """Median milliseconds per batch over `repeats` timed runs, after three warm-up runs."""
+    with torch.no_grad():
+        for _ in range(3):
+            fn(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _to_bytes(program: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
+
+
+def _measure(name: str, program: Any, eager: Callable | None, val: Any, batch: torch.Tensor,
+             repeats: int, compile_too: bool) -> dict[str, Any]:
+    from engine.quantize.artifact import weights_bytes
+
+    data = _to_bytes(program)
+    module = program.module()
+    eager = eager or module
+    timing: dict[str, Any] = {"eager_ms": latency_ms(eager, batch, repeats)}
+    scored_with, scorer = "eager", eager
+    if compile_too:
+        _say(f"compiling the {name} model (tens of seconds on a CPU)...")
+        compiled = torch.compile(module)
+        timing["compiled_ms"] = latency_ms(compiled, batch, repeats)
+        scored_with, scorer = "compiled", compiled
+    return {"bytes": len(data), "weights_bytes": weights_bytes(program), **timing,
+            "val_accuracy": _accuracy(scorer, val), "accuracy_measured": scored_with, "_data": data}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "torchao": _torchao_version()}
+
+
+def _torchao_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("torchao")
+
+
+def quantize(run: Path, mode: str, calibration_batches: int = 16, compile_too: bool = True,
+             repeats: int = 20) -> dict[str, Any]:
+    """Quantize a run; the report written beside the artifacts."""
+    what = f"quantize --mode {mode}"
+    require_torchao(what)
+    from engine.data.sources import build_spec
+    from engine.quantize.artifact import Normalized
+    from engine.quantize.methods import dynamic, float_program, qat_convert, static, weighted_layers
+    from engine.quantize.training import example_input
+
+    path, state = _checkpoint(run)
+    cfg = Config.model_validate(state["config"])
+    if cfg.quantize.qat and mode != "qat-convert":
+        raise BadInput(f"--mode {mode}: run {str(run)!r} was trained with quantization-aware training "
+                       "(quantize.qat = true); convert it with --mode qat-convert")
+    if mode == "qat-convert" and not cfg.quantize.qat:
+        raise BadInput(f"--mode qat-convert: run {str(run)!r} was not trained with quantize.qat = true; use "
+                       "--mode static (conv nets) or --mode dynamic (Linear layers), or fine-tune it with QAT first")
+    spec = build_spec(cfg)
+    example = example_input(spec)
+    float_model, qat = _models(cfg, spec, state, mode, example, what)
+    norm = (spec.mean, spec.std) if cfg.data.augment.normalize else (None, None)
+    calib, val, bs = _loaders(cfg, spec, calibration_batches)
+    batch = next(iter(val))[0].float()
+    torch.manual_seed(0)
+
+    _say(f"{mode}: {path.name} of {run.name} ({sum(p.numel() for p in float_model.parameters()):,} parameters)")
+    if mode == "static":
+        _say(f"calibrating on {len(calib)} batches of {cfg.train.batch_size}")
+        result = static(float_model, norm, example, calib, what)
+    elif mode == "dynamic":
+        result = dynamic(float_model, norm, example, what)
+    else:
+        result = qat_convert(qat, weighted_layers(float_model), norm, example, what)
+    baseline = float_program(float_model, norm, example, what)
+
+    _say(f"measuring latency on batches of {len(batch)} ({repeats} runs each) and accuracy on "
+         f"{len(spec.val)} validation images")
+    float_eager = Normalized(float_model, *norm).eval()
+    f = _measure("float", baseline, float_eager, val, batch, repeats, compile_too)
+    q = _measure("int8", result.program, None, val, batch, repeats, compile_too)
+    report = {
+        "run": str(run), "checkpoint": path.name, "step": state["step"], "batch": len(batch),
+        "repeats": repeats, "calibration_batches": len(calib) if mode == "static" else None,
+        "input": f"float images in [0, 1], shape (N, {', '.join(str(d) for d in example.shape[1:])}); "
+                 "normalization is inside the model",
+        "machine": machine(),
+        "float": {k: v for k, v in f.items() if k != "_data"} | {"file": FLOAT},
+        mode: {k: v for k, v in q.items() if k != "_data"} | {
+            "file": ARTIFACTS[mode], "layers_quantized": result.quantized, "layers_float": result.float,
+            "size_ratio": q["bytes"] / f["bytes"], "weights_ratio": q["weights_bytes"] / max(1, f["weights_bytes"]),
+            "accuracy_change": q["val_accuracy"] - f["val_accuracy"]},
+    }
+    folder = run / "quantized"
+    folder.mkdir(exist_ok=True)
+    previous = _read_report(folder / "quantize.json")
+    merged = previous | report if previous.get("checkpoint") == report["checkpoint"] else report
+    write_atomic(folder / ARTIFACTS[mode], lambda fh: fh.write(q["_data"]))
+    write_atomic(folder / FLOAT, lambda fh: fh.write(f["_data"]))
+    write_json_atomic(folder / "quantize.json", merged)
+    table = format_table(merged)
+    write_atomic(folder / "quantize.txt", lambda fh: fh.write(table.encode()))
+    return merged
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:,.0f} KB" if n < 10 * 1024 * 1024 else f"{n / 2**20:,.1f} MB"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a readable table: one row per model."""
+    rows = [("model", "file size", "weights", "eager", "compiled", "val acc", "layers int8")]
+    for key in ("float", *ARTIFACTS):
+        r = report.get(key)
+        if not r:
+            continue
+        layers = "-" if key == "float" else f"{len(r['layers_quantized'])} of {len(r['layers_quantized']) + len(r['layers_float'])}"
+        rows.append((key if key == "float" else f"{key} int8", _kb(r["bytes"]), _kb(r["weights_bytes"]),
+                     _ms(r.get("eager_ms")), _ms(r.get("compiled_ms")), f"{100 * r['val_accuracy']:.2f}%", layers))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    m = report["machine"]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("")
+    lines.append(f"latency: median of {report['repeats']} runs on batches of {report['batch']}, {m['cpu']}, "
+                 f"{m['threads']} thread(s), torch {m['torch']}, torchao {m['torchao']}")
+    for key in ARTIFACTS:
+        r = report.get(key)
+        if r and r["layers_float"]:
+            lines.append(f"{key}: left in float: {', '.join(r['layers_float'])}")
+    lines.append(f"load: torch.export.load('{report['run']}/quantized/<file>').module()  ({report['input']})")
+    return "\n".join(lines) + "\n"
