@@ -58,3 +58,16 @@ def test_a_request_during_a_write_is_queued_not_lost(tmp_path: Path):
     for step in (1, 2, 3):
         state = load(store.folder / f"step-{step:08d}.pt")
         assert torch.equal(state["model"]["w"], torch.full((1000,), float(step))), "snapshot, not live"
+
+
+def test_host_copies_keep_the_state_dict_versions_that_load_state_dict_reads(tmp_path: Path):
+    """Without `_metadata` every module's state loads as version 1: torchao's observers then
+    reset their eps, and a resumed QAT run drifted from the uninterrupted one."""
+    from engine.checkpoint.writer import HostStaging
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    state = model.state_dict()
+    for copy in (host_copy({"model": state})["model"], HostStaging().copy({"model": state})[0]["model"]):
+        torch.save({"model": copy}, tmp_path / "c.pt")
+        loaded = torch.load(tmp_path / "c.pt", weights_only=True)["model"]
+        assert loaded._metadata == state._metadata and loaded._metadata["1"]["version"] == 2

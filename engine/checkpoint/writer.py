@@ -9,9 +9,11 @@ synchronous save.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,10 +56,22 @@ class HostStaging:
             buf.copy_(obj.detach(), non_blocking=self.pin)
             return buf
         if isinstance(obj, dict):
-            return {k: self._copy(v, bufs, f"{path}/{k}") for k, v in obj.items()}
+            return like(obj, {k: self._copy(v, bufs, f"{path}/{k}") for k, v in obj.items()})
         if isinstance(obj, (list, tuple)):
             return type(obj)(self._copy(v, bufs, f"{path}/{i}") for i, v in enumerate(obj))
         return obj
+
+
+def like(original: dict, items: dict) -> dict:
+    """A copied dict that keeps a state_dict's `_metadata` (each module's state version, which
+    `load_state_dict` hands to `_load_from_state_dict`: without it torchao's observers take the
+    state for version 1 and reset their `eps`, and a resumed QAT run drifts)."""
+    meta = getattr(original, "_metadata", None)
+    if meta is None:
+        return items
+    out = OrderedDict(items)
+    out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+    return out
 
 
 def host_copy(obj: Any) -> Any:
@@ -65,7 +79,7 @@ def host_copy(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: host_copy(v) for k, v in obj.items()}
+        return like(obj, {k: host_copy(v) for k, v in obj.items()})
     if isinstance(obj, (list, tuple)):
         return type(obj)(host_copy(v) for v in obj)
     return obj

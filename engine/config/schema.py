@@ -358,6 +358,15 @@ class Config(Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     spot: SpotConfig = Field(default_factory=SpotConfig)
 
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        q, d = self.quantize, self.distributed
+        if (q.qat or q.float8) and (d.nproc > 1 or d.strategy != "ddp"):
+            field = "quantize.qat" if q.qat else "quantize.float8"
+            raise ValueError(f"{field} = true: quantized training runs in one process for now "
+                             f"(distributed.nproc = {d.nproc}, strategy {d.strategy!r})")
+        return self
+
 
 def _suggest(word: str, choices: Any) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -70,7 +70,24 @@ def prepare_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
     graph = export(model.train(), example, "quantize.qat = true").module()
     prepared = prepare_qat_pt2e(graph, x86_quantizer(is_qat=True))
     allow_exported_model_train_eval(prepared)  # .train()/.eval() switch BatchNorm and dropout
+    _rng_neutral(prepared)
     return prepared
+
+
+def _rng_neutral(model: nn.Module) -> None:
+    """Make the exported model's train()/eval() leave the RNG alone: they rewrite the graph's
+    dropout and BatchNorm patterns by tracing them on random inputs, which would draw from the
+    global generator at every epoch start and evaluation, so a resumed run (which calls train()
+    at a different step) would drift from the uninterrupted one."""
+    switch = model.train
+
+    def train(mode: bool = True) -> nn.Module:
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            return switch(mode)
+
+    model.train = train  # type: ignore[method-assign]
+    model.eval = lambda: train(False)  # type: ignore[method-assign]
 
 
 def example_input(spec: Any, device: torch.device | str = "cpu", batch: int = 2) -> torch.Tensor:
@@ -139,9 +156,6 @@ def check(cfg: Any, model: nn.Module, spec: Any) -> None:
         raise BadInput("quantize.qat and quantize.float8 are both true: pick one")
     field = "quantize.qat = true" if q.qat else "quantize.float8 = true"
     require_torchao(field)
-    if cfg.distributed.nproc > 1 or cfg.distributed.strategy != "ddp":
-        raise BadInput(f"{field}: quantized training runs in one process for now "
-                       f"(distributed.nproc = {cfg.distributed.nproc}, strategy {cfg.distributed.strategy!r})")
     if q.float8:
         ok, not_ok = float8_layers(model)
         if not ok:
