@@ -325,3 +325,39 @@ def test_an_archive_that_would_unpickle_is_refused(tmp_path: Path):
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(BadInput, match="not a readable torch.export archive"):
         load_artifact(tmp_path / "junk.pt2")
+
+
+@needs_torchao
+async def test_the_cockpit_quantizes_a_finished_run_from_the_runs_list(runs, monkeypatch):
+    from cockpit import launcher
+    from cockpit.app import CockpitApp
+    from cockpit.screens.modals import QuantizeScreen, ReportScreen
+    from cockpit.settings import Settings
+    from cockpit.widgets.runs_list import RunsList
+
+    monkeypatch.setattr(launcher, "QUANTIZE_ARGS", ["--repeats", "2", "--no-compile"])
+    shutil.rmtree(runs["mlp"] / "quantized", ignore_errors=True)
+    app = CockpitApp(runs["mlp"].parent, user=Settings(), poll_gpu=False)
+    async with app.run_test(size=(140, 45)) as pilot:
+        table = app.screen.query_one(RunsList)
+        while not table.row_count:
+            await pilot.pause(0.05)
+        table.move_cursor(row=table.get_row_index(str(runs["mlp"])))
+        await pilot.press("z")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, QuantizeScreen) and app.screen.suggested == "dynamic"
+        await pilot.press("d")
+        for _ in range(1200):
+            if isinstance(app.screen, ReportScreen):
+                break
+            await pilot.pause(0.1)
+        assert isinstance(app.screen, ReportScreen), "no report came back"
+        text = app.screen.text
+        assert "dynamic int8" in text and "float" in text and "3 of 3" in text
+        await pilot.press("escape")
+        # a run with no state (never started) is not offered
+        table.move_cursor(row=table.get_row_index(str(runs["empty"])))
+        await pilot.press("z")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, QuantizeScreen)
+    assert (runs["mlp"] / "quantized" / "dynamic-int8.pt2").is_file()

@@ -1,4 +1,4 @@
-"""Modal screens: help, stop confirmation, new-run prompt."""
+"""Modal screens: help, stop confirmation, new-run prompt, quantization mode and report."""
 
 from __future__ import annotations
 
@@ -75,4 +75,57 @@ class NewRunScreen(ModalScreen[str | None]):
         self.dismiss(event.value.strip() or None)
 
     def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+QUANT_MODES = {"s": ("static", "static int8, calibrated (conv nets)"),
+               "d": ("dynamic", "dynamic int8 of the Linear layers (MLPs, transformers)"),
+               "a": ("qat-convert", "convert a quantization-aware-trained run")}
+
+
+class QuantizeScreen(ModalScreen[str | None]):
+    """Pick how to quantize a finished run; the run's config suggests one."""
+
+    BINDINGS = [Binding("s", "pick('static')", "Static", id="quant-static"),
+                Binding("d", "pick('dynamic')", "Dynamic", id="quant-dynamic"),
+                Binding("a", "pick('qat-convert')", "QAT convert", id="quant-qat"),
+                Binding("escape", "pick(None)", "Cancel", id="quant-cancel")]
+
+    def __init__(self, run: str, suggested: str):
+        super().__init__()
+        self.run, self.suggested = run, suggested
+
+    def compose(self) -> ComposeResult:
+        lines = [f"Quantize {self.run} to int8 (writes RUN/quantized/, measures it against the float model):", ""]
+        for key, (mode, what) in QUANT_MODES.items():
+            mark = "  <- suggested" if mode == self.suggested else ""
+            lines.append(f"  {key}  {mode:<12} {what}{mark}")
+        lines += ["", "Enter takes the suggestion, Esc cancels."]
+        with Vertical(id="quant-box"):
+            yield Label("\n".join(lines), markup=False)
+            yield Button(f"Quantize ({self.suggested})", id="go", variant="primary")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(self.suggested)
+
+    def action_pick(self, mode: str | None) -> None:
+        self.dismiss(mode)
+
+
+class ReportScreen(ModalScreen[None]):
+    """A plain-text report (the quantization table) until Escape."""
+
+    BINDINGS = [Binding("escape,q,enter", "dismiss", "Close", id="report-close")]
+
+    def __init__(self, title: str, text: str):
+        super().__init__()
+        self.title_text, self.text = title, text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="report-box"):
+            yield Static(Text(self.title_text + "\n", style="bold"))
+            yield Static(Text(self.text), id="report-text")
+            yield Static(Text("\nEsc closes."))
+
+    def action_dismiss(self) -> None:
         self.dismiss(None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import tomllib
 from pathlib import Path
 from typing import Callable
 
@@ -11,18 +13,47 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Static
 
+from cockpit import launcher
 from cockpit.messages import RunChosen
+from cockpit.sanitize import clean
+from cockpit.screens.modals import QuantizeScreen, ReportScreen
 from cockpit.screens.sized import SizedScreen
 from cockpit.widgets.runs_list import RunsList
 
 
+QUANTIZABLE = ("finished", "stopped")
+
+
+def read_status(run: Path) -> dict:
+    try:
+        value = json.loads((run / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def suggested_mode(run: Path) -> str:
+    """qat-convert for a QAT run, dynamic for an MLP, else static (read from config.toml)."""
+    try:
+        cfg = tomllib.loads((run / "config.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return "static"
+    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+    if section("quantize").get("qat") is True:
+        return "qat-convert"
+    return "dynamic" if section("model").get("name") == "mlp" else "static"
+
+
 class RunsScreen(SizedScreen):
     """Every run, newest first, re-read every few seconds while shown; Enter follows the
-    highlighted run in the run screen, `l` or Escape goes back to the run followed."""
+    highlighted run in the run screen, `l` or Escape goes back to the run followed, `z`
+    quantizes the highlighted finished run (`cockpit-engine quantize`) and shows its report."""
 
     BINDINGS = [
         Binding("l,escape", "back", "Back", id="runs-back", tooltip="Back to the run being followed"),
         Binding("n", "new_run", "New run", id="runs-new-run", tooltip="Start a new run from a config file"),
+        Binding("z", "quantize", "Quantize", id="runs-quantize",
+                tooltip="Quantize the highlighted finished run to int8 and show what it buys"),
     ]
 
     def __init__(self, runs_root: Path, clock: Callable[[], float] = time.time):
@@ -46,6 +77,46 @@ class RunsScreen(SizedScreen):
     def action_back(self) -> None:
         """Back to the run screen."""
         self.app.switch_mode("run")
+
+    def highlighted(self) -> Path | None:
+        table = self.query_one(RunsList)
+        if not table.row_count or not table.is_valid_row_index(table.cursor_row):
+            return None
+        return Path(str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
+
+    def action_quantize(self) -> None:
+        """Quantize the highlighted run (finished or stopped): pick a mode, then wait for the report."""
+        run = self.highlighted()
+        if run is None:
+            self.notify("no run highlighted", severity="warning")
+            return
+        state = read_status(run).get("state")
+        if state not in QUANTIZABLE:
+            self.notify(f"{run.name} is {state or 'not started'}: only a finished or stopped run can be quantized",
+                        severity="warning", markup=False)
+            return
+
+        def chosen(mode: str | None) -> None:
+            if mode is not None:
+                self.quantize(run, mode)
+
+        self.app.push_screen(QuantizeScreen(run.name, suggested_mode(run)), chosen)
+
+    def quantize(self, run: Path, mode: str) -> None:
+        def work() -> None:
+            result = launcher.quantize_run(run, mode)
+            self.app.call_from_thread(self._quantized, run, mode, result)
+
+        self.notify(f"quantizing {run.name} ({mode}): about a minute, it compiles both models...",
+                    markup=False, timeout=10)
+        self.run_worker(work, thread=True, group="quantize", name=f"quantize {run.name}")
+
+    def _quantized(self, run: Path, mode: str, result: launcher.Launch) -> None:
+        if result.code == 0:
+            self.app.push_screen(ReportScreen(f"{run.name}: {mode} int8 beside the float model", clean(result.message)))
+        else:
+            self.notify(f"quantize {mode} refused (exit {result.code}):\n{clean(result.message)}",
+                        severity="error", markup=False, timeout=20)
 
     def action_new_run(self) -> None:
         """The run screen's new-run prompt (the new run is followed there)."""
