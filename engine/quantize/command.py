@@ -99,17 +99,22 @@ def _accuracy(fn: Callable[[torch.Tensor], torch.Tensor], val: Any) -> float:
     return metrics["accuracy"]
 
 
-def latency_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
-    """Median milliseconds per batch over `repeats` timed runs, after three warm-up runs."""
+def latency_ms(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor,
+               repeats: int) -> dict[str, float]:
+    """Median milliseconds per batch of each function, timed interleaved (one run of each in
+    turn, `repeats` rounds, after three warm-up rounds), so that a machine whose speed drifts
+    (a shared VM, frequency scaling) slows both sides of a comparison alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():
         for _ in range(3):
-            fn(x)
-        times = []
+            for fn in fns.values():
+                fn(x)
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def _to_bytes(program: Any) -> bytes:
@@ -118,22 +123,27 @@ def _to_bytes(program: Any) -> bytes:
     return buf.getvalue()
 
 
-def _measure(name: str, program: Any, eager: Callable | None, val: Any, batch: torch.Tensor,
-             repeats: int, compile_too: bool) -> dict[str, Any]:
+def _measure(programs: dict[str, Any], eager: dict[str, Callable], val: Any, batch: torch.Tensor,
+             repeats: int, compile_too: bool) -> dict[str, dict[str, Any]]:
+    """Size, latency (eager, and compiled) and accuracy of each program; latencies of the
+    models compared are timed interleaved."""
     from engine.quantize.artifact import weights_bytes
 
-    data = _to_bytes(program)
-    module = program.module()
-    eager = eager or module
-    timing: dict[str, Any] = {"eager_ms": latency_ms(eager, batch, repeats)}
-    scored_with, scorer = "eager", eager
+    out: dict[str, dict[str, Any]] = {}
+    for name, program in programs.items():
+        data = _to_bytes(program)
+        out[name] = {"bytes": len(data), "weights_bytes": weights_bytes(program), "_data": data}
+    for name, ms in latency_ms(eager, batch, repeats).items():
+        out[name]["eager_ms"] = ms
+    scorers = eager
     if compile_too:
-        _say(f"compiling the {name} model (tens of seconds on a CPU)...")
-        compiled = torch.compile(module)
-        timing["compiled_ms"] = latency_ms(compiled, batch, repeats)
-        scored_with, scorer = "compiled", compiled
-    return {"bytes": len(data), "weights_bytes": weights_bytes(program), **timing,
-            "val_accuracy": _accuracy(scorer, val), "accuracy_measured": scored_with, "_data": data}
+        _say("compiling the float and int8 models (tens of seconds on a CPU)...")
+        scorers = {name: torch.compile(program.module()) for name, program in programs.items()}
+        for name, ms in latency_ms(scorers, batch, repeats).items():
+            out[name]["compiled_ms"] = ms
+    for name, fn in scorers.items():
+        out[name].update(val_accuracy=_accuracy(fn, val), accuracy_measured="compiled" if compile_too else "eager")
+    return out
 
 
 def machine() -> dict[str, Any]:
@@ -193,9 +203,10 @@ def quantize(run: Path, mode: str, calibration_batches: int = 16, compile_too: b
 
     _say(f"measuring latency on batches of {len(batch)} ({repeats} runs each) and accuracy on "
          f"{len(spec.val)} validation images")
-    float_eager = Normalized(float_model, *norm).eval()
-    f = _measure("float", baseline, float_eager, val, batch, repeats, compile_too)
-    q = _measure("int8", result.program, None, val, batch, repeats, compile_too)
+    measured = _measure({"float": baseline, "int8": result.program},
+                        {"float": Normalized(float_model, *norm).eval(), "int8": result.program.module()},
+                        val, batch, repeats, compile_too)
+    f, q = measured["float"], measured["int8"]
     report = {
         "run": str(run), "checkpoint": path.name, "step": state["step"], "batch": len(batch),
         "repeats": repeats, "calibration_batches": len(calib) if mode == "static" else None,
@@ -206,7 +217,10 @@ def quantize(run: Path, mode: str, calibration_batches: int = 16, compile_too: b
         mode: {k: v for k, v in q.items() if k != "_data"} | {
             "file": ARTIFACTS[mode], "layers_quantized": result.quantized, "layers_float": result.float,
             "size_ratio": q["bytes"] / f["bytes"], "weights_ratio": q["weights_bytes"] / max(1, f["weights_bytes"]),
-            "accuracy_change": q["val_accuracy"] - f["val_accuracy"]},
+            "accuracy_change": q["val_accuracy"] - f["val_accuracy"],
+            # the float model's latencies timed beside this one (the "float" entry is the latest run's)
+            **{f"float_{k}": f[k] for k in ("eager_ms", "compiled_ms") if k in f},
+            **{f"speedup_{k[:-3]}": f[k] / q[k] for k in ("eager_ms", "compiled_ms") if k in f}},
     }
     folder = run / "quantized"
     folder.mkdir(exist_ok=True)
@@ -237,21 +251,26 @@ def _ms(v: float | None) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a readable table: one row per model."""
-    rows = [("model", "file size", "weights", "eager", "compiled", "val acc", "layers int8")]
+    rows = [("model", "file size", "weights", "eager", "compiled", "speed-up", "val acc", "layers int8")]
     for key in ("float", *ARTIFACTS):
         r = report.get(key)
         if not r:
             continue
         layers = "-" if key == "float" else f"{len(r['layers_quantized'])} of {len(r['layers_quantized']) + len(r['layers_float'])}"
+        speedup = "-" if key == "float" else " / ".join(
+            f"{r[k]:.2f}x" for k in ("speedup_eager", "speedup_compiled") if k in r)
         rows.append((key if key == "float" else f"{key} int8", _kb(r["bytes"]), _kb(r["weights_bytes"]),
-                     _ms(r.get("eager_ms")), _ms(r.get("compiled_ms")), f"{100 * r['val_accuracy']:.2f}%", layers))
+                     _ms(r.get("eager_ms")), _ms(r.get("compiled_ms")), speedup, f"{100 * r['val_accuracy']:.2f}%",
+                     layers))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     m = report["machine"]
     lines.insert(1, "-" * len(lines[0]))
     lines.append("")
-    lines.append(f"latency: median of {report['repeats']} runs on batches of {report['batch']}, {m['cpu']}, "
+    lines.append(f"latency: median of {report['repeats']} runs on batches of {report['batch']} (float and int8 "
+                 f"interleaved), {m['cpu']}, "
                  f"{m['threads']} thread(s), torch {m['torch']}, torchao {m['torchao']}")
+    lines.append("speed-up: the float model's time / the int8 model's, eager / compiled, timed side by side")
     for key in ARTIFACTS:
         r = report.get(key)
         if r and r["layers_float"]:
