@@ -44,6 +44,19 @@ status_every_s = 0.2
 """
 
 
+# Nothing leaves the machine: boto3 gets dummy credentials, every AWS API a closed loopback port
+# (tests that need S3 or EC2 point AWS_ENDPOINT_URL at their own moto server), and the EC2
+# metadata service is off unless a test starts a loopback one and points the endpoint at it.
+OFFLINE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing-not-a-key", "AWS_SECRET_ACCESS_KEY": "testing-not-a-secret",
+    "AWS_SESSION_TOKEN": "testing-not-a-token", "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+os.environ.update(OFFLINE_AWS)
+os.environ.pop("AWS_PROFILE", None)
+
+
 def engine_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine.cli", *args]
 
