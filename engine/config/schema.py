@@ -337,8 +337,30 @@ class SweepConfig(FeatureSection):
     """Optuna sweeps (planned)."""
 
 
-class SpotConfig(FeatureSection):
-    """Spot-instance interruption handling (planned)."""
+#: AWS's advice for spot interruption notices: poll every 5 s (the window is two minutes).
+SPOT_POLL_MAX_S = 5.0
+
+
+class SpotConfig(Section):
+    """EC2 spot interruptions: the metadata service's notice stops the run with a checkpoint."""
+
+    enabled: bool = Field(
+        False, description="Watch for interruption notices even where the machine does not say it is "
+        "EC2 (false: watch on EC2 only; nothing is ever sent to the metadata address elsewhere; "
+        "AWS_EC2_METADATA_DISABLED=true turns it off everywhere)")
+    poll_s: float = Field(
+        5.0, gt=0, le=SPOT_POLL_MAX_S,
+        description="Seconds between polls of the notice (AWS advises 5 s or faster: the notice comes "
+        "two minutes before the instance is taken)")
+    endpoint: Optional[str] = Field(
+        None, description="Instance metadata endpoint; default: $AWS_EC2_METADATA_SERVICE_ENDPOINT, "
+        "else http://169.254.169.254 (setting it also turns the watcher on)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SpotConfig":
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint={self.endpoint!r}: expected an http:// or https:// URL")
+        return self
 
 
 class Config(Section):
