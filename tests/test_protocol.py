@@ -35,6 +35,8 @@ SAMPLE = {
     "devices": [{"index": 0, "util": 97.0, "mem_used": 10.5, "mem_total": 80.0}],
     "price_per_hour": 2.5, "source": "config", "accumulated": 0.12, "projected": 0.9,
     "lifecycle": "spot", "instance_type": "p4d.24xlarge", "notice": None,
+    "kind": "notice", "zone": "us-east-1a", "region": "us-east-1", "action": "terminate",
+    "notice_time": "2026-12-01T23:10:00Z", "seconds_left": 112.5, "rebalance_time": "2026-12-01T23:05:00Z",
     "path": "/runs/x/checkpoints/step-00000120.pt", "seconds": 0.21, "bytes": 123456,
     "best": True, "number": 7, "params": {"lr": 0.01, "batch_size": 64}, "value": 0.93,
     "level": "warning", "message": "checkpoint step-00000130.pt is unusable",

@@ -110,6 +110,8 @@ class TensorBoard:
         elif kind == "eval":
             for key, value in event["metrics"].items():
                 self.writer.add_scalar(f"val/{key}", value, step)
+        elif kind in ("checkpoint", "state"):  # on disk as soon as the checkpoint (a spot notice's too)
+            self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -27,11 +27,13 @@ def autocast(device: torch.device, precision: str) -> Any:
 @torch.no_grad()
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, task: Any,
              device: torch.device, precision: str, prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-             valid: int | None = None, reduce: Callable[[list[float]], list[float]] = lambda v: v) -> dict[str, float]:
+             valid: int | None = None, reduce: Callable[[list[float]], list[float]] = lambda v: v,
+             between: Callable[[], None] = lambda: None) -> dict[str, float]:
     """The task's metrics over a whole loader: loss and top-1 accuracy for classification.
 
     `prepare` readies inputs on the device (normalization, memory format); `valid` is how many
-    samples count (a sharded loader pads its end); `reduce` sums host numbers over ranks.
+    samples count (a sharded loader pads its end); `reduce` sums host numbers over ranks;
+    `between` runs after each batch (the loop's spot check: it may raise to abandon the evaluation).
     """
     sums: dict[str, torch.Tensor] = {}
     total = 0
@@ -43,6 +45,7 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, ta
         for name, value in task.metric_sums(logits[:keep], y[:keep]).items():
             sums[name] = sums[name] + value if name in sums else value
         total += keep
+        between()
     names = list(sums)  # the task's order: every rank builds the same dict
     # .item() here is a host-device sync, once per evaluation
     reduced = reduce([float(sums[n].item()) for n in names] + [float(total)])

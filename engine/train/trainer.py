@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from engine.checkpoint.saver import Checkpointer
+from engine.cloud.spot import watcher_for
 from engine.checkpoint.store import CheckpointStore
 from engine.config.schema import Config
 from engine.data.loaders import build_loaders
@@ -80,6 +81,12 @@ class Trainer:
             lr, self.pos.step - self.pos.skipped, self.total_steps, cfg.schedule))
         self.signals, self.clock = Signals(), Clock(cfg.checkpoint.every_minutes if main else None)
         self.sources: list[Any] = [self.signals, self.clock]  # more boundary sources plug in here
+        # spot interruptions: only where the metadata service may be asked; `watching` is agreed,
+        # so that every rank takes part in the mid-evaluation agreement when any rank watches
+        self.spot = watcher_for(cfg, self.tele.emit, lambda: self.pos.step)
+        self.watching = bool(self.dist.agree_max([1.0 if self.spot else 0.0])[0])
+        if self.spot is not None:
+            self.sources.append(self.spot)
         self.eval_hooks: list[EvalHook] = []
         self.state, self.last_status, self.last_loss = "starting", 0.0, None
         self.metrics: dict[str, float] = {}
@@ -116,6 +123,8 @@ class Trainer:
         self.signals.install()
         if self.server is not None:
             self.server.start()
+        if self.spot is not None:
+            self.spot.start()
         try:
             self.set_state("running")
             self._announce_teacher()
@@ -132,6 +141,8 @@ class Trainer:
             self.checkpoints.close()  # a failed run still finishes the writes it queued
             if self.server is not None:
                 self.server.close()
+            if self.spot is not None:
+                self.spot.close()
             self.signals.restore()
 
     def _announce_teacher(self) -> None:
@@ -140,7 +151,7 @@ class Trainer:
             return
         metrics = evaluate(self.teacher.model, self.data.val, self.task, self.device, self.cfg.train.precision,
                            self.data.normalize, self.data.val_valid,
-                           self.dist.sum)
+                           self.dist.sum, self.urgent)
         d = self.cfg.distill
         self.tele.emit("distill", step=self.pos.step, teacher=self.teacher.source, sha256=self.teacher.sha256,
                        metrics=metrics, temperature=d.temperature, alpha=d.alpha)
@@ -150,6 +161,7 @@ class Trainer:
 
     def run_epoch(self) -> None:
         """Train from the current position to the end of the epoch (or max_steps)."""
+        self.urgent()  # a notice that came during start-up, the teacher or the last evaluation
         self.sampler.set_position(self.pos.epoch, self.pos.batch * self.cfg.train.batch_size)
         self.model.train()
         self.meter = meter = StepMeter(self.device)
@@ -218,7 +230,7 @@ class Trainer:
         metrics = evaluate(self.model if self.dist.replicated else self.forward, self.data.val, self.task,
                            self.device, self.cfg.train.precision,
                            self.prepare_val,
-                           self.data.val_valid, self.dist.sum)
+                           self.data.val_valid, self.dist.sum, self.urgent)
         self.model.train()
         self.metrics = metrics
         self.tele.emit("eval", step=self.pos.step, epoch=self.pos.epoch, metrics=metrics)
@@ -279,7 +291,7 @@ class Trainer:
         if plan.lr >= 0:
             self._set_lr(plan.lr, by_cmd.get("set", []))
         if plan.reason in (Reason.CHECKPOINT_DUE, Reason.CHECKPOINT_COMMAND):
-            self.save("command" if plan.reason == Reason.CHECKPOINT_COMMAND else "periodic",
+            self.save("command" if plan.reason == Reason.CHECKPOINT_COMMAND else plan.why or "periodic",
                       pending=by_cmd.get("checkpoint", []))
         if plan.pause == Pause.PAUSE and self.state != "paused":
             self.set_state("paused")
@@ -287,6 +299,16 @@ class Trainer:
             self.set_state("running")
         for p in by_cmd.get("pause", []) + by_cmd.get("continue", []):
             p.answer(state=self.state, step=self.pos.step)
+        if plan.reason.stops:
+            raise StopRun(plan)
+
+    def urgent(self) -> None:
+        """Between evaluation batches (and before an epoch): a spot notice stops the run at once,
+        agreed by every rank at the same batch, so a long evaluation does not eat the window."""
+        if not self.watching:
+            return
+        plan = self.spot.urgent() if self.spot is not None else Plan()
+        plan = plan.agreed(self.dist.agree_max(plan.vector()))
         if plan.reason.stops:
             raise StopRun(plan)
 
@@ -312,10 +334,11 @@ class Trainer:
                 self.tele.emit("log", level=verdict[0], message=verdict[1])
             finalize(self.model, self.converters)
         latest = self.checkpoints.latest()
+        extra = self.spot.preempted() if plan.reason == Reason.PREEMPTED and self.spot is not None else {}
         for p in plan.pending:
             if p.cmd == "stop":
                 p.answer(state=state, step=self.pos.step, path=str(latest) if latest else None)
-        self.set_state(state, **({"reason": plan.why, "exit_code": code} if stops else {}))
+        self.set_state(state, **({"reason": plan.why, "exit_code": code, **extra} if stops else {}))
         # Leave together: a rank that tears its process group down while another still talks
         # to it can abort at exit (seen once with two torchrun agents). A no-op in one process.
         self.dist.barrier()
