@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="root of run directories")
     p.set_defaults(func=cmd_quantize)
 
+    from engine.telemetry.cost_report import add_parser as add_cost
+
+    add_cost(sub)  # cost RUN [--json]
+
     p = sub.add_parser("example-config", help="print a complete, commented example config")
     p.add_argument("--markdown", action="store_true", help="print the field reference as a Markdown table")
     p.set_defaults(func=cmd_example)

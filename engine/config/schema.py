@@ -267,6 +267,22 @@ class CostConfig(Section):
         None, ge=0, description="Price of this machine per hour, for cost events"
     )
     currency: str = Field("USD", description="Currency of price_per_hour")
+    instance_type: Optional[str] = Field(
+        None, description="Price this machine as this EC2 instance type from the shipped on-demand table "
+        "when neither price_per_hour nor the instance metadata gives a price (e.g. 'g5.xlarge')")
+
+    @model_validator(mode="after")
+    def _check_instance_type(self) -> "CostConfig":
+        if self.instance_type is not None:
+            from engine.telemetry.price_table import load_table
+
+            table = load_table()
+            if table.get(self.instance_type) is None:
+                near = difflib.get_close_matches(self.instance_type, list(table.instances), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ValueError(f"instance_type={self.instance_type!r}: not in the price table "
+                                 f"({table.source}: {', '.join(sorted(table.instances))}){hint}")
+        return self
 
 
 class DistributedConfig(Section):

@@ -26,7 +26,7 @@ from engine.errors import BadInput
 from engine.model.teacher import Teacher, load_teacher
 from engine.model.zoo import build_model
 from engine.run.rundir import RunDir, new_run_id
-from engine.telemetry.cost import ConfigPrice, CostMeter
+from engine.telemetry.metering import meter_for
 from engine.telemetry.sinks import Console, EventsFile, LogFile, TensorBoard, Telemetry
 from engine.train.trainer import Trainer
 
@@ -93,7 +93,7 @@ def telemetry_for(cfg: Config, run: RunDir, console: str, resume_step: int | Non
     if console != "none":
         sinks.append(Console(console, cfg.logging.max_step_events_per_s))
     tele = Telemetry(sinks)
-    tele.add(CostMeter(ConfigPrice(cfg.cost.price_per_hour, cfg.cost.currency), tele.emit))
+    tele.add(meter_for(cfg, run.events, resume_step, tele))
     return tele
 
 
