@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint", **sub_kw)
     p.add_argument("run", help="run directory, or run id under the runs directory")
+    p.add_argument("--s3", metavar="s3://BUCKET/PREFIX",
+                   help="the run is mirrored to PREFIX/RUN-ID in S3 (checkpoint.s3_uri): pull it when "
+                        "the local directory is missing or older, as on a new instance")
     _common(p)
     p.set_defaults(func=cmd_resume)
 
@@ -98,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.telemetry.cost_report import add_parser as add_cost
 
     add_cost(sub)  # cost RUN [--json]
+
+    from engine.cloud.commands import add_parser as add_cloud
+
+    add_cloud(sub)  # cloud launch|status|stop|exists (EC2 spot instances, S3)
 
     p = sub.add_parser("example-config", help="print a complete, commented example config")
     p.add_argument("--markdown", action="store_true", help="print the field reference as a Markdown table")
@@ -214,9 +221,11 @@ def _spawn(argv: list[str], run_dir) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from engine.run.rundir import find_run, runs_root
+    from engine.cloud.pull import locate
+    from engine.run.rundir import runs_root
 
-    run = find_run(args.run, runs_root(args.runs_dir, None))
+    run, s3_sets = locate(args.run, runs_root(args.runs_dir, None), args.s3)  # boto3 only if mirrored
+    args.set = args.set + s3_sets
     args.set = args.set + _launch_sets(args)
     cfg = config_mod.load(run / "config.toml", args.set)  # refuse bad overrides before torch loads
     argv = ["resume", str(run), *[f"--set={s}" for s in args.set]]

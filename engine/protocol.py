@@ -41,6 +41,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "spot": ("kind", "step", "lifecycle", "instance_type", "zone", "region", "action", "notice_time",
              "seconds_left", "rebalance_time"),
     "checkpoint": ("path", "step", "seconds", "bytes", "reason", "best", "stall_s"),
+    "s3": ("action", "what", "ok", "uri", "step", "file", "bytes", "seconds", "multipart", "pending", "error"),
     "trial": ("number", "params", "value", "state"),
     "log": ("level", "message"),
     "error": ("message", "traceback"),

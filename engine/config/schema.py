@@ -241,6 +241,25 @@ class CheckpointConfig(Section):
     best_metric: Optional[Literal["val_accuracy", "val_loss"]] = Field(
         "val_accuracy", description="Also keep the best checkpoint by this metric"
     )
+    s3_uri: Optional[str] = Field(
+        None, description="Mirror the run to s3://bucket/prefix/<run-id>/ (checkpoints uploaded in the "
+        "background, config.toml, events.jsonl); resume pulls from it when the local copy is missing or older")
+    s3_lease_s: float = Field(
+        60.0, ge=5, le=3600, description="The run's lease in S3 lasts this long unless renewed (an engine "
+        "that died frees the run after this)")
+    s3_wait_s: float = Field(
+        100.0, ge=0, description="On exit, wait at most this long for pending S3 uploads")
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> "CheckpointConfig":
+        if self.s3_uri is not None:
+            from engine.cloud.s3 import uri_problem  # standard library only
+
+            problem = uri_problem(self.s3_uri)
+            if problem:  # a URI with user info may hold a secret: never echoed
+                shown = self.s3_uri if "@" not in self.s3_uri else "s3://[redacted]@..."
+                raise ValueError(f"s3_uri = {shown!r}: {problem}")
+        return self
 
 
 class LoggingConfig(Section):

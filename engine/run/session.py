@@ -85,14 +85,19 @@ def console_mode(json_mode: bool, detached: bool) -> str:
     return "tty" if sys.stdout.isatty() else "plain"
 
 
-def telemetry_for(cfg: Config, run: RunDir, console: str, resume_step: int | None) -> Telemetry:
-    """Rank 0's sinks: events.jsonl, engine.log, TensorBoard, the console, and the cost meter."""
+def telemetry_for(cfg: Config, run: RunDir, console: str, resume_step: int | None, lease=None) -> Telemetry:
+    """Rank 0's sinks: events.jsonl, engine.log, TensorBoard, the console, the cost meter, and
+    the S3 mirror (first, so that its close() waits for uploads while the other sinks are open)."""
     sinks: list = [EventsFile(run.events, cfg.logging.max_step_events_per_s), LogFile(run.log)]
     if cfg.logging.tensorboard:
         sinks.append(TensorBoard(run.tb, resume_step))
     if console != "none":
         sinks.append(Console(console, cfg.logging.max_step_events_per_s))
     tele = Telemetry(sinks)
+    if cfg.checkpoint.s3_uri:
+        from engine.cloud import s3run
+
+        tele.sinks.insert(0, s3run.mirror(cfg, run.path, tele.emit, lease))
     tele.add(meter_for(cfg, run.events, resume_step, tele))
     return tele
 
@@ -115,30 +120,41 @@ def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool, detached
     """Create a new run directory and train in it (rank 0 creates it; under torchrun the
     other ranks learn its path, or the error, from rank 0)."""
     dist = setup_dist(cfg)
+    lease: list = []  # rank 0's lease on the run in S3 (checkpoint.s3_uri)
     try:
         spec, model = prepare(cfg, dist)
         teacher = load_teacher(cfg, spec)  # a bad teacher is refused before the directory exists
-        outcome = dist.broadcast(_create(cfg, root, run_id, dist) if dist.main else None)
+        outcome = dist.broadcast(_create(cfg, root, run_id, dist, lease) if dist.main else None)
         if isinstance(outcome, dict):
             raise BadInput(outcome["error"])
         run = RunDir(Path(outcome))
         _detach_if(detached, run)
         console = console_mode(json_mode, detached) if dist.main else "none"
         announce(run, console, "new")
-        tele = telemetry_for(cfg, run, console, None) if dist.main else Telemetry([])
+        tele = telemetry_for(cfg, run, console, None, *lease) if dist.main else Telemetry([])
         return _train(Trainer(cfg, spec, model, run, tele, dist=dist, teacher=teacher), tele, run, console)
     finally:
+        for held in lease:
+            held.release()  # idempotent: the mirror's close() normally did it
         dist.close()
 
 
-def _create(cfg: Config, root: Path, run_id: str | None, dist: Dist) -> str | dict[str, str]:
-    """Rank 0: make the run directory, lock it (for the life of the process) and write its
-    config; its path, or {"error": ...} for the other ranks to raise too."""
+def _create(cfg: Config, root: Path, run_id: str | None, dist: Dist, lease: list) -> str | dict[str, str]:
+    """Rank 0: take the run's lease in S3 (when mirrored), make the run directory, lock it (for
+    the life of the process) and write its config; its path, or {"error": ...} for the other
+    ranks to raise too."""
     run = RunDir(root.resolve() / (run_id or new_run_id(cfg)))
     try:
+        if run.path.exists():
+            raise BadInput(f"--run-id {run.path.name!r}: {run.path} already exists; pick another id")
+        if cfg.checkpoint.s3_uri:
+            from engine.cloud import s3run
+
+            lease.append(s3run.take_lease(cfg, run.path.name, new=True))
         run.path.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        error = f"--run-id {run.path.name!r}: {run.path} already exists; pick another id"
+    except (BadInput, FileExistsError) as exc:
+        error = str(exc) if isinstance(exc, BadInput) else (
+            f"--run-id {run.path.name!r}: {run.path} already exists; pick another id")
         if not dist.active:
             raise BadInput(error) from None
         return {"error": error}
@@ -159,9 +175,14 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
     run = RunDir(run_path.resolve())
     cfg = config_mod.load(run.config, overrides)
     dist = setup_dist(cfg)
+    lease = None  # rank 0's lease on the run in S3 (checkpoint.s3_uri)
     try:
         if dist.main:
             run.lock()  # an open descriptor: held for the life of the process
+            if cfg.checkpoint.s3_uri:
+                from engine.cloud import s3run
+
+                lease = s3run.take_lease(cfg, run.path.name, new=False)
         spec, model = prepare(cfg, dist)
         teacher = load_teacher(cfg, spec)
         warnings: list[str] = []
@@ -182,13 +203,15 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         if dist.main and overrides:
             write_atomic(run.config, lambda f: f.write(config_mod.to_toml(cfg).encode()))
         announce(run, console, "resuming")
-        tele = telemetry_for(cfg, run, console, state["step"]) if dist.main else Telemetry([])
+        tele = telemetry_for(cfg, run, console, state["step"], lease) if dist.main else Telemetry([])
         for message in warnings:
             tele.emit("log", level="warning", message=message)
         tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=name)
         return _train(Trainer(cfg, spec, model, run, tele, resume=state, dist=dist, teacher=teacher),
                       tele, run, console)
     finally:
+        if lease is not None:
+            lease.release()  # idempotent: the mirror's close() normally did it
         dist.close()
 
 

@@ -27,6 +27,11 @@ def describe(event: dict[str, Any]) -> str | None:
         parts = " ".join(f"{k} {v:.4f}" for k, v in event["metrics"].items())
         return (f"distilling from {event['teacher']} (T {event['temperature']:g}, alpha {event['alpha']:g}): "
                 f"teacher validation {parts}")
+    if kind == "s3":
+        if event.get("ok"):
+            return (f"s3: uploaded {event.get('file')} (step {event.get('step')}, "
+                    f"{(event.get('bytes') or 0) / 1e6:.1f} MB, {event.get('seconds', 0):.2f} s) to {event.get('uri')}")
+        return f"s3: {event.get('action')} failed: {event.get('error')}"
     if kind == "doctor":
         return f"doctor: {event['message']}"
     if kind == "resume":

@@ -1,0 +1,100 @@
+"""S3 locations and clients: `s3://bucket/prefix` parsed, boto3 imported only when S3 is used.
+
+A run mirrored to S3 lives under `<checkpoint.s3_uri>/<run-id>/` (see docs/DESIGN.md). Clients
+come from boto3's standard credential chain only (environment, shared files, SSO, the
+instance profile); the engine never reads, stores or prints a credential itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+#: S3's bucket-name rules (general purpose buckets): 3-63 lowercase letters, digits, dots, hyphens.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+#: Multipart above this size (bytes); COCKPIT_S3_MULTIPART_BYTES lowers it (tests, benchmarks).
+MULTIPART_BYTES = 64 * 1024 * 1024
+
+
+def uri_problem(uri: str) -> str | None:
+    """What is wrong with an S3 URI (None: it is s3://bucket or s3://bucket/prefix)."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        return "expected s3://bucket/prefix"
+    rest = uri[5:]
+    bucket = rest.split("/", 1)[0]
+    if "@" in bucket or ":" in bucket:
+        return ("expected s3://bucket/prefix without credentials or a port "
+                "(credentials come only from boto3's standard chain)")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        return (f"bucket {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, "
+                "dots and hyphens); expected s3://bucket/prefix")
+    if any(c in rest for c in "?#\\") or "//" in rest.rstrip("/"):
+        return "expected s3://bucket/prefix (no query, fragment, backslash or empty path part)"
+    return None
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key prefix (no leading or trailing slash; '' for the bucket's root)."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, uri: str) -> "S3Location":
+        """s3://bucket/prefix -> S3Location; ValueError naming the problem otherwise."""
+        problem = uri_problem(uri)
+        if problem:
+            raise ValueError(f"{uri!r}: {problem}")
+        bucket, _, prefix = uri[5:].partition("/")
+        return cls(bucket, prefix.strip("/"))
+
+    def key(self, *parts: str) -> str:
+        """The object key for parts below this prefix."""
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
+
+    def child(self, name: str) -> "S3Location":
+        return S3Location(self.bucket, self.key(name))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def client(service: str = "s3", region: str | None = None) -> Any:
+    """A boto3 client from the standard credential chain, with the AWS loggers capped."""
+    from engine.telemetry.redact import quiet_aws_loggers
+
+    quiet_aws_loggers()
+    import boto3  # only here: a run without S3 or cloud commands never imports it
+    from botocore.config import Config as BotoConfig
+
+    cfg = BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    return boto3.session.Session().client(service, region_name=region, config=cfg)
+
+
+def transfer_config() -> Any:
+    """boto3's transfer manager settings: multipart above MULTIPART_BYTES, 4 parts at a time."""
+    from boto3.s3.transfer import TransferConfig
+
+    threshold = int(os.environ.get("COCKPIT_S3_MULTIPART_BYTES") or MULTIPART_BYTES)
+    return TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold, 8 * 1024 * 1024),
+                          max_concurrency=4, use_threads=True)
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ('' for anything else)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_missing(exc: BaseException) -> bool:
+    return error_code(exc) in ("NoSuchKey", "404", "NotFound")
+
+
+def is_precondition(exc: BaseException) -> bool:
+    """A conditional write lost: 412 PreconditionFailed, or 409 ConditionalRequestConflict."""
+    return error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
