@@ -361,3 +361,22 @@ async def test_the_cockpit_quantizes_a_finished_run_from_the_runs_list(runs, mon
         await pilot.pause(0.1)
         assert not isinstance(app.screen, QuantizeScreen)
     assert (runs["mlp"] / "quantized" / "dynamic-int8.pt2").is_file()
+
+
+@needs_torchao
+def test_static_int8_takes_a_resnet_block_that_calls_one_relu_twice():
+    """torchvision's BasicBlock reuses self.relu; unseparated, the x86 quantizer's conv-add-relu
+    matching fails with 'Input partition has more than one output node'."""
+    from torchvision.models.resnet import BasicBlock
+
+    from engine.quantize.methods import static
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), BasicBlock(8, 8),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    calibration = [torch.rand(16, 1, 8, 8) for _ in range(4)]
+    result = static(model, (None, None), torch.rand(2, 1, 8, 8), calibration, "test")
+    assert result.quantized == ["0", "1.conv1", "1.conv2", "4"] and result.float == []
+    with torch.no_grad():
+        out = result.program.module()(torch.rand(5, 1, 8, 8))
+    assert out.shape == (5, 10) and torch.isfinite(out).all()  # trained accuracy is checked above

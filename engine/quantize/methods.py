@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.errors import BadInput
 from engine.quantize.artifact import Normalized, export, strip_unused
-from engine.quantize.training import has, x86_quantizer
+from engine.quantize.training import has, quantizer_prepare
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 DEQUANT_WEIGHT = ("dequantize_per_channel", "dequantize_per_tensor")
@@ -65,7 +65,7 @@ def static(model: nn.Module, norm: tuple[Any, Any], example: torch.Tensor,
 
     names = weighted_layers(model)
     graph = export(Normalized(model, *norm).eval(), example, what).module()  # calibrated on [0, 1] images
-    prepared = prepare_pt2e(graph, x86_quantizer(is_qat=False))
+    prepared = quantizer_prepare(prepare_pt2e, graph, False, what)
     with torch.no_grad():
         for x in calibration:
             prepared(x)

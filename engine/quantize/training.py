@@ -52,6 +52,43 @@ def x86_quantizer(is_qat: bool) -> Any:
     return quantizer
 
 
+ACTIVATIONS = ("ReLU", "ReLU6", "Hardtanh", "SiLU", "GELU", "Hardswish", "LeakyReLU")
+
+
+def separate_reused_activations(gm: torch.fx.GraphModule) -> int:
+    """Give each call of a reused activation module its own identity in the graph's metadata.
+
+    torchvision's ResNet blocks call one `self.relu` twice; the quantizer groups graph nodes
+    into partitions by the module they came from, so both calls land in one partition with two
+    outputs and the x86 quantizer's conv-add-relu matching fails ("Input partition has more
+    than one output node"). Returns how many calls were separated.
+    """
+    seen: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or not stack:
+            continue
+        key, (fqn, cls) = list(stack.items())[-1]
+        name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+        if name not in ACTIVATIONS:
+            continue
+        seen[fqn] = seen.get(fqn, 0) + 1
+        if seen[fqn] > 1:
+            node.meta["nn_module_stack"] = {**stack, key: (f"{fqn}@{seen[fqn]}", cls)}
+    return sum(n - 1 for n in seen.values())
+
+
+def quantizer_prepare(prepare: Any, graph: torch.fx.GraphModule, is_qat: bool, what: str) -> torch.fx.GraphModule:
+    """PT2E's prepare (observers, or fake quantization for QAT) with the x86 quantizer; a model
+    the quantizer cannot annotate is bad input, named."""
+    separate_reused_activations(graph)
+    try:
+        return prepare(graph, x86_quantizer(is_qat=is_qat))
+    except Exception as exc:  # noqa: BLE001 - the quantizer's pattern matching failed on this model
+        raise BadInput(f"{what}: the x86 quantizer cannot annotate this model ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
+
+
 def prepare_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """The fake-quantized model QAT trains: deterministic, so a resume or the convert step
     rebuilds the same module and loads the checkpoint's state into it."""
@@ -68,7 +105,7 @@ def prepare_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     graph = export(model.train(), example, "quantize.qat = true").module()
-    prepared = prepare_qat_pt2e(graph, x86_quantizer(is_qat=True))
+    prepared = quantizer_prepare(prepare_qat_pt2e, graph, True, "quantize.qat = true")
     allow_exported_model_train_eval(prepared)  # .train()/.eval() switch BatchNorm and dropout
     _rng_neutral(prepared)
     return prepared
