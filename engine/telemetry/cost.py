@@ -180,13 +180,15 @@ class CostMeter:
         kind = event.get("type")
         if kind == "cost":
             return
-        now = self.clock()
+        stamp = event.get("t")  # the event's own time: marks then agree with the events file
+        now = stamp if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else self.clock()
         self.advance(now)
         if kind == "resume" and isinstance(event.get("step"), int):
             self.step, self.step_total = event["step"], self.total
         elif kind == "state":
             state = event.get("state")
             if state == "running" and self.start is None:
+                self.step_total = self.total
                 self.start = (self.step, self.total)
                 self.marks.add(self.step, self.total)
             if state in FORCED_STATES:
@@ -213,14 +215,18 @@ class CostMeter:
         if now - self.last_sent >= self.every_s:
             self._send(now)
 
+    def tick(self) -> None:
+        """Bill the time so far and report it if no cost event went out for `every_s` (a pause)."""
+        with self.lock:
+            now = self.clock()
+            self.advance(now)
+            if now - self.last_sent >= self.every_s:
+                self._send(now)
+
     def _ticks(self) -> None:
-        while not self.done.wait(self.every_s):
+        while not self.done.wait(self.every_s / 4):
             try:
-                with self.lock:
-                    now = self.clock()
-                    self.advance(now)
-                    if now - self.last_sent >= self.every_s:
-                        self._send(now)
+                self.tick()
             except Exception:  # noqa: BLE001 - telemetry closing under us
                 return
 

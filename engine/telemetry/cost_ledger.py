@@ -104,8 +104,7 @@ class Session:
 
 
 def _add_marks(marks: dict[int, Decimal], e: dict[str, Any]) -> None:
-    for step_key, dollars_key in (("from_step", "from_accumulated"), ("step", "step_accumulated"),
-                                  ("checkpoint_step", "checkpoint_accumulated")):
+    for step_key, dollars_key in (("step", "step_accumulated"), ("checkpoint_step", "checkpoint_accumulated")):
         step, spent = e.get(step_key), _num(e.get(dollars_key))
         if isinstance(step, int) and not isinstance(step, bool) and spent is not None:
             marks.setdefault(step, spent)  # read backwards: the newest mark of a step wins
@@ -140,6 +139,10 @@ def last_session(path: Path, down_to_step: int | None = None) -> Session | None:
             found.last_step = e
         if found.last_step is not None and (down_to_step is None or any(s <= down_to_step for s in found.marks)):
             break
+    if found is not None:  # where the session began training: the mark below all others
+        step, spent = found.cost.get("from_step"), _num(found.cost.get("from_accumulated"))
+        if isinstance(step, int) and spent is not None:
+            found.marks.setdefault(step, spent)
     return found
 
 
