@@ -87,7 +87,8 @@ def _number(value: Any) -> float | None:
 STEP_NUMBERS = ("step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s", "steps_per_s",
                 "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s")
 CHECKPOINT_NUMBERS = ("t", "step", "seconds", "bytes")
-COST_NUMBERS = ("price_per_hour", "accumulated", "projected")
+COST_NUMBERS = ("price_per_hour", "accumulated", "projected", "price_age_s", "savings", "lost", "lost_steps",
+                "per_epoch", "per_1k_samples", "on_demand_per_hour")
 
 
 def _numbers_only(e: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -26,10 +26,40 @@ class CostPane(TextPane):
             t.append("not on a cloud instance\n")
         c = h.cost
         if c:
-            cur = clean(str(c.get("currency", "USD")))[:8]
-            t.append(f"{c.get('accumulated', 0):.4f} {cur} so far\n")
-            t.append(f"{c.get('projected', 0):.4f} {cur} projected\n")
-            t.append(f"at {c.get('price_per_hour', 0):.3f} {cur}/h ({clean(str(c.get('source', '?')))[:20]})")
+            self._money(t, c)
         else:
             t.append("no price set (cost.price_per_hour)")
         self.text = t
+
+    @staticmethod
+    def _money(t: Text, c: dict) -> None:
+        """So far, per hour (with the price's source and age), projected, saved on spot, lost."""
+        cur = clean(str(c.get("currency", "USD")))[:8]
+        t.append(f"{_num(c.get('accumulated')):.4f} {cur} so far\n")
+        source = clean(str(c.get("source", "?")))[:40]
+        t.append(f"{_num(c.get('price_per_hour')):.3f} {cur}/h  {source}, {_age(c.get('price_age_s'))}\n")
+        if _is_num(c.get("projected")):
+            t.append(f"{c['projected']:.4f} {cur} projected\n")
+        if _is_num(c.get("savings")):
+            t.append(f"{c['savings']:.4f} {cur} saved on spot\n", style="green")
+        if _is_num(c.get("lost")) and c["lost"] > 0:
+            steps = c.get("lost_steps") if _is_num(c.get("lost_steps")) else "?"
+            t.append(f"{c['lost']:.4f} {cur} lost to interruptions ({steps} steps redone)", style="yellow")
+
+
+def _is_num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _num(value) -> float:
+    return value if _is_num(value) else 0.0
+
+
+def _age(seconds) -> str:
+    """How old the price is: 'fixed' for a configured price, else s, min, h or days."""
+    if not _is_num(seconds):
+        return "fixed"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} old"
+    return f"{seconds:.0f} s old"
