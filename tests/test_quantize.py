@@ -295,6 +295,8 @@ def test_bad_quantized_training_configs_exit_2_before_a_run_directory_exists(run
         "qat-untraceable": (BRANCHY + "[quantize]\nqat = true\n", "torch.export cannot trace this model"),
         "qat-ddp": (CNN + "[quantize]\nqat = true\n[distributed]\nnproc = 2\n", "runs in one process for now"),
         "qat-and-float8": (MLP + "[quantize]\nqat = true\nfloat8 = true\n", "pick one"),
+        "qat-compiled": (CNN.replace("[train]", "[train]\ncompile = true") + "[quantize]\nqat = true\n",
+                         "torch.compile fails on PT2E's fused fake-quantization op"),
     }
     if torch.cuda.is_available():
         del cases["float8-on-cpu"]

@@ -422,6 +422,10 @@ class Config(Section):
             field = "quantize.qat" if q.qat else "quantize.float8"
             raise ValueError(f"{field} = true: quantized training runs in one process for now "
                              f"(distributed.nproc = {d.nproc}, strategy {d.strategy!r})")
+        if q.qat and self.train.compile:
+            raise ValueError("quantize.qat = true with train.compile = true: torch.compile fails on PT2E's fused "
+                             "fake-quantization op (its meta kernel gets the observer shapes wrong); train QAT "
+                             "uncompiled (the int8 model it converts to is compiled for inference)")
         return self
 
 
