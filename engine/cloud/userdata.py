@@ -8,6 +8,7 @@ chain, through IMDSv2); none is ever written into the script.
 
 from __future__ import annotations
 
+import json
 import shlex
 
 #: EC2 refuses user data above 16 KB (before base64).
@@ -51,8 +52,8 @@ def build(config_toml: str, run_id: str, s3_uri: str, region: str, install: str 
     ]
     if source is not None:
         bucket, key = source
-        fetch = (f"import boto3; boto3.client('s3').download_file({bucket!r}, {key!r}, "
-                 f"'{WORK}/training-cockpit.tar.gz')")
+        fetch = (f'import boto3; boto3.client("s3").download_file({json.dumps(bucket)}, {json.dumps(key)}, '
+                 f'"{WORK}/training-cockpit.tar.gz")')
         lines += [f"\"$PY\" -c {q(fetch)} || exit 1",
                   "\"$PY\" -m pip install --quiet \"$WORK/training-cockpit.tar.gz\" || exit 1"]
     else:
