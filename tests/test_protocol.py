@@ -44,6 +44,10 @@ SAMPLE = {
     "skipped_steps": 1, "tflops": 12.5, "mfu": 0.41, "bound": "input", "share": 0.62,
     "field": "data.num_workers", "remedy": "raise data.num_workers", "stall_s": 0.004,
     "teacher": "runs/20261201-teacher", "sha256": "9f2c" * 16, "temperature": 3.0, "alpha": 0.5,
+    "price_age_s": 42.0, "currency": "USD", "per_epoch": 0.03, "per_1k_samples": 0.0004, "remaining_steps": 300,
+    "lost": 0.01, "lost_steps": 7, "on_demand_per_hour": 32.77, "savings": 0.4, "since": 1732406000.5,
+    "step_accumulated": 0.11, "from_step": 100, "from_accumulated": 0.05, "checkpoint_step": 110,
+    "checkpoint_accumulated": 0.1,
 }
 
 
