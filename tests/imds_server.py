@@ -35,6 +35,7 @@ class ImdsServer:
         self.tokens: dict[str, float] = {}            # token -> expiry (monotonic)
         self.max_ttl: float | None = None             # cap the TTL given (an "expiring token")
         self.log: list[tuple[str, str, int]] = []     # (method, path, status) of every request
+        self.hung_at: list[float] = []                # when each unanswered request came (unix s)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +59,7 @@ class ImdsServer:
                     return False
                 with server.lock:
                     server.log.append((self.command, self.path, 0))
+                    server.hung_at.append(time.time())
                 while server.silent.is_set() and not server.closing:
                     time.sleep(0.05)
                 self.close_connection = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.cloud.imds import ENDPOINT_ENV, ImdsClient, disabled_by_env
+from engine.cloud.imds import ENDPOINT_ENV, ImdsClient, disabled_by_env, endpoint_from
 
 DMI = Path("/sys/devices/virtual/dmi/id")
 
@@ -22,12 +22,13 @@ def _read(path: Path) -> str:
         return ""
 
 
-def looks_like_ec2(dmi: Path = DMI) -> bool:
+def looks_like_ec2(dmi: Path | None = None) -> bool:
     """The machine's firmware says EC2: vendor 'Amazon EC2' (Nitro) or an 'i-...' asset tag."""
+    dmi = DMI if dmi is None else dmi
     return "amazon" in _read(dmi / "sys_vendor").lower() or _read(dmi / "board_asset_tag").startswith("i-")
 
 
-def metadata_allowed(cfg, environ: dict[str, str] | None = None, dmi: Path = DMI) -> bool:
+def metadata_allowed(cfg, environ: dict[str, str] | None = None, dmi: Path | None = None) -> bool:
     """Whether this engine may send anything to the metadata endpoint."""
     env = os.environ if environ is None else environ
     if disabled_by_env(env):
@@ -35,6 +36,6 @@ def metadata_allowed(cfg, environ: dict[str, str] | None = None, dmi: Path = DMI
     return bool(cfg.spot.enabled or cfg.spot.endpoint or env.get(ENDPOINT_ENV)) or looks_like_ec2(dmi)
 
 
-def client_for(cfg, environ: dict[str, str] | None = None, dmi: Path = DMI) -> ImdsClient | None:
+def client_for(cfg, environ: dict[str, str] | None = None, dmi: Path | None = None) -> ImdsClient | None:
     """A metadata client for this config, or None where none is allowed."""
-    return ImdsClient(cfg.spot.endpoint) if metadata_allowed(cfg, environ, dmi) else None
+    return ImdsClient(endpoint_from(cfg.spot.endpoint, environ)) if metadata_allowed(cfg, environ, dmi) else None
