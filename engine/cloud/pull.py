@@ -33,6 +33,8 @@ def locate(arg: str, root: Path, s3_uri: str | None) -> tuple[Path, list[str]]:
     local = next((c for c in (Path(arg), root / arg) if (c / "config.toml").is_file()), None)
     configured = _configured_uri(local) if local else None
     uri = s3_uri or configured
+    if local is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
+        return local, []  # one rank of several: the launcher pulled already, and rank 0 holds the lease
     if uri is None:
         if local is None:
             raise BadInput(f"run {arg!r}: no run directory with a config.toml here or under {str(root)!r} "
