@@ -48,6 +48,8 @@ SAMPLE = {
     "lost": 0.01, "lost_steps": 7, "on_demand_per_hour": 32.77, "savings": 0.4, "since": 1732406000.5,
     "step_accumulated": 0.11, "from_step": 100, "from_accumulated": 0.05, "checkpoint_step": 110,
     "checkpoint_accumulated": 0.1,
+    "what": "checkpoint", "ok": True, "uri": "s3://bucket/runs/x/checkpoints/step-00000120.pt",
+    "file": "step-00000120.pt", "multipart": True, "pending": ["step-00000130.pt"], "error": "timed out",
 }
 
 
