@@ -194,6 +194,7 @@ class RunHistory:
         ys = self.smooth.ys
         self.ema = ys[-1] if ys else None
         self.logs.append(("info", f"resumed from {e.get('checkpoint')} at step {int(step)}"))
+        self.spot = {}  # the notice was for the session before; this one says where it runs
 
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
         self.checkpoints[str(e["path"])] = _numbers_only(e, CHECKPOINT_NUMBERS)
@@ -215,7 +216,8 @@ class RunHistory:
         self.cost = _numbers_only(e, COST_NUMBERS)
 
     def _on_spot(self, e: dict[str, Any]) -> None:
-        self.spot = e
+        # a status starts afresh (a new session, maybe a new instance); the others add to it
+        self.spot = dict(e) if e.get("kind", "status") == "status" else {**self.spot, **e}
 
     def _on_distill(self, e: dict[str, Any]) -> None:
         metrics = e.get("metrics")

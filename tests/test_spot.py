@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cockpit_helpers import until
 from conftest import engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
 from engine.checkpoint.store import load
 from engine.cloud import detect, imds
@@ -75,6 +76,8 @@ every_steps = 1
 max_step_events_per_s = 100000
 status_every_s = 0.2
 tensorboard = false
+[cost]
+price_per_hour = 1.006
 [spot]
 poll_s = 0.1
 """
@@ -422,5 +425,33 @@ def test_a_service_that_never_answers_does_not_stall_training(scenarios):
     assert any(h < e["t"] < h + 0.9 for h in hung for e in steps), (hung, [e["t"] for e in steps][:5])
 
 
-def test_report_how_long_each_scenario_took(scenarios):
-    print({name: round(getattr(sc, "took_s", 0), 1) for name, sc in scenarios.items()})
+async def test_the_cockpit_shows_the_spot_pane_with_price_and_countdown(scenarios, tmp_path: Path):
+    from cockpit.app import CockpitApp
+    from cockpit.settings import Settings
+    from cockpit.widgets.spot_pane import SpotPane
+
+    sc = scenarios["evaluation"]
+    at = imds.parse_time(sc.spot("notice")[0]["notice_time"])
+    app = CockpitApp(sc.run.parent, run=sc.run, user=Settings(), poll_gpu=False, clock=lambda: at - 75)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = app.screen.query_one(SpotPane)
+        await until(pilot, lambda: pane.display and "interruption" in pane.text.plain, what="the spot pane")
+        text = pane.text.plain
+        assert text.startswith("spot g5.xlarge  us-east-1b")
+        assert "1.0060 USD/h (config" in text  # the price and its source, from the cost events
+        assert "preempted: saved, " in text and " s to spare" in text
+        assert "interruption (terminate) in 1:15" in text
+        app.save_screenshot(str(tmp_path / "spot.svg"))
+
+
+async def test_the_spot_pane_stays_hidden_without_spot_events(scenarios):
+    from cockpit.app import CockpitApp
+    from cockpit.settings import Settings
+    from cockpit.widgets.spot_pane import SpotPane
+
+    run = scenarios["reference"].run  # no metadata service: no spot event
+    app = CockpitApp(run.parent, run=run, user=Settings(), poll_gpu=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.link is not None and app.link.history.state == "finished", what="the run")
+        await pilot.pause(0.6)
+        assert not app.screen.query_one(SpotPane).display

@@ -28,6 +28,7 @@ from cockpit.widgets.log_pane import LogPane
 from cockpit.widgets.loss_pane import LossPane
 from cockpit.widgets.lr_pane import LrPane
 from cockpit.widgets.pane import Pane
+from cockpit.widgets.spot_pane import SpotPane
 from cockpit.widgets.steptime_pane import StepTimePane
 from cockpit.widgets.throughput_pane import ThroughputPane
 
@@ -78,6 +79,7 @@ class RunScreen(RunControl, SizedScreen):
                     yield ThroughputPane()
                     yield StepTimePane()
                     yield CostPane()
+                    yield SpotPane(clock=self.clock)
                     yield DistillPane()
             with Horizontal(id="bottom"):
                 yield LogPane()
