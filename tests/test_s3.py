@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -197,3 +198,14 @@ def test_a_sharded_checkpoint_directory_uploads_file_by_file(tmp_path: Path, mot
     assert sorted(p.name for p in (pulled / "checkpoints" / "step-00000007.shards").iterdir()) == [
         "rank-00000.pt", "rank-00001.pt"]
     assert (pulled / "config.toml").read_text() == "[train]\nepochs = 1\n"
+
+
+def test_unreachable_s3_exits_2_naming_it_and_a_plain_run_never_imports_boto3(tmp_path: Path):
+    done = run_engine("resume", "r1", "--s3", "s3://some-bucket/runs", "--runs-dir", str(tmp_path / "runs"))
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert "S3 at s3://some-bucket/runs/r1 could not be used" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()
+    probe = ("import sys, engine.cli, engine.run.session, engine.cloud.pull, engine.cloud.mirror, engine.cloud.launch; "
+             "engine.cli.build_parser(); print('boto3' in sys.modules, 'botocore' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=aws_env("http://127.0.0.1:9"))
+    assert out.stdout.split() == ["False", "False"], out.stderr

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.checkpoint.atomic import write_atomic, write_json_atomic
 from engine.cloud.lease import refuse_if_held
-from engine.cloud.s3 import S3Location, client, is_missing, transfer_config, uri_problem
+from engine.cloud.s3 import S3Location, client, is_missing, transfer_config, unreachable, uri_problem
 from engine.errors import BadInput
 
 
@@ -42,7 +42,13 @@ def locate(arg: str, root: Path, s3_uri: str | None) -> tuple[Path, list[str]]:
         return local, []
     if local is None:
         local = Path(arg) if os.sep in arg or arg.startswith(".") else root / arg
-    pull(local, S3Location.parse(uri).child(local.name), f"resume {arg!r}")
+    where = S3Location.parse(uri).child(local.name)
+    try:
+        pull(local, where, f"resume {arg!r}")
+    except BadInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore: no network, no access, no bucket
+        raise unreachable(f"resume {arg!r}", where, exc) from None
     return local, ([f"checkpoint.s3_uri={json.dumps(uri)}"] if s3_uri and s3_uri != configured else [])
 
 

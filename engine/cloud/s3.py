@@ -98,3 +98,13 @@ def is_missing(exc: BaseException) -> bool:
 def is_precondition(exc: BaseException) -> bool:
     """A conditional write lost: 412 PreconditionFailed, or 409 ConditionalRequestConflict."""
     return error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def unreachable(what: str, where: Any, exc: BaseException) -> Exception:
+    """BadInput for an S3 call that failed (no access, no network): the message masked of secrets."""
+    from engine.errors import BadInput
+    from engine.telemetry.redact import redact
+
+    detail = redact(f"{type(exc).__name__}: {exc}")[:300]
+    return BadInput(f"{what}: S3 at {where} could not be used ({detail}); check the bucket, the network and "
+                    "the credentials boto3 finds (environment, ~/.aws, instance profile); nothing was changed")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.cloud.lease import Lease
-from engine.cloud.s3 import S3Location, client, is_missing
+from engine.cloud.s3 import S3Location, client, is_missing, unreachable
 from engine.errors import BadInput
 
 
@@ -22,11 +22,16 @@ def take_lease(cfg: Any, run_id: str, new: bool) -> Lease | None:
     where = location(cfg, run_id)
     if where is None:
         return None
-    s3 = client()
-    if new and exists(s3, where):
-        raise BadInput(f"--run-id {run_id!r}: {where} already holds a run; continue it with "
-                       f"`cockpit-engine resume {run_id} --s3 {cfg.checkpoint.s3_uri}` or pick another id")
-    return Lease(s3, where, cfg.checkpoint.s3_lease_s).acquire(f"run {run_id!r}")
+    try:
+        s3 = client()
+        if new and exists(s3, where):
+            raise BadInput(f"--run-id {run_id!r}: {where} already holds a run; continue it with "
+                           f"`cockpit-engine resume {run_id} --s3 {cfg.checkpoint.s3_uri}` or pick another id")
+        return Lease(s3, where, cfg.checkpoint.s3_lease_s).acquire(f"run {run_id!r}")
+    except BadInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore: no network, no access, no bucket
+        raise unreachable(f"run {run_id!r}", where, exc) from None
 
 
 def mirror(cfg: Any, run_dir: Path, report: Callable[..., Any], lease: Lease | None) -> Any:
