@@ -73,6 +73,16 @@ def test_lease_is_taken_renewed_refused_and_taken_over_with_conditional_writes(m
     assert read(client, where).expired  # released: the next engine need not wait
     third = Lease(client, where, ttl_s=30).acquire("run 'r1'")
     third.release()
+    # an engine of this machine that was killed a moment ago: its unexpired lease is not waited for
+    import socket
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    client.put_object(Bucket=where.bucket, Key=where.key("lease"), Body=json.dumps(
+        {"owner": "killed", "host": socket.gethostname(), "pid": gone.pid, "expires_at": time.time() + 600}).encode())
+    fourth = Lease(client, where, ttl_s=30).acquire("run 'r1'")
+    assert read(client, where).owner == fourth.owner
+    fourth.release()
 
 
 def test_a_live_lease_refuses_the_run_and_an_expired_one_is_taken_over(tmp_path: Path, moto: str):

@@ -35,10 +35,13 @@ class Holder:
     host: str
     expires_at: float
     etag: str
+    pid: int = 0
 
     @property
     def expired(self) -> bool:
-        return self.expires_at <= time.time()
+        """Past its expiry, or held by a process of this machine that no longer exists (an engine
+        killed here a moment ago need not be waited for)."""
+        return self.expires_at <= time.time() or (self.host == socket.gethostname() and not _alive(self.pid))
 
     def describe(self) -> str:
         when = datetime.fromtimestamp(self.expires_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -56,7 +59,8 @@ def read(s3: Any, run: S3Location) -> Holder | None:
         raise
     try:
         doc = json.loads(obj["Body"].read())
-        return Holder(str(doc["owner"]), str(doc.get("host", "?")), float(doc["expires_at"]), obj["ETag"])
+        return Holder(str(doc["owner"]), str(doc.get("host", "?")), float(doc["expires_at"]), obj["ETag"],
+                      int(doc.get("pid") or 0))
     except (ValueError, KeyError, TypeError):  # unreadable: treat as expired, take it over
         return Holder("unreadable lease", "?", 0.0, obj["ETag"])
 
@@ -154,3 +158,16 @@ class Lease:
             except Exception:  # noqa: BLE001 - it expires by itself
                 pass
             self.etag = None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid runs here (True when unknown: never presume a death)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
