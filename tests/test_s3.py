@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -110,24 +109,31 @@ def test_a_live_lease_refuses_the_run_and_an_expired_one_is_taken_over(tmp_path:
     assert get_json(name, "runs/dead/checkpoints/latest")["step"] == 3
 
 
-def test_checkpoints_upload_multipart_and_a_new_instance_resumes_from_s3_exactly(tmp_path: Path, moto: str):
+def test_a_spot_notice_uploads_the_stop_checkpoint_multipart_and_a_new_instance_resumes_from_s3_exactly(
+        tmp_path: Path, moto: str):
+    from imds_server import ImdsServer
+
     name = bucket("ckpt")
     uri = f"s3://{name}/runs"
-    (tmp_path / "big.toml").write_text(BIG)
+    (tmp_path / "big.toml").write_text(BIG + "[spot]\npoll_s = 0.1\n")
     cut_runs, fresh_runs = tmp_path / "cut", tmp_path / "fresh"
     env = aws_env(moto, **MULTIPART)
-    proc = subprocess.Popen(engine_cmd("run", str(tmp_path / "big.toml"), "--runs-dir", str(cut_runs), "--run-id", "spot-1",
-                                       "--set", f"checkpoint.s3_uri='{uri}'"),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run = cut_runs / "spot-1"
-    wait_for(lambda: status_of(run).get("step", 0) >= 30, what="step 30")
-    os.kill(proc.pid, signal.SIGTERM)  # what a spot interruption ends in
-    _, err = proc.communicate(timeout=120)
+    with ImdsServer() as imds:  # the first instance: spot, its metadata service on loopback
+        proc = subprocess.Popen(engine_cmd("run", str(tmp_path / "big.toml"), "--runs-dir", str(cut_runs),
+                                           "--run-id", "spot-1", "--set", f"checkpoint.s3_uri='{uri}'"),
+                                env={**env, "AWS_EC2_METADATA_DISABLED": "false",
+                                     "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run = cut_runs / "spot-1"
+        wait_for(lambda: status_of(run).get("step", 0) >= 30, what="step 30")
+        imds.notice(120)  # AWS's two-minute warning
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_STOPPED, err
+    assert status_of(run)["state"] == "preempted"
     stopped_at = status_of(run)["step"]
     assert stopped_at < 135
 
-    # close() waited for the stop checkpoint's upload: S3's pointer names it, and it went up in parts
+    # close() waited for the preemption checkpoint's upload: S3's pointer names it, in two parts
     pointer = get_json(name, "runs/spot-1/checkpoints/latest")
     assert pointer == {"file": f"step-{stopped_at:08d}.pt", "step": stopped_at}
     head = s3().head_object(Bucket=name, Key=f"runs/spot-1/checkpoints/{pointer['file']}")
@@ -143,7 +149,7 @@ def test_checkpoints_upload_multipart_and_a_new_instance_resumes_from_s3_exactly
     stored = [k for k in keys if "/checkpoints/step-" in k]
     assert 1 <= len(stored) <= 3 + 1  # keep_last (plus the best) in S3 too
     s3_events = s3().get_object(Bucket=name, Key="runs/spot-1/events.jsonl")["Body"].read().decode()
-    assert '"state": "stopped"' in s3_events.replace('"state":"stopped"', '"state": "stopped"')
+    assert '"state": "preempted"' in s3_events.replace('"state":"preempted"', '"state": "preempted"')
 
     # a new instance: no local directory at all, only the run id and the bucket (beside it, the
     # uninterrupted reference run)
@@ -158,7 +164,7 @@ def test_checkpoints_upload_multipart_and_a_new_instance_resumes_from_s3_exactly
     for key, tensor in ref["model"].items():
         assert torch.equal(ours["model"][key], tensor), f"weights differ at {key}"
     history = events_of(fresh)
-    assert any(e["type"] == "state" and e["state"] == "stopped" for e in history)  # the first instance's
+    assert any(e["type"] == "state" and e["state"] == "preempted" for e in history)  # the first instance's
     assert [e for e in history if e["type"] == "resume"][-1]["step"] == stopped_at
     assert get_json(name, "runs/spot-1/checkpoints/latest")["step"] == 135
 
