@@ -63,6 +63,21 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever sys.stderr is when a record comes (detach and tests replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 _configured = False
 
 
@@ -73,7 +88,7 @@ def quiet_aws_loggers() -> None:
         return
     _configured = True
     debug = os.environ.get("COCKPIT_DEBUG_AWS", "").lower() in ("1", "true", "yes")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     handler.addFilter(RedactingFilter())
     for name in AWS_LOGGERS:
