@@ -24,7 +24,6 @@ from engine.cloud import detect, imds
 from engine.cloud.facts import InstanceFacts
 from engine.cloud.imds import ImdsClient, MetadataUnavailable, instance_action, instance_facts, rebalance
 from engine.cloud.spot import watcher_for
-from engine.config.loading import load as load_config
 from engine.config.schema import Config
 from engine.protocol import EXIT_FINISHED, EXIT_STOPPED
 from imds_server import ImdsServer
@@ -250,7 +249,7 @@ class Scenario:
         self.exited_at: float | None = None
         self.server: ImdsServer | None = None
 
-    def go(self, drive=None, silent: bool = False) -> "Scenario":
+    def go(self, drive=None, silent: bool = False, extra: tuple[str, ...] = ()) -> "Scenario":
         self.folder.mkdir(parents=True)
         (self.folder / "run.toml").write_text(self.config)
         runs = self.folder / "runs"
@@ -259,7 +258,7 @@ class Scenario:
             if silent:  # it accepts every request and never answers, from the start
                 server.silent.set()
             env = imds_env(server) if self.imds else engine_env()
-            proc = subprocess.Popen(engine_cmd("run", str(self.folder / "run.toml"), "--runs-dir", str(runs)),
+            proc = subprocess.Popen(engine_cmd("run", str(self.folder / "run.toml"), "--runs-dir", str(runs), *extra),
                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             drain = threading.Thread(target=lambda: setattr(self, "stderr", proc.stderr.read()), daemon=True)
             drain.start()
@@ -329,9 +328,10 @@ def scenarios(tmp_path_factory) -> dict[str, Scenario]:
         "notice": run_notice,
         "reference": lambda: Scenario(base / "reference", SPOT, imds=False).go(),
         "evaluation": lambda: Scenario(base / "evaluation", LONG_EVAL).go(notice_during_evaluation),
+        "ddp-evaluation": lambda: Scenario(base / "ddp-evaluation", LONG_EVAL.replace(
+            "synthetic_samples = 150000", "synthetic_samples = 300000")).go(notice_during_evaluation, extra=("--nproc", "2")),
         "rebalance": lambda: Scenario(base / "rebalance", SPOT.replace("epochs = 3", "epochs = 1").replace(
             "every_steps = 5", "every_steps = 1000")).go(rebalance_at_step),  # its checkpoint is the only one
-        "on-demand": lambda: Scenario(base / "on-demand", SPOT.replace("epochs = 3", "epochs = 1"), "on-demand").go(),
         "silent": lambda: Scenario(base / "silent", SPOT.replace("epochs = 3", "epochs = 1")).go(silent=True),
     }
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -383,6 +383,17 @@ def test_a_notice_during_a_long_evaluation_abandons_it(scenarios):
     assert load(sorted((sc.run / "checkpoints").glob("step-*.pt"))[-1])["trainer"]["epoch"] == 0
 
 
+def test_under_ddp_every_rank_leaves_the_evaluation_at_the_same_batch_and_exits_3(scenarios):
+    sc = scenarios["ddp-evaluation"]
+    assert sc.returncode == EXIT_STOPPED, sc.stderr
+    assert sc.exited_at - sc.notice_at < EXIT_BOUND_S
+    assert sc.events("eval") == []
+    final = sc.events("state")[-1]
+    assert final["state"] == "preempted" and final["step"] == 4
+    ckpt = load(sorted((sc.run / "checkpoints").glob("step-*.pt"))[-1])
+    assert ckpt["step"] == 4 and ckpt["world_size"] == 2
+
+
 def test_an_expired_token_is_renewed_and_the_notice_still_seen(scenarios):
     sc = scenarios["notice"]  # its token was made to expire just before the notice
     assert sc.returncode == EXIT_STOPPED, sc.stderr
@@ -405,12 +416,26 @@ def test_a_rebalance_recommendation_checkpoints_early_without_stopping(scenarios
     assert len(sc.server.requests("instance-action")) >= 2
 
 
-def test_on_demand_shows_its_status_and_polls_no_notice(scenarios):
-    sc = scenarios["on-demand"]
-    assert sc.returncode == EXIT_FINISHED, sc.stderr
-    (status,) = sc.spot("status")
-    assert status["lifecycle"] == "on-demand" and status["instance_type"] == "g5.xlarge"
-    assert sc.server.requests("instance-action") == [], "no notice comes to an on-demand instance"
+def test_on_demand_shows_its_status_and_polls_no_notice(monkeypatch):
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "false")
+    events: list[tuple[str, dict]] = []
+    with ImdsServer(lifecycle="on-demand") as server:
+        monkeypatch.setenv(imds.ENDPOINT_ENV, server.url)
+        watcher = watcher_for(load_config_text("[spot]\npoll_s = 0.05\n"), lambda t, **f: events.append((t, f)))
+        watcher.start()
+        try:
+            wait_for(lambda: not watcher.thread.is_alive(), timeout=10, what="the watcher to stop asking")
+            assert watcher.poll().reason == 0
+        finally:
+            watcher.close()
+        assert events == [("spot", {"kind": "status", "step": 0, "lifecycle": "on-demand", "instance_type": "g5.xlarge",
+                                    "zone": "us-east-1b", "region": "us-east-1"})]
+        assert server.requests("instance-action") == [], "no notice comes to an on-demand instance"
+
+
+def load_config_text(text: str) -> Config:
+    import tomllib
+    return Config.model_validate(tomllib.loads(text))
 
 
 def test_a_service_that_never_answers_does_not_stall_training(scenarios):

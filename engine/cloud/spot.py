@@ -12,7 +12,6 @@ type, zone, once known), rebalance, notice, and preempted (after the last checkp
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable
 
 from engine.cloud.detect import client_for
