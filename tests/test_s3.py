@@ -225,3 +225,23 @@ def test_unreachable_s3_exits_2_naming_it_and_a_plain_run_never_imports_boto3(tm
              "engine.cli.build_parser(); print('boto3' in sys.modules, 'botocore' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=aws_env("http://127.0.0.1:9"))
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_an_engine_whose_lease_was_taken_over_stops_and_leaves_the_new_owner_alone(tmp_path: Path, moto: str):
+    name = bucket("lease-lost")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    proc = subprocess.Popen(engine_cmd("run", str(tmp_path / "tiny.toml"), "--runs-dir", str(tmp_path / "runs"),
+                                       "--run-id", "r", "--set", f"checkpoint.s3_uri='s3://{name}/runs'",
+                                       "--set", "checkpoint.s3_lease_s=5", "--set", "train.epochs=30"),
+                            env=aws_env(moto), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "runs" / "r"
+    wait_for(lambda: status_of(run).get("step", 0) >= 10, what="step 10")
+    usurper = json.dumps({"owner": "usurper:1:x", "host": "usurper", "expires_at": time.time() + 600}).encode()
+    s3().put_object(Bucket=name, Key="runs/r/lease", Body=usurper)  # as if ours had expired and been taken
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STOPPED, err
+    final = [e for e in events_of(run) if e["type"] == "state"][-1]
+    assert final["state"] == "stopped" and "lease was lost" in final["reason"] and "usurper:1:x" in final["reason"]
+    assert any(e["type"] == "s3" and e["action"] == "lease_lost" for e in events_of(run))
+    assert get_json(name, "runs/r/lease")["owner"] == "usurper:1:x"  # never overwritten, never released
+    assert get_json(name, "runs/r/checkpoints/latest")["step"] < final["step"]  # the pointer stayed put

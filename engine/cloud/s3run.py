@@ -52,3 +52,17 @@ def exists(s3: Any, where: S3Location) -> bool:
         if is_missing(exc):
             return False
         raise
+
+
+class LeaseWatch:
+    """A boundary source: stop the run (exit 3) once another engine has taken its lease over."""
+
+    def __init__(self, lease: Lease):
+        self.lease = lease
+
+    def poll(self) -> Any:
+        from engine.train.boundary import Plan, Reason
+
+        if self.lease.lost:
+            return Plan(Reason.STOP_COMMAND, why=f"the run's lease was lost: {self.lease.lost}")
+        return Plan()

@@ -132,7 +132,8 @@ def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool, detached
         console = console_mode(json_mode, detached) if dist.main else "none"
         announce(run, console, "new")
         tele = telemetry_for(cfg, run, console, None, *lease) if dist.main else Telemetry([])
-        return _train(Trainer(cfg, spec, model, run, tele, dist=dist, teacher=teacher), tele, run, console)
+        return _train(Trainer(cfg, spec, model, run, tele, dist=dist, teacher=teacher), tele, run, console,
+                      *lease)
     finally:
         for held in lease:
             held.release()  # idempotent: the mirror's close() normally did it
@@ -208,7 +209,7 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
             tele.emit("log", level="warning", message=message)
         tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=name)
         return _train(Trainer(cfg, spec, model, run, tele, resume=state, dist=dist, teacher=teacher),
-                      tele, run, console)
+                      tele, run, console, lease)
     finally:
         if lease is not None:
             lease.release()  # idempotent: the mirror's close() normally did it
@@ -260,7 +261,11 @@ def _teacher_of(state: dict[str, Any]) -> str | None:
     return teacher.get("sha256") if isinstance(teacher, dict) else None
 
 
-def _train(trainer: Trainer, tele: Telemetry, run: RunDir, console: str) -> int:
+def _train(trainer: Trainer, tele: Telemetry, run: RunDir, console: str, lease=None) -> int:
+    if lease is not None:  # another engine took the run over in S3: stop (exit 3)
+        from engine.cloud.s3run import LeaseWatch
+
+        trainer.sources.append(LeaseWatch(lease))
     try:
         result = trainer.train()
     finally:
