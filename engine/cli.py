@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3", metavar="s3://BUCKET/PREFIX",
                    help="the run is mirrored to PREFIX/RUN-ID in S3 (checkpoint.s3_uri): pull it when "
                         "the local directory is missing or older, as on a new instance")
+    p.add_argument("--wait-lease", type=float, default=0.0, metavar="SECONDS",
+                   help="with a mirrored run another engine still owns: wait up to SECONDS for its lease "
+                        "to be released or to expire (a relaunched spot instance; default: refuse at once)")
     _common(p)
     p.set_defaults(func=cmd_resume)
 
@@ -224,7 +227,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from engine.cloud.pull import locate
     from engine.run.rundir import runs_root
 
-    run, s3_sets = locate(args.run, runs_root(args.runs_dir, None), args.s3)  # boto3 only if mirrored
+    run, s3_sets = locate(args.run, runs_root(args.runs_dir, None), args.s3, args.wait_lease)  # boto3 only if mirrored
     args.set = args.set + s3_sets
     args.set = args.set + _launch_sets(args)
     cfg = config_mod.load(run / "config.toml", args.set)  # refuse bad overrides before torch loads

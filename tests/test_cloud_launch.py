@@ -29,7 +29,7 @@ def test_the_user_data_script_installs_then_resumes_or_starts(tmp_path: Path):
     subprocess.run(["bash", "-n", str(tmp_path / "u.sh")], check=True)  # valid shell
     order = [script.index(s) for s in ("pip install --quiet 'boto3", 'download_file("b", "runs/bert-1/source/x.tar.gz"',
                                         "<<'COCKPIT_CONFIG'", "cloud exists \"$RUN_ID\" --s3 \"$S3\"",
-                                        "resume \"$RUN_ID\" --s3 \"$S3\"", "run \"$WORK/run.toml\" --run-id \"$RUN_ID\"",
+                                        "resume \"$RUN_ID\" --s3 \"$S3\" --runs-dir \"$WORK/runs\" --wait-lease 300", "run \"$WORK/run.toml\" --run-id \"$RUN_ID\"",
                                         "shutdown -h now")]
     assert order == sorted(order)
     assert "RUN_ID=bert-1\n" in script and "S3=s3://b/runs\n" in script and "AWS_DEFAULT_REGION=eu-west-1" in script

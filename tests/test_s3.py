@@ -82,6 +82,16 @@ def test_lease_is_taken_renewed_refused_and_taken_over_with_conditional_writes(m
     fourth = Lease(client, where, ttl_s=30).acquire("run 'r1'")
     assert read(client, where).owner == fourth.owner
     fourth.release()
+    # a relaunched instance waits (resume --wait-lease) for the interrupted one to let go
+    from engine.cloud.lease import refuse_if_held
+
+    client.put_object(Bucket=where.bucket, Key=where.key("lease"), Body=json.dumps(
+        {"owner": "leaving", "host": "old-instance", "expires_at": time.time() + 1.5}).encode())
+    with pytest.raises(BadInput):
+        refuse_if_held(client, where, "resume 'r1'", wait_s=0.3)
+    start = time.monotonic()
+    refuse_if_held(client, where, "resume 'r1'", wait_s=20)
+    assert 0.5 < time.monotonic() - start < 10
 
 
 def test_a_live_lease_refuses_the_run_and_an_expired_one_is_taken_over(tmp_path: Path, moto: str):

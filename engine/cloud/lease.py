@@ -65,9 +65,14 @@ def read(s3: Any, run: S3Location) -> Holder | None:
         return Holder("unreadable lease", "?", 0.0, obj["ETag"])
 
 
-def refuse_if_held(s3: Any, run: S3Location, what: str) -> None:
-    """BadInput naming the owner when a live lease on the run exists (a read; no write)."""
+def refuse_if_held(s3: Any, run: S3Location, what: str, wait_s: float = 0.0) -> None:
+    """BadInput naming the owner when a live lease on the run exists (a read; no write), after
+    waiting up to `wait_s` for it to be released or to expire."""
+    deadline = time.monotonic() + wait_s
     holder = read(s3, run)
+    while holder is not None and not holder.expired and time.monotonic() < deadline:
+        time.sleep(max(0.2, min(5.0, holder.expires_at - time.time(), deadline - time.monotonic())))
+        holder = read(s3, run)
     if holder is not None and not holder.expired:
         raise BadInput(f"{what}: {run} is owned by another engine: {holder.describe()}; "
                        "wait for it to end (or for its lease to expire), then try again")

@@ -25,9 +25,9 @@ from engine.cloud.s3 import S3Location, client, is_missing, transfer_config, unr
 from engine.errors import BadInput
 
 
-def locate(arg: str, root: Path, s3_uri: str | None) -> tuple[Path, list[str]]:
+def locate(arg: str, root: Path, s3_uri: str | None, wait_s: float = 0.0) -> tuple[Path, list[str]]:
     """The local run directory for `resume ARG [--s3 URI]`, pulled from S3 where S3 is ahead,
-    and the --set overrides that keep mirroring to URI."""
+    and the --set overrides that keep mirroring to URI (waiting up to `wait_s` for a lease)."""
     if s3_uri is not None and uri_problem(s3_uri):
         raise BadInput(f"--s3 {s3_uri!r}: {uri_problem(s3_uri)}")
     local = next((c for c in (Path(arg), root / arg) if (c / "config.toml").is_file()), None)
@@ -44,7 +44,7 @@ def locate(arg: str, root: Path, s3_uri: str | None) -> tuple[Path, list[str]]:
         local = Path(arg) if os.sep in arg or arg.startswith(".") else root / arg
     where = S3Location.parse(uri).child(local.name)
     try:
-        pull(local, where, f"resume {arg!r}")
+        pull(local, where, f"resume {arg!r}", wait_s)
     except BadInput:
         raise
     except Exception as exc:  # noqa: BLE001 - botocore: no network, no access, no bucket
@@ -80,10 +80,10 @@ def local_step(run: Path) -> int | None:
         return None
 
 
-def pull(run: Path, where: S3Location, what: str) -> str | None:
+def pull(run: Path, where: S3Location, what: str, wait_s: float = 0.0) -> str | None:
     """Bring S3's newer state into `run`; a line saying what was pulled (None: nothing to do)."""
     s3 = client()
-    refuse_if_held(s3, where, what)
+    refuse_if_held(s3, where, what, wait_s)
     latest = pointer(s3, where)
     have_config = (run / "config.toml").is_file()
     if latest is None:
