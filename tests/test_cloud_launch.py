@@ -80,6 +80,7 @@ def test_launch_status_stop_against_moto(tmp_path: Path, moto: str, capsys):
     data = ec2.describe_instance_attribute(InstanceId=by_run["r1"]["InstanceId"], Attribute="userData")
     script = base64.b64decode(data["UserData"]["Value"]).decode()
     assert "RUN_ID=r1" in script and f"s3_uri = \"s3://{name}/runs\"" in script
+    assert "[spot]\nenabled = true" in script  # the spot watcher runs, whatever the config said
     # r1 installs this project's source, uploaded beside its run
     archive = boto3.client("s3").get_object(Bucket=name, Key="runs/r1/source/training-cockpit.tar.gz")["Body"].read()
     names = tarfile.open(fileobj=io.BytesIO(archive)).getnames()

@@ -79,7 +79,8 @@ def launch(config_path: str, sets: list[str], instance_type: str, s3_uri: str, r
 
     if uri_problem(s3_uri):
         raise BadInput(f"--s3 {s3_uri!r}: {uri_problem(s3_uri)}")
-    cfg = config_mod.load(config_path, [*sets, f"checkpoint.s3_uri={json.dumps(s3_uri)}"])
+    # mirrored to S3, and watching for the interruption notice (the instance is spot)
+    cfg = config_mod.load(config_path, [*sets, f"checkpoint.s3_uri={json.dumps(s3_uri)}", "spot.enabled=true"])
     run_id = run_id or new_run_id(cfg)
     region = region or _default_region()
     where = S3Location.parse(s3_uri).child(run_id)
