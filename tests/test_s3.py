@@ -255,3 +255,50 @@ def test_an_engine_whose_lease_was_taken_over_stops_and_leaves_the_new_owner_alo
     assert any(e["type"] == "s3" and e["action"] == "lease_lost" for e in events_of(run))
     assert get_json(name, "runs/r/lease")["owner"] == "usurper:1:x"  # never overwritten, never released
     assert get_json(name, "runs/r/checkpoints/latest")["step"] < final["step"]  # the pointer stayed put
+
+
+class SlowS3:
+    """A stand-in client: records uploads; each waits for `gate` (set: no waiting)."""
+
+    def __init__(self):
+        import threading
+
+        self.gate, self.uploaded = threading.Event(), []
+
+    def upload_file(self, local, bucket_name, key, Config=None):  # noqa: N803 - boto3's spelling
+        self.gate.wait()
+        self.uploaded.append(key)
+
+    def put_object(self, **kw):
+        self.uploaded.append(kw["Key"])
+
+    def get_paginator(self, name):
+        return type("P", (), {"paginate": lambda self, **kw: [{"Contents": []}]})()
+
+    def get_object(self, **kw):
+        raise KeyError("no best")
+
+
+def test_uploads_never_block_the_caller_a_newer_checkpoint_replaces_a_waiting_one_and_close_is_bounded(tmp_path: Path):
+    from engine.cloud.mirror import S3Mirror
+    from engine.cloud.s3 import S3Location
+
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.toml").write_text("")
+    (run / "events.jsonl").write_text("")
+    for step in (5, 10, 15):
+        (run / "checkpoints" / f"step-{step:08d}.pt").write_bytes(b"x" * 100)
+    client, reports = SlowS3(), []
+    mirror = S3Mirror(run, S3Location("b", "runs/r"), lambda kind, **f: reports.append(f), 3, 0.3, s3=client)
+    start = time.perf_counter()
+    for step, best in ((5, True), (10, False), (15, False)):  # the config upload is still in flight
+        mirror.emit({"type": "checkpoint", "path": str(run / "checkpoints" / f"step-{step:08d}.pt"), "step": step,
+                     "best": best})
+    assert time.perf_counter() - start < 0.5  # staged and queued, never uploaded on the caller's thread
+    assert [j.name for j in mirror.queue] == ["step-00000005.pt", "step-00000015.pt"]  # 10 was superseded
+    mirror.close()  # 0.3 s, then gives up and says so
+    (give_up,) = [r for r in reports if r.get("action") == "give_up"]
+    assert give_up["pending"] == ["step-00000005.pt", "step-00000015.pt", "final", "(in flight)"]
+    assert "checkpoint.s3_wait_s" in give_up["error"]
+    client.gate.set()

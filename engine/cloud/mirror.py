@@ -4,7 +4,8 @@ On a `checkpoint` event the file (or an FSDP directory, file by file) is hard-li
 `<run>/.s3-staging/` at once, so `keep_last` pruning cannot pull it away, and queued; one
 thread uploads it with boto3's transfer manager (multipart above the threshold), then
 events.jsonl, and only then moves `checkpoints/latest` (and `best`) in S3, so the pointer
-always names a complete upload. A newer checkpoint replaces one still waiting in the queue.
+always names a complete upload. A newer checkpoint replaces one still waiting in the queue
+(a best one only by a best one, so S3's `best` is always uploaded).
 config.toml goes up at the start. Nothing here ever blocks a step. `close()` (finish, stop,
 preemption, failure) uploads events.jsonl and engine.log, waits for the queue (at most
 `checkpoint.s3_wait_s`, and says so in an `s3` event if it gave up), then releases the lease.
@@ -59,7 +60,7 @@ class S3Mirror:
         self.thread.start()
         if lease is not None:
             lease.on_lost = lambda why: self.report("s3", action="lease_lost", ok=False, uri=str(where),
-                                                  error=why)
+                                                    error=why)
 
     # ---- the sink ---------------------------------------------------------------------
 
@@ -72,12 +73,12 @@ class S3Mirror:
             staged, files = self._stage(path)
         except OSError as exc:  # pruned already, or a filesystem without hard links
             self.report("s3", action="upload", what="checkpoint", ok=False, step=event["step"],
-                      uri=str(self.where), error=f"could not stage {path.name}: {redact(str(exc))}")
+                        uri=str(self.where), error=f"could not stage {path.name}: {redact(str(exc))}")
             return
         job = Upload("checkpoint", path.name, int(event["step"]), bool(event.get("best")), staged, files)
         with self.cond:
-            for old in [j for j in self.queue if j.what == "checkpoint"]:
-                self.queue.remove(old)  # superseded before it started: the newest one matters
+            for old in [j for j in self.queue if j.what == "checkpoint" and (job.best or not j.best)]:
+                self.queue.remove(old)  # superseded before it started (a best one only by a best one)
                 _drop(old.staged)
             self.queue.append(job)
             self.cond.notify_all()
@@ -109,7 +110,7 @@ class S3Mirror:
             left = [j.name or j.what for j in self.queue] + (["(in flight)"] if self.busy else [])
         if left:
             self.report("s3", action="give_up", ok=False, uri=str(self.where), pending=left,
-                      error=f"gave up waiting for uploads after {self.wait_s:g} s (checkpoint.s3_wait_s)")
+                        error=f"gave up waiting for uploads after {self.wait_s:g} s (checkpoint.s3_wait_s)")
         if self.lease is not None:
             self.lease.release()
 
@@ -125,8 +126,9 @@ class S3Mirror:
             try:
                 self._do(job)
             except Exception as exc:  # noqa: BLE001 - reported; the next upload tries again
-                self.report("s3", action="upload", what=job.what, ok=False, step=job.step if job.step >= 0 else None,
-                          uri=str(self.where), error=redact(f"{type(exc).__name__}: {exc}")[:500])
+                self.report("s3", action="upload", what=job.what, ok=False,
+                            step=job.step if job.step >= 0 else None, uri=str(self.where),
+                            error=redact(f"{type(exc).__name__}: {exc}")[:500])
             finally:
                 _drop(job.staged)
                 with self.cond:
@@ -161,9 +163,9 @@ class S3Mirror:
             self._put_bytes(pointer, "checkpoints/best")
         self._prune(job.name)
         self.report("s3", action="upload", what="checkpoint", ok=True, step=job.step, file=job.name,
-                  bytes=size, seconds=round(time.perf_counter() - start, 4),
-                  multipart=any(f.stat().st_size >= self.transfer.multipart_threshold for f, _ in job.files),
-                  uri=f"{self.where}/checkpoints/{job.name}")
+                    bytes=size, seconds=round(time.perf_counter() - start, 4),
+                    multipart=any(f.stat().st_size >= self.transfer.multipart_threshold for f, _ in job.files),
+                    uri=f"{self.where}/checkpoints/{job.name}")
 
     def _put_bytes(self, body: bytes, key: str) -> None:
         self.s3.put_object(Bucket=self.where.bucket, Key=self.where.key(key), Body=body)
