@@ -1,4 +1,4 @@
-"""Spot status and accumulated cost, from the engine's spot and cost events."""
+"""What the run costs, from the engine's cost events (the spot pane shows the instance)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,18 @@ from cockpit.widgets.pane import TextPane
 
 
 class CostPane(TextPane):
-    """Spot lifecycle and money."""
+    """Money: so far, per hour with the price's source and age, projected, saved, lost."""
 
-    TITLE = "spot & cost"
-    PLACEHOLDER = "not on a cloud instance\nno price set (cost.price_per_hour)"
+    TITLE = "cost"
+    PLACEHOLDER = "no price known\n(cost.price_per_hour, cost.instance_type, or EC2's price)"
 
     def show(self, h: RunHistory) -> None:
         t = Text()
-        spot = h.spot
-        if spot:
-            t.append(clean(f"{spot.get('lifecycle', '?')} {spot.get('instance_type', '')}")[:80] + "\n")
-            if spot.get("notice"):
-                t.append(f"interruption notice: {clean(str(spot['notice']))[:200]}\n", style="bold red")
-        else:
-            t.append("not on a cloud instance\n")
         c = h.cost
         if c:
             self._money(t, c)
         else:
-            t.append("no price set (cost.price_per_hour)")
+            t.append(self.PLACEHOLDER)
         self.text = t
 
     @staticmethod
