@@ -58,6 +58,18 @@ def quantize_run(run: Path, mode: str) -> Launch:
     return Launch(done.returncode, run, "\n".join(lines[-6:]))
 
 
+def cloud_launch(config: str, instance_type: str, s3_uri: str, region: str = "", ami: str = "",
+                 dry_run: bool = False) -> Launch:
+    """`cockpit-engine cloud launch --spot CONFIG ...` to completion: an EC2 spot instance that
+    trains the config and mirrors it to S3 (the message is the command's output, or its error)."""
+    cmd = _engine("cloud", "launch", "--spot", config, "--instance-type", instance_type, "--s3", s3_uri,
+                  *(["--region", region] if region else []), *(["--ami", ami] if ami else []),
+                  *(["--dry-run"] if dry_run else []))
+    done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    text = done.stdout.strip() if done.returncode == 0 else done.stderr.strip()
+    return Launch(done.returncode, None, "\n".join(text.splitlines()[-12:]))
+
+
 def resume_run(run: Path) -> Launch:
     """Resume a stopped, failed or preempted run from its newest valid checkpoint, detached."""
     return _run(_engine("resume", str(run), "--detach"))

@@ -130,3 +130,39 @@ def test_launch_refuses_bad_input_before_any_call(tmp_path: Path, capsys, args, 
     code = main(["cloud", "launch", "--spot", str(tmp_path / "run.toml"), "--instance-type", "g5.xlarge",
                  "--region", "us-east-1", *args])
     assert code == EXIT_BAD_INPUT and message in capsys.readouterr().err
+
+
+async def test_the_cockpit_launches_a_spot_run_from_the_runs_list(tmp_path: Path, moto: str):
+    """`a` in the runs list: the form, then the real `cockpit-engine cloud launch` against moto."""
+    import boto3
+
+    from cockpit.app import CockpitApp
+    from cockpit.screens.modals import ReportScreen, SpotLaunchScreen
+    from cockpit.settings import Settings
+
+    name = bucket("cockpit-launch")
+    (tmp_path / "run.toml").write_text(TINY)
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    ami = ec2.describe_images()["Images"][0]["ImageId"]
+    before = {i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    (tmp_path / "runs").mkdir()
+    app = CockpitApp(tmp_path / "runs", user=Settings(), poll_gpu=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("a")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, SpotLaunchScreen)
+        values = {"launch-config": str(tmp_path / "run.toml"), "launch-type": "g5.xlarge",
+                  "launch-s3": f"s3://{name}/runs", "launch-region": "us-east-1", "launch-ami": ami}
+        for field, value in values.items():
+            app.screen.query_one(f"#{field}").value = value
+        app.screen.query_one("#launch-ami").focus()
+        await pilot.press("enter")
+        for _ in range(600):
+            if isinstance(app.screen, ReportScreen):
+                break
+            await pilot.pause(0.1)
+        assert isinstance(app.screen, ReportScreen), "no launch report came back"
+        report = app.screen.text
+    after = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"] if i["InstanceId"] not in before]
+    assert len(after) == 1 and after[0]["InstanceLifecycle"] == "spot" and after[0]["InstanceType"] == "g5.xlarge"
+    assert after[0]["InstanceId"] in report

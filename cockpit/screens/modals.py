@@ -1,4 +1,4 @@
-"""Modal screens: help, stop confirmation, new-run prompt, quantization mode and report."""
+"""Modal screens: help, stop confirmation, new-run prompt, quantization mode and report, spot launch."""
 
 from __future__ import annotations
 
@@ -128,4 +128,37 @@ class ReportScreen(ModalScreen[None]):
             yield Static(Text("\nEsc closes."))
 
     def action_dismiss(self) -> None:
+        self.dismiss(None)
+
+
+class SpotLaunchScreen(ModalScreen[dict | None]):
+    """Ask for what `cockpit-engine cloud launch --spot` needs: config, instance type, S3 location."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="launch-cancel")]
+
+    def __init__(self, s3_uri: str = "", instance_type: str = "g5.xlarge"):
+        super().__init__()
+        self.defaults = {"s3": s3_uri, "type": instance_type}
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="launch-box"):
+            yield Label("Train a config on an EC2 spot instance, mirrored to S3 (Enter in the last field "
+                        "launches, Esc cancels). Credentials come from boto3's usual chain.", markup=False)
+            yield Input(placeholder="config file, e.g. run.toml", id="launch-config")
+            yield Input(value=self.defaults["type"], placeholder="instance type", id="launch-type")
+            yield Input(value=self.defaults["s3"], placeholder="s3://bucket/prefix", id="launch-s3")
+            yield Input(placeholder="region (blank: boto3's default)", id="launch-region")
+            yield Input(placeholder="AMI id (blank: the AWS Deep Learning AMI with PyTorch)", id="launch-ami")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        order = ["launch-config", "launch-type", "launch-s3", "launch-region", "launch-ami"]
+        values = {i: self.query_one(f"#{i}", Input).value.strip() for i in order}
+        missing = [i for i in order[:3] if not values[i]]
+        if missing:
+            self.query_one(f"#{missing[0]}", Input).focus()
+            return
+        self.dismiss({"config": values["launch-config"], "instance_type": values["launch-type"],
+                      "s3_uri": values["launch-s3"], "region": values["launch-region"], "ami": values["launch-ami"]})
+
+    def action_cancel(self) -> None:
         self.dismiss(None)

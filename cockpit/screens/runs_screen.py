@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -16,7 +17,7 @@ from textual.widgets import DataTable, Footer, Static
 from cockpit import launcher
 from cockpit.messages import RunChosen
 from cockpit.sanitize import clean
-from cockpit.screens.modals import QuantizeScreen, ReportScreen
+from cockpit.screens.modals import QuantizeScreen, ReportScreen, SpotLaunchScreen
 from cockpit.screens.sized import SizedScreen
 from cockpit.widgets.runs_list import RunsList
 
@@ -47,13 +48,16 @@ def suggested_mode(run: Path) -> str:
 class RunsScreen(SizedScreen):
     """Every run, newest first, re-read every few seconds while shown; Enter follows the
     highlighted run in the run screen, `l` or Escape goes back to the run followed, `z`
-    quantizes the highlighted finished run (`cockpit-engine quantize`) and shows its report."""
+    quantizes the highlighted finished run (`cockpit-engine quantize`) and shows its report, `a`
+    launches a config on an EC2 spot instance (`cockpit-engine cloud launch`)."""
 
     BINDINGS = [
         Binding("l,escape", "back", "Back", id="runs-back", tooltip="Back to the run being followed"),
         Binding("n", "new_run", "New run", id="runs-new-run", tooltip="Start a new run from a config file"),
         Binding("z", "quantize", "Quantize", id="runs-quantize",
                 tooltip="Quantize the highlighted finished run to int8 and show what it buys"),
+        Binding("a", "spot_launch", "Spot launch", id="runs-spot-launch",
+                tooltip="Train a config on an EC2 spot instance, mirrored to S3 (cockpit-engine cloud launch)"),
     ]
 
     def __init__(self, runs_root: Path, clock: Callable[[], float] = time.time):
@@ -116,6 +120,29 @@ class RunsScreen(SizedScreen):
             self.app.push_screen(ReportScreen(f"{run.name}: {mode} int8 beside the float model", clean(result.message)))
         else:
             self.notify(f"quantize {mode} refused (exit {result.code}):\n{clean(result.message)}",
+                        severity="error", markup=False, timeout=20)
+
+    def action_spot_launch(self) -> None:
+        """Ask for a config, an instance type and an S3 location, then launch in a worker."""
+        def chosen(answer: dict | None) -> None:
+            if answer is None:
+                return
+
+            def work() -> None:
+                result = launcher.cloud_launch(answer["config"], answer["instance_type"], answer["s3_uri"],
+                                               answer["region"], answer["ami"])
+                self.app.call_from_thread(self._launched_spot, result)
+
+            self.notify(f"launching a {answer['instance_type']} spot instance...", markup=False, timeout=10)
+            self.run_worker(work, thread=True, group="cloud", name="cloud launch")
+
+        self.app.push_screen(SpotLaunchScreen(os.environ.get("COCKPIT_S3", "")), chosen)
+
+    def _launched_spot(self, result: launcher.Launch) -> None:
+        if result.code == 0:
+            self.app.push_screen(ReportScreen("spot instance launched", clean(result.message)))
+        else:
+            self.notify(f"the spot launch was refused (exit {result.code}):\n{clean(result.message)}",
                         severity="error", markup=False, timeout=20)
 
     def action_new_run(self) -> None:
