@@ -29,7 +29,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "state": ("state", "pid", "host", "step", "exit_code", "reason"),
     "resume": ("step", "epoch", "checkpoint"),
     "step": (
-        "step", "epoch", "batch", "batches_per_epoch", "loss", "losses", "lr", "samples_per_s",
+        "step", "epoch", "batch", "batches_per_epoch", "loss", "losses", "accuracy", "lr", "samples_per_s",
         "steps_per_s", "eta_s", "train_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s",
         "time_comm_s", "skipped_steps", "tflops", "mfu", "mem_peak_bytes", "world_size",
     ),

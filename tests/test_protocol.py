@@ -30,7 +30,7 @@ SAMPLE = {
     "state": "running", "pid": 4242, "host": "gpu-box", "step": 120, "exit_code": 3,
     "reason": "SIGTERM", "epoch": 2, "checkpoint": "step-00000120.pt", "batch": 17,
     "batches_per_epoch": 45, "loss": 0.4125, "lr": 0.003, "samples_per_s": 1834.5,
-    "steps_per_s": 57.3, "eta_s": 61.2, "train_s": 812.5, "losses": {"ce": 0.41, "kd": 0.12}, "time_data_s": 0.001, "time_h2d_s": 0.0004, "time_compute_s": 0.012,
+    "steps_per_s": 57.3, "eta_s": 61.2, "train_s": 812.5, "losses": {"ce": 0.41, "kd": 0.12}, "accuracy": 0.875, "time_data_s": 0.001, "time_h2d_s": 0.0004, "time_compute_s": 0.012,
     "time_optim_s": 0.002, "time_comm_s": 0.0, "mem_peak_bytes": 2**33, "world_size": 2, "metrics": {"loss": 0.31, "accuracy": 0.912},
     "devices": [{"index": 0, "util": 97.0, "mem_used": 10.5, "mem_total": 80.0}],
     "price_per_hour": 2.5, "source": "config", "accumulated": 0.12, "projected": 0.9,

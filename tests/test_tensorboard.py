@@ -41,7 +41,7 @@ max_step_events_per_s = 100000
 status_every_s = 0.05
 """
 STEPS_PER_EPOCH = 23
-STEP_TAGS = ("train/loss", "train/lr", "perf/samples_per_s")
+STEP_TAGS = ("train/loss", "train/lr", "train/accuracy", "perf/samples_per_s")
 VAL_TAGS = ("val/loss", "val/accuracy")
 
 
@@ -144,6 +144,9 @@ def test_a_run_writes_every_scalar_at_the_right_step(plain_run):
     step_events = {e["step"]: e for e in events if e["type"] == "step"}
     for point in tb["train/loss"]:
         assert point.value == pytest.approx(step_events[point.step]["loss"], rel=1e-6)
+    for point in tb["train/accuracy"]:  # from the step's own logits, at the loss's sync
+        assert point.value == pytest.approx(step_events[point.step]["accuracy"], rel=1e-6)
+        assert 0.0 <= point.value <= 1.0
     evals = {e["step"]: e["metrics"] for e in events if e["type"] == "eval"}
     for point in tb["val/accuracy"]:
         assert point.value == pytest.approx(evals[point.step]["accuracy"], rel=1e-6)

@@ -83,7 +83,7 @@ def _ends_mid_line(path: Path) -> bool:
 
 
 SCALARS = {
-    "step": {"loss": "train/loss", "lr": "train/lr", "samples_per_s": "perf/samples_per_s"},
+    "step": {"loss": "train/loss", "lr": "train/lr", "accuracy": "train/accuracy", "samples_per_s": "perf/samples_per_s"},
 }
 
 

@@ -36,6 +36,9 @@ class StepMeter:
         self.spans: list[tuple[str, Any, Any]] = []
         self.loss_sum: torch.Tensor | None = None
         self.part_sums: dict[str, torch.Tensor] = {}
+        #: Correct predictions (argmax of the logits) and the samples they were counted over.
+        self.correct_sum: torch.Tensor | None = None
+        self.counted = 0
         self.batches = self.samples = self.steps = 0
         self.lr = 0.0
         self.since = time.perf_counter()
@@ -75,6 +78,14 @@ class StepMeter:
         self.batches += 1
         self.samples += n
 
+    def add_correct(self, logits: torch.Tensor | None, y: torch.Tensor) -> None:
+        """Count one micro-batch's correct predictions, as a device tensor (class labels only)."""
+        if logits is None or logits.dim() != 2 or y.dim() != 1 or len(logits) != len(y):
+            return
+        correct = (logits.detach().argmax(1) == y).sum()
+        self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
+        self.counted += len(y)
+
     def pending_loss(self) -> float | None:
         """The summed loss not yet reported (a host-device sync; used before a save)."""
         return None if self.loss_sum is None else float(self.loss_sum.item())
@@ -84,20 +95,25 @@ class StepMeter:
         wall = time.perf_counter() - self.since
         # .item() here is the step's one host-device sync, on logging steps only
         names = list(self.part_sums)
-        if self.loss_sum is not None:  # one copy to the host for the loss and all its parts
-            loss_sum, *parts = torch.stack([t.double() for t in (self.loss_sum, *self.part_sums.values())]).tolist()
+        correct_t = [] if self.correct_sum is None else [self.correct_sum]
+        if self.loss_sum is not None:  # one copy to the host for the loss, its parts and the correct count
+            loss_sum, *parts = torch.stack(
+                [t.double() for t in (self.loss_sum, *self.part_sums.values(), *correct_t)]).tolist()
+            correct = parts.pop() if correct_t else 0.0
         else:
-            loss_sum, parts = float("nan"), [float("nan")] * len(names)
+            loss_sum, parts, correct = float("nan"), [float("nan")] * len(names), 0.0
         for kind, start, end in self.spans:  # complete: the .item() above waited for them
             setattr(self, kind, getattr(self, kind) + start.elapsed_time(end) / 1000)
-        loss_sum, batches, samples, data, h2d, compute, optim, comm, *parts = dist.sum(
-            [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm, *parts])
+        loss_sum, batches, samples, data, h2d, compute, optim, comm, correct, counted, *parts = dist.sum(
+            [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm,
+             correct, self.counted, *parts])
         n = max(1, batches)  # per micro-batch, averaged over the ranks
         out = {"loss": loss_sum / n, "lr": self.lr, "samples": int(samples), "wall_s": wall,
                "samples_per_s": samples / wall if wall > 0 else 0.0,
                "steps_per_s": self.steps / wall if wall > 0 else 0.0, "data": data / n, "h2d": h2d / n,
                "compute": compute / n, "optim": optim / n, "comm": comm / n,
-               "losses": {name: value / n for name, value in zip(names, parts)}}
+               "losses": {name: value / n for name, value in zip(names, parts)},
+               "accuracy": correct / counted if counted else None}
         self.__init__(self.device)
         return out
 
@@ -129,6 +145,7 @@ class Stepper:
             self.scaler.scale(out.loss / self.accum).backward()
             t_end = time.perf_counter()
         meter.add_loss(out.loss.detach(), len(y), out.parts)
+        meter.add_correct(out.logits, y)
         waited = t_end - comm.launched if comm.launched > t_backward else 0.0
         meter.comm += waited
         if meter.events:  # on a GPU the device's own clock times forward+backward

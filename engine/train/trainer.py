@@ -208,6 +208,7 @@ class Trainer:
         self.tele.emit(
             "step", step=self.pos.step, epoch=self.pos.epoch, batch=self.pos.batch,
             batches_per_epoch=self.batches, loss=report["loss"], losses=report["losses"], lr=report["lr"],
+            **({"accuracy": report["accuracy"]} if report.get("accuracy") is not None else {}),
             samples_per_s=report["samples_per_s"], steps_per_s=report["steps_per_s"], eta_s=eta,
             train_s=elapsed, time_data_s=report["data"], time_h2d_s=report["h2d"],
             time_compute_s=report["compute"], time_optim_s=report["optim"], time_comm_s=report["comm"],
