@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cloud(sub)  # cloud launch|status|stop|exists (EC2 spot instances, S3)
 
+    from engine.sweep.command import add_parser as add_sweep
+
+    add_sweep(sub)  # sweep CONFIG: an Optuna sweep worker, each trial a run
+
     p = sub.add_parser("example-config", help="print a complete, commented example config")
     p.add_argument("--markdown", action="store_true", help="print the field reference as a Markdown table")
     p.set_defaults(func=cmd_example)

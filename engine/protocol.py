@@ -52,12 +52,13 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
 
 STATES = (
     "starting", "running", "paused", "checkpointing", "stopping",
-    "finished", "failed", "stopped", "preempted",
+    "finished", "failed", "stopped", "preempted", "pruned",
 )
 #: States after which the engine process is gone.
-FINAL_STATES = ("finished", "failed", "stopped", "preempted")
+FINAL_STATES = ("finished", "failed", "stopped", "preempted", "pruned")
 
-COMMANDS = ("checkpoint", "pause", "continue", "stop", "set", "status")
+#: `prune`: stop like `stop`, with reason PRUNED, so the run ends "pruned" (a sweep trial given up on).
+COMMANDS = ("checkpoint", "pause", "continue", "stop", "prune", "set", "status")
 #: A request longer than this is refused unread: one command never needs more.
 MAX_REQUEST_BYTES = 4096
 #: Longest Unix socket path we bind (the kernel limit is 108 bytes with the NUL).

@@ -84,7 +84,7 @@ def test_an_evaluation_hook_may_stop_the_run_and_the_result_carries_the_metrics(
     tele.close()
     per_epoch = trainer.steps_per_epoch
     assert [(s, e) for s, e, _ in seen] == [(per_epoch, 0)], "called once, after the first evaluation"
-    assert (result.exit_code, result.state, result.steps, result.reason) == (EXIT_STOPPED, "stopped", per_epoch,
+    assert (result.exit_code, result.state, result.steps, result.reason) == (EXIT_STOPPED, "pruned", per_epoch,
                                                                            "pruned at epoch 1")
     assert result.metrics == seen[0][2] and set(result.metrics) == {"loss", "accuracy"}
 

@@ -43,7 +43,7 @@ OUTCOMES: dict[Reason, tuple[str, int]] = {
     Reason.STOP_COMMAND: ("stopped", EXIT_STOPPED),
     Reason.SIGNAL: ("stopped", EXIT_STOPPED),
     Reason.PREEMPTED: ("preempted", EXIT_STOPPED),
-    Reason.PRUNED: ("stopped", EXIT_STOPPED),
+    Reason.PRUNED: ("pruned", EXIT_STOPPED),
 }
 
 
@@ -159,6 +159,8 @@ class Commands:
             return Plan(pause=Pause.PAUSE if p.cmd == "pause" else Pause.CONTINUE, pending=[p])
         if p.cmd == "stop":
             return Plan(Reason.STOP_COMMAND, why="stop command", pending=[p])
+        if p.cmd == "prune":
+            return Plan(Reason.PRUNED, why=str(p.request.get("reason") or "prune command"), pending=[p])
         if p.cmd == "set":
             error = self.check_lr(float(p.request["lr"]))
             if error:

@@ -337,7 +337,7 @@ class Trainer:
         latest = self.checkpoints.latest()
         extra = self.spot.preempted() if plan.reason == Reason.PREEMPTED and self.spot is not None else {}
         for p in plan.pending:
-            if p.cmd == "stop":
+            if p.cmd in ("stop", "prune"):
                 p.answer(state=state, step=self.pos.step, path=str(latest) if latest else None)
         self.set_state(state, **({"reason": plan.why, "exit_code": code, **extra} if stops else {}))
         # Leave together: a rank that tears its process group down while another still talks

@@ -1,0 +1,263 @@
+"""The sweep worker: ask Optuna for a trial, run it as an engine, tell Optuna how it ended.
+
+Each of `parallel` slots is a thread that loops: fail stale trials, ask (a re-queued dead
+trial first), start or resume the trial's run, follow it, tell. Several workers, on one
+machine or many, may share one study through its storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.config.schema import Config
+from engine.sweep.space import set_args, suggest
+from engine.sweep.storage import MAX_RETRY, mask_url, open_storage
+from engine.sweep.trial import Outcome, TrialEngine
+
+
+def trial_run_id(study: str, number: int) -> str:
+    return f"{study}-t{number:03d}"
+
+
+@dataclass
+class Options:
+    config_path: Path
+    cfg: Config
+    study: str
+    storage_url: str
+    runs_dir: Path
+    trials: int
+    parallel: int
+    sets: list[str]
+    heartbeat_s: int
+    grace_s: int
+
+
+class Worker:
+    def __init__(self, opts: Options, log: Callable[[str], None]):
+        import optuna
+
+        self.o, self.log = opts, log
+        self.optuna = optuna
+        self.storage = open_storage(opts.storage_url, opts.heartbeat_s, opts.grace_s)
+        self.study = self._study()
+        self.db = threading.RLock()   # one storage call at a time from this worker's threads
+        self.stopping = threading.Event()
+        self.engines: set[TrialEngine] = set()
+
+    # -- the study ----------------------------------------------------------------------------
+    def _study(self) -> Any:
+        optuna, s = self.optuna, self.o.cfg.sweep
+        sampler = (optuna.samplers.TPESampler(seed=self.o.cfg.train.seed) if s.sampler == "tpe"
+                   else optuna.samplers.RandomSampler(seed=self.o.cfg.train.seed))
+        if s.pruner == "median":
+            pruner: Any = optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
+        elif s.pruner == "hyperband":
+            pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs),
+                                                    max_resource=max(1, self.o.cfg.train.epochs))
+        else:
+            pruner = optuna.pruners.NopPruner()
+        for attempt in range(3):  # two workers creating the same study at once: one wins, both load it
+            try:
+                study = optuna.create_study(study_name=self.o.study, storage=self.storage, sampler=sampler,
+                                            pruner=pruner, direction=s.resolved_direction, load_if_exists=True)
+                break
+            except optuna.exceptions.DuplicatedStudyError:
+                time.sleep(0.2 * (attempt + 1))
+        else:
+            study = optuna.load_study(study_name=self.o.study, storage=self.storage, sampler=sampler, pruner=pruner)
+        if study.direction.name.lower() != s.resolved_direction:
+            from engine.errors import BadInput
+
+            raise BadInput(f"study {self.o.study!r} exists with direction {study.direction.name.lower()}, the config "
+                           f"asks {s.resolved_direction}: use another --study")
+        study.set_user_attr("metric", s.metric)
+        study.set_user_attr("runs_dir", str(self.o.runs_dir))
+        return study
+
+    def _room(self) -> bool:
+        """Whether this worker should ask for another trial: a re-queued one waits, or fewer than
+        `trials` are done or under way (a failed trial that was re-queued does not count)."""
+        TS = self.optuna.trial.TrialState
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == TS.WAITING for t in trials):
+            return True
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        counted = [t for t in trials if not (t.state == TS.FAIL and t.number in retried)]
+        return len(counted) < self.o.trials
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from engine.sweep.gpus import slots
+
+        gpus = slots(self.o.parallel, self.o.cfg.train.device)
+        self.log(f"sweep worker {self.o.study} (pid {os.getpid()}) started: storage {mask_url(self.o.storage_url)}, "
+                 f"{self.o.trials} trials, {len(gpus)} at a time"
+                 + (f" on GPUs {', '.join(g for g in gpus if g)}" if any(gpus) else ""))
+        # SIGHUP too, unless ignored (a detached worker ignores it: an SSH drop stops nothing)
+        sigs = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in sigs}
+        threads = [threading.Thread(target=self._slot, args=(gpu,), name=f"sweep-slot-{i}", daemon=True)
+                   for i, gpu in enumerate(gpus)]
+        try:
+            for t in threads:
+                t.start()
+                time.sleep(0.1)
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.5)
+        finally:
+            self.stop_engines()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.summary()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.log(f"{signal.Signals(signum).name}: stopping the running trials (they checkpoint and are re-queued)")
+        self.stopping.set()
+        self.stop_engines()
+
+    def stop_engines(self) -> None:
+        for engine in list(self.engines):
+            engine.stop()
+
+    def _slot(self, gpu: str | None) -> None:
+        while not self.stopping.is_set():
+            with self.db:
+                self.optuna.storages.fail_stale_trials(self.study)
+                if not self._room():
+                    return
+                trial = self.study.ask()
+                self.storage.record_heartbeat(trial._trial_id)
+            try:
+                self._trial(trial, gpu)
+            except Exception as exc:  # one trial's trouble must not end the sweep
+                self.log(f"trial {trial.number}: {type(exc).__name__}: {mask_url(exc)}")
+                with self.db:
+                    try:
+                        self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+                    except Exception:
+                        pass
+
+    def _trial(self, trial: Any, gpu: str | None) -> None:
+        TS = self.optuna.trial.TrialState
+        with self.db:
+            values = suggest(trial, self.o.cfg.sweep.space)
+            frozen = self.storage.get_trial(trial._trial_id)
+            retry_of = frozen.system_attrs.get("failed_trial")
+            old = frozen.user_attrs.get("run_dir")
+        if retry_of is not None and old and (Path(old) / "checkpoints" / "latest").is_file():
+            run_dir = Path(old)
+            argv = ["resume", str(run_dir)]
+            self.log(f"trial {trial.number}: resumes dead trial {retry_of}'s run {run_dir} from its checkpoint")
+        else:
+            run_dir = self.o.runs_dir / trial_run_id(self.o.study, trial.number)
+            argv = ["run", str(self.o.config_path), "--run-id", run_dir.name, "--runs-dir", str(self.o.runs_dir),
+                    *[f"--set={s}" for s in self.o.sets], *set_args(values)]
+            self.log(f"trial {trial.number}: {run_dir.name} " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+        with self.db:
+            trial.set_user_attr("run_dir", str(run_dir))
+            trial.set_user_attr("run_id", run_dir.name)
+        env = dict(os.environ)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+
+        def report(epoch: int, value: float) -> bool:
+            with self.db:
+                trial.report(value, epoch)
+                return trial.should_prune()
+
+        def heartbeat() -> None:
+            with self.db:
+                self.storage.record_heartbeat(trial._trial_id)
+
+        engine = TrialEngine(argv, run_dir, self.o.cfg.sweep.metric, report, heartbeat,
+                             max(0.2, self.o.heartbeat_s / 2), env, self.log)
+        engine.on_dir = lambda: self._tag(run_dir, trial, retry_of)
+        self.engines.add(engine)
+        try:
+            if self.stopping.is_set():
+                return
+            outcome = engine.run()
+        finally:
+            self.engines.discard(engine)
+        self._tell(trial, outcome, TS)
+
+    def _tag(self, run_dir: Path, trial: Any, retry_of: Any) -> None:
+        tag = {"study": self.o.study, "trial": trial.number, "storage": mask_url(self.o.storage_url)}
+        if retry_of is not None:
+            tag["retry_of"] = retry_of
+        try:
+            (run_dir / "sweep.json").write_text(json.dumps(tag) + "\n")
+        except OSError:
+            pass
+
+    def _tell(self, trial: Any, outcome: Outcome, TS: Any) -> None:
+        name = trial_run_id(self.o.study, trial.number)
+        with self.db:
+            if outcome.state == "pruned" or (outcome.pruned_by_us and outcome.state == "finished"):
+                self.study.tell(trial, state=TS.PRUNED)
+                self.log(f"trial {trial.number}: pruned after {outcome.epochs} epoch(s)")
+            elif outcome.state == "finished" and outcome.value is not None:
+                self.study.tell(trial, outcome.value)
+                self.log(f"trial {trial.number}: {self.o.cfg.sweep.metric} {outcome.value:.4g}")
+            elif outcome.state in ("stopped", "preempted"):
+                # interrupted with a checkpoint (a signal, a stop command, this worker stopping):
+                # failed now, re-queued so that a worker resumes it
+                frozen = self.study.tell(trial, state=TS.FAIL)
+                self.optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(self.study, frozen)
+                self.log(f"trial {trial.number}: {outcome.state} ({outcome.message}); re-queued to resume")
+            else:
+                self.study.tell(trial, state=TS.FAIL)
+                self.log(f"trial {trial.number}: {outcome.state} (exit {outcome.exit_code}): {mask_url(outcome.message)}")
+        del name
+
+    # -- the end ------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        TS = self.optuna.trial.TrialState
+        with self.db:
+            trials = self.study.get_trials(deepcopy=False)
+            counts: dict[str, int] = {}
+            for t in trials:
+                counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+            out: dict[str, Any] = {"study": self.o.study, "storage": mask_url(self.o.storage_url),
+                                   "metric": self.o.cfg.sweep.metric, "direction": self.o.cfg.sweep.resolved_direction,
+                                   "trials": counts, "best": None, "importances": None}
+            complete = [t for t in trials if t.state == TS.COMPLETE]
+            if complete:
+                best = self.study.best_trial
+                out["best"] = {"number": best.number, "value": best.value, "params": best.params,
+                               "run_dir": best.user_attrs.get("run_dir"), "run_id": best.user_attrs.get("run_id")}
+            if len(complete) >= 2:
+                try:
+                    out["importances"] = dict(self.optuna.importance.get_param_importances(self.study))
+                except Exception as exc:
+                    out["importances_note"] = f"parameter importances could not be computed: {exc}"
+            else:
+                out["importances_note"] = (f"parameter importances need at least 2 completed trials "
+                                           f"({len(complete)} so far)")
+        return out
+
+
+def summary_text(s: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(s["trials"].items()))
+    lines = [f"study {s['study']} ({s['storage']}): {sum(s['trials'].values())} trials ({counts})"]
+    best = s["best"]
+    if best is None:
+        lines.append("no trial completed yet")
+    else:
+        lines.append(f"best trial {best['number']}: {s['metric']} {best['value']:.4g} ({s['direction']})")
+        lines.append("  params: " + ", ".join(f"{k}={v!r}" for k, v in best["params"].items()))
+        lines.append(f"  run dir: {best['run_dir']}")
+    if s.get("importances"):
+        lines.append("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importances"].items()))
+    else:
+        lines.append(s.get("importances_note", ""))
+    return "\n".join(lines)
