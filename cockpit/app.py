@@ -19,6 +19,7 @@ from cockpit.screens.modals import HelpScreen
 from cockpit.messages import RunChosen
 from cockpit.screens.run_screen import RunScreen
 from cockpit.screens.runs_screen import RunsScreen
+from cockpit.screens.trials_screen import TrialsScreen
 from cockpit.tensorboard import TensorBoardServer
 from cockpit.themes import load_themes
 
@@ -33,9 +34,11 @@ class CockpitApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "Training Cockpit"
-    MODES = {"run": "run", "runs": "runs"}  # mode -> installed screen
+    MODES = {"run": "run", "runs": "runs", "trials": "trials"}  # mode -> installed screen
     DEFAULT_MODE = "run"  # "runs" when started without a run (see __init__)
     BINDINGS = [
+        Binding("t", "trials", "Trials", id="trials", show=False,
+                tooltip="The Optuna sweeps: a study's trials, best starred; launch, prune, promote"),
         Binding("b", "tensorboard", "TensorBoard", id="tensorboard",
                 tooltip="Start TensorBoard on the runs directory and show its address"),
         Binding("ctrl+t", "cycle_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
@@ -45,7 +48,8 @@ class CockpitApp(App):
 
     def __init__(self, runs_root: Path, run: Path | None = None,
                  launch: tuple[str, list[str]] | None = None, user: settings_mod.Settings | None = None,
-                 poll_gpu: bool = True, gpu: GpuSampler | None = None, clock=time.time):
+                 poll_gpu: bool = True, gpu: GpuSampler | None = None, clock=time.time,
+                 storage: str | None = None):
         if run is None and launch is None:
             self.DEFAULT_MODE = "runs"  # read by App.__init__: no run yet, so start on the list
         super().__init__()
@@ -58,6 +62,7 @@ class CockpitApp(App):
         self.install_screen(RunScreen(runs_root, run=run, launch=launch, gpu=gpu, poll_gpu=poll_gpu,
                                       clock=clock, closing=self.closing), "run")
         self.install_screen(RunsScreen(runs_root, clock), "runs")
+        self.install_screen(TrialsScreen(runs_root, clock, storage=storage, closing=self.closing), "trials")
 
     @property
     def run_screen(self) -> RunScreen:
@@ -84,6 +89,10 @@ class CockpitApp(App):
             self.set_keymap(self.user.keys)
 
     # ---- keys -------------------------------------------------------------------------
+
+    def action_trials(self) -> None:
+        """The trials of the sweeps in the runs directory's storage (a screen of its own)."""
+        self.switch_mode("trials")
 
     def action_tensorboard(self) -> None:
         """Start TensorBoard on the runs directory (once) and show its address."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from cockpit.runs import find_run, list_runs, runs_root
 
 EPILOG = """keys: c checkpoint, p pause/continue, s stop, r resume, n new run, l runs list,
-b TensorBoard, ctrl+t theme, ? help, q quit (the engine keeps training), ctrl+p palette.
+t sweep trials, b TensorBoard, ctrl+t theme, ? help, q quit (the engine keeps training), ctrl+p palette.
 
 examples:
   cockpit                       the runs directory: pick a run to watch
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cockpit", description="Watch and drive PyTorch training runs in the terminal.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-dir", help="root of run directories (default: $COCKPIT_RUNS or ./runs)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="the sweeps' Optuna storage for the trials screen (default: $COCKPIT_SWEEP_STORAGE, "
+                             "else sqlite:///<runs-dir>/sweeps.db)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("demo", help="start the demo run and attach to it")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         launch = ("run", [args.config, *sets])
     from cockpit.app import CockpitApp
 
-    CockpitApp(root, run=run, launch=launch).run()
+    CockpitApp(root, run=run, launch=launch, storage=args.storage).run()
     return 0
 
 

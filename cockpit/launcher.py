@@ -73,3 +73,14 @@ def cloud_launch(config: str, instance_type: str, s3_uri: str, region: str = "",
 def resume_run(run: Path) -> Launch:
     """Resume a stopped, failed or preempted run from its newest valid checkpoint, detached."""
     return _run(_engine("resume", str(run), "--detach"))
+
+
+def start_sweep(config: str, runs_root: Path, trials: int, parallel: int = 1, storage: str | None = None) -> Launch:
+    """`cockpit-engine sweep CONFIG --trials N --parallel K --detach --runs-dir D`: a detached
+    sweep worker; the message is its `started sweep worker <study> (pid N, log <path>)` line, or
+    its error."""
+    cmd = _engine("sweep", config, "--trials", str(trials), "--parallel", str(parallel), "--detach",
+                  "--runs-dir", str(runs_root), *(["--storage", storage] if storage else []))
+    done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    text = done.stdout.strip() if done.returncode == 0 else (done.stderr.strip() or done.stdout.strip())
+    return Launch(done.returncode, None, "\n".join(text.splitlines()[-6:]))

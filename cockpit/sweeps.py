@@ -1,0 +1,303 @@
+"""Reading Optuna studies for the trials screen (optuna is imported lazily: `cockpit` starts fast).
+
+Everything here runs in the trials screen's worker thread, never on the UI thread. A study is
+read into plain data (`StudyView`, `TrialRow`) so the screen never touches optuna objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import os
+import re
+import threading
+import warnings
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The sweep workers' default storage, in the runs directory (see docs/DESIGN.md, Sweeps).
+DEFAULT_DB = "sweeps.db"
+#: Where promoted configs are written, under the runs directory.
+PROMOTED_DIR = "sweeps"
+#: The cockpit's view of the workers' heartbeat (seconds): a RUNNING trial whose last heartbeat
+#: is older than the grace period is failed by the cockpit's timer too (then retried, as the
+#: worker would). $COCKPIT_SWEEP_GRACE_S overrides the grace period.
+HEARTBEAT_S = 10
+GRACE_S = 60
+
+
+def storage_url(runs_root: Path, override: str | None = None) -> str:
+    """`--storage`, else $COCKPIT_SWEEP_STORAGE, else SQLite at <runs-dir>/sweeps.db."""
+    url = override or os.environ.get("COCKPIT_SWEEP_STORAGE")
+    return url or f"sqlite:///{(runs_root / DEFAULT_DB).resolve()}"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite:/// URL, else None."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):]
+    if path.startswith("file:"):  # a URI filename (e.g. ?mode=ro)
+        path = path[len("file:"):].split("?", 1)[0]
+    return Path(path)
+
+
+@dataclass
+class TrialRow:
+    """One trial as the table shows it."""
+
+    number: int
+    state: str  # complete, pruned, fail, running, waiting
+    params: dict[str, Any]
+    value: float | None
+    epochs: int  # intermediate values reported
+    duration_s: float | None
+    run_dir: str | None
+    run_id: str | None
+    best: bool = False
+
+
+@dataclass
+class StudyView:
+    """What the trials screen shows of one study."""
+
+    name: str
+    direction: str  # maximize or minimize
+    metric: str
+    trials: list[TrialRow]
+    param_names: list[str]
+    best: TrialRow | None
+    best_so_far: tuple[list[float], list[float]]  # trial numbers, best value after each
+    importances: dict[str, float] | None  # None: fewer than 2 complete trials, or not computable
+    note: str = ""  # e.g. why importances are missing, or that stale trials were failed
+
+
+@dataclass
+class StudySummary:
+    name: str
+    trials: int
+    direction: str
+    best: float | None
+
+
+def fmt_value(v: Any) -> str:
+    """A parameter or metric value, short."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None or not math.isfinite(s) or s < 0:
+        return ""
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class SweepReader:
+    """Opens a storage once (lazily, in the worker thread) and reads studies from it."""
+
+    def __init__(self, url: str, clock=None):
+        import time
+
+        self.url = url
+        self.clock = clock or time.time
+        self._storage = None
+        self._lock = threading.Lock()
+        #: Importances are costly (fANOVA): recomputed only when the complete trials change.
+        self._importance_cache: dict[str, tuple[tuple, dict[str, float] | None, str]] = {}
+        #: Set once failing stale trials was refused (a read-only storage): not tried again.
+        self.stale_refused = ""
+
+    def exists(self) -> bool:
+        """False for a SQLite file that is not there yet (never create one just by looking)."""
+        path = sqlite_path(self.url)
+        return path is None or path.is_file()
+
+    def storage(self):
+        with self._lock:
+            if self._storage is None:
+                import optuna
+
+                optuna.logging.set_verbosity(optuna.logging.WARNING)
+                # heartbeats and fail_stale_trials are "experimental" to optuna: no warning each refresh
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+                kwargs: dict[str, Any] = {"heartbeat_interval": HEARTBEAT_S,
+                                          "grace_period": int(os.environ.get("COCKPIT_SWEEP_GRACE_S", GRACE_S))}
+                params = inspect.signature(optuna.storages.RDBStorage).parameters
+                retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
+                    or optuna.storages.RetryFailedTrialCallback
+                if "heartbeat_stale_trial_callback" in params:
+                    kwargs["heartbeat_stale_trial_callback"] = retry()
+                else:
+                    kwargs["failed_trial_callback"] = retry()
+                if sqlite_path(self.url) is not None:
+                    kwargs["engine_kwargs"] = {"connect_args": {"timeout": 10}}
+                self._storage = optuna.storages.RDBStorage(self.url, **kwargs)
+            return self._storage
+
+    def studies(self) -> list[StudySummary]:
+        """Every study in the storage ([] when there is no storage yet)."""
+        if not self.exists():
+            return []
+        import optuna
+
+        out = []
+        for s in optuna.get_all_study_summaries(self.storage(), include_best_trial=True):
+            direction = s.direction.name.lower() if s.direction is not None else "?"
+            best = s.best_trial.value if s.best_trial is not None else None
+            out.append(StudySummary(s.study_name, s.n_trials, direction, best))
+        return sorted(out, key=lambda s: s.name)
+
+    def fail_stale(self, name: str) -> None:
+        """Fail the study's RUNNING trials whose heartbeat went stale (then retried as the
+        worker's callback would); a storage that refuses is left alone from then on."""
+        if self.stale_refused:
+            return
+        import optuna
+
+        try:
+            study = optuna.load_study(study_name=name, storage=self.storage())
+            optuna.storages.fail_stale_trials(study)
+        except Exception as exc:  # noqa: BLE001 - read-only storage, locked database, ...
+            self.stale_refused = f"stale trials not checked: {exc}"
+
+    def read(self, name: str) -> StudyView:
+        """The study's trials, best trial, best-so-far series and parameter importances."""
+        import optuna
+
+        self.fail_stale(name)
+        study = optuna.load_study(study_name=name, storage=self.storage())
+        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        now = self.clock()
+        rows: list[TrialRow] = []
+        names: set[str] = set()
+        for t in study.get_trials(deepcopy=False):
+            value = t.values[0] if t.values else None
+            if t.datetime_start is None:
+                duration = None
+            else:
+                end = t.datetime_complete.timestamp() if t.datetime_complete else now
+                duration = end - t.datetime_start.timestamp()
+            rows.append(TrialRow(
+                number=t.number, state=t.state.name.lower(), params=dict(t.params),
+                value=value,
+                epochs=len(t.intermediate_values), duration_s=duration,
+                run_dir=_str_or_none(t.user_attrs.get("run_dir")), run_id=_str_or_none(t.user_attrs.get("run_id"))))
+            names.update(t.params)
+        complete = [r for r in rows if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
+        best = None
+        if complete:
+            best = (max if maximize else min)(complete, key=lambda r: r.value)
+            best.best = True
+        xs, ys = [], []
+        current = None
+        for r in sorted(complete, key=lambda r: r.number):
+            current = r.value if current is None else (max if maximize else min)(current, r.value)
+            xs.append(float(r.number))
+            ys.append(current)
+        importances, note = self._importances(study, complete)
+        if self.stale_refused:
+            note = (note + "; " if note else "") + self.stale_refused
+        metric = study.user_attrs.get("metric")
+        return StudyView(name=name, direction="maximize" if maximize else "minimize",
+                         metric=str(metric) if metric else "value", trials=rows,
+                         param_names=sorted(names), best=best, best_so_far=(xs, ys),
+                         importances=importances, note=note)
+
+    def _importances(self, study, complete: list[TrialRow]) -> tuple[dict[str, float] | None, str]:
+        if len(complete) < 2:
+            return None, "importances need 2 complete trials"
+        key = tuple((r.number, r.value) for r in complete)
+        cached = self._importance_cache.get(study.study_name)
+        if cached and cached[0] == key:
+            return cached[1], cached[2]
+        import optuna
+
+        try:
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # the same bars every time
+            value = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+            note = ""
+        except Exception as exc:  # noqa: BLE001 - e.g. a parameter with a single value
+            value, note = None, f"importances: {exc}"
+        self._importance_cache[study.study_name] = (key, value, note)
+        return value, note
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+# ---- promoting the best trial -------------------------------------------------------------
+
+def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
+    """cfg["a"]["b"]["c"] = value for "a.b.c", creating tables on the way."""
+    *path, last = dotted.split(".")
+    node = cfg
+    for part in path:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = node[part] = {}
+        node = nxt
+    node[last] = value
+
+
+def promoted_config(base: dict, params: dict[str, Any], epochs: int) -> dict:
+    """The base config with the best parameters, `train.epochs = epochs`, and the sweep off."""
+    cfg = copy.deepcopy(base)
+    for name, value in params.items():
+        set_dotted(cfg, name, value)
+    set_dotted(cfg, "train.epochs", int(epochs))
+    cfg["sweep"] = {"enabled": False}
+    return cfg
+
+
+def base_config(trial: TrialRow) -> dict:
+    """The best trial's own resolved config (its run directory's config.toml)."""
+    if not trial.run_dir:
+        raise ValueError(f"trial {trial.number} has no run directory (user attr run_dir)")
+    path = Path(trial.run_dir) / "config.toml"
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+
+
+def base_epochs(cfg: dict, default: int = 10) -> int:
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    epochs = train.get("epochs")
+    return epochs if isinstance(epochs, int) and epochs > 0 else default
+
+
+def promoted_path(runs_root: Path, study: str) -> Path:
+    """<runs-dir>/sweeps/<study>-best.toml"""
+    return runs_root / PROMOTED_DIR / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', study)}-best.toml"
+
+
+def write_promoted(runs_root: Path, study: str, cfg: dict, path: Path | None = None) -> Path:
+    """Write the promoted config (by default to promoted_path); returns its path."""
+    import tomli_w
+
+    path = path or promoted_path(runs_root, study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(cfg))
+    os.replace(tmp, path)
+    return path
+
