@@ -57,6 +57,41 @@ class Series:
         self.xs, self.ys, self.weights = xs, ys, ws
         self.stride *= 2
 
+    def extend(self, xs: list[float], ys: list[float]) -> None:
+        """add() for each point in turn, in bulk: the same stored points, bit for bit (a replay)."""
+        i, n = 0, len(xs)
+        while i < n:
+            if self.pending:  # top up the partial bucket first, exactly as add() would
+                take = min(self.stride - len(self.pending), n - i)
+                self.pending.extend(zip(xs[i:i + take], ys[i:i + take]))
+                i += take
+                if len(self.pending) < self.stride:
+                    return
+                self.pending, last = [], self.pending
+                self._bucket(last)
+                continue
+            s = self.stride
+            full = min(self.capacity - len(self.xs), (n - i) // s)
+            bx, by, bw = self.xs.append, self.ys.append, self.weights.append
+            for a in range(i, i + full * s, s):
+                bx(xs[a + s - 1])
+                by(sum(ys[a:a + s]) / s)
+                bw(s)
+            i += full * s
+            if len(self.xs) >= self.capacity:
+                self._halve()
+            elif i < n:
+                self.pending = list(zip(xs[i:], ys[i:]))
+                return
+
+    def _bucket(self, pending: list[tuple[float, float]]) -> None:
+        """One full bucket from its raw points (add()'s arithmetic)."""
+        self.xs.append(pending[-1][0])
+        self.ys.append(sum(p[1] for p in pending) / len(pending))
+        self.weights.append(len(pending))
+        if len(self.xs) >= self.capacity:
+            self._halve()
+
     def drop_after(self, x: float) -> None:
         """Forget points past x (a resume recomputes them)."""
         keep = [i for i, v in enumerate(self.xs) if v <= x]
@@ -86,6 +121,9 @@ def _number(value: Any) -> float | None:
 #: Fields the panes format as numbers (a malformed event must not take the cockpit down).
 STEP_NUMBERS = ("step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s", "steps_per_s",
                 "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s")
+#: The series a step event feeds besides the loss (the attribute, the event's field); _on_step and
+#: the bulk replay (_fold_steps) both read this table, so a new step series is one line here.
+STEP_SERIES = (("lr", "lr"), ("throughput", "samples_per_s"))
 CHECKPOINT_NUMBERS = ("t", "step", "seconds", "bytes")
 COST_NUMBERS = ("price_per_hour", "accumulated", "projected", "price_age_s", "savings", "lost", "lost_steps",
                 "per_epoch", "per_1k_samples", "on_demand_per_hour")
@@ -138,6 +176,81 @@ class RunHistory:
                 pass  # a malformed event of a known type is ignored like an unknown one
         return kind
 
+    def apply_many(self, events: list[dict[str, Any]]) -> set[str]:
+        """apply() for each event in turn, with runs of step events folded in bulk (a replay of a
+        million steps); returns the types seen. The same history as apply(), point for point."""
+        kinds: set[str] = set()
+        steps: list[dict[str, Any]] = []
+        for event in events:
+            if event.get("type") == "step":
+                steps.append(event)
+                continue
+            if steps:
+                self._fold_steps(steps)
+                kinds.add("step")
+                steps = []
+            kinds.add(self.apply(event))
+        if steps:
+            self._fold_steps(steps)
+            kinds.add("step")
+        return kinds
+
+    def _fold_steps(self, events: list[dict[str, Any]]) -> None:
+        """_on_step for consecutive step events, appending to each series once. The last event goes
+        through apply() itself, so whatever _on_step keeps of the newest step is kept as it does."""
+        *events, newest = events
+        self.events_seen += len(events)
+        cols: dict[str, tuple[list[float], list[float]]] = {key: ([], []) for _, key in STEP_SERIES}
+        lx, ly, sy = [], [], []
+        parts: dict[str, tuple[list[float], list[float]]] = {}
+        ema, last = self.ema, None
+        for e in events:
+            step = e.get("step")
+            if not (step.__class__ is int or _number(step) is not None):
+                continue
+            step = float(step)
+            last = e
+            loss = e.get("loss")
+            if loss.__class__ is float and loss - loss == 0.0 or (loss := _number(loss)) is not None:
+                lx.append(step)
+                ly.append(loss)
+                ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+                sy.append(ema)
+            for key, (xs, ys) in cols.items():
+                value = e.get(key)
+                if value.__class__ is float and value - value == 0.0 or (value := _number(value)) is not None:
+                    xs.append(step)
+                    ys.append(value)
+            losses = e.get("losses")
+            if losses is not None:
+                self._collect_parts(step, losses, parts)
+        if last is not None:
+            self.last_step = _numbers_only(last, STEP_NUMBERS)
+            self.ema = ema
+            self.loss.extend(lx, ly)
+            self.smooth.extend(lx, sy)
+            for attr, key in STEP_SERIES:
+                xs, ys = cols[key]
+                getattr(self, attr).extend(xs, ys)
+            for name, (xs, ys) in parts.items():
+                self.parts[name].extend(xs, ys)
+        self.apply(newest)
+
+    def _collect_parts(self, step: float, losses: Any, into: dict[str, tuple[list[float], list[float]]]) -> None:
+        """_add_parts, into lists for Series.extend."""
+        if not isinstance(losses, dict):
+            return
+        for name, value in losses.items():
+            value = _number(value)
+            if value is None or not isinstance(name, str) or len(name) > 64:
+                continue
+            if name not in self.parts and len(self.parts) >= MAX_PARTS:
+                continue
+            self.parts.setdefault(name, Series())
+            xs, ys = into.setdefault(name, ([], []))
+            xs.append(step)
+            ys.append(value)
+
     def _on_state(self, e: dict[str, Any]) -> None:
         self.state = str(e["state"])
         self.reason = e.get("reason")
@@ -156,10 +269,10 @@ class RunHistory:
             self.loss.add(step, loss)
             self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
             self.smooth.add(step, self.ema)
-        for series, key in ((self.lr, "lr"), (self.throughput, "samples_per_s")):
+        for attr, key in STEP_SERIES:
             value = _number(e.get(key))
             if value is not None:
-                series.add(step, value)
+                getattr(self, attr).add(step, value)
         self._add_parts(step, e.get("losses"))
 
     def _add_parts(self, step: float, losses: Any) -> None:

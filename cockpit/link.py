@@ -35,8 +35,7 @@ class RunLink:
             if not events:
                 return kinds
             with self.lock:
-                for event in events:
-                    kinds.add(self.history.apply(event))
+                kinds |= self.history.apply_many(events)
 
     def engine_gone(self) -> bool:
         """True once the engine is dead without having written a final state."""
