@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ examples:
   cockpit demo                  start the demo run (bundled digits) and watch it
   cockpit attach RUN            watch a run again, with its whole history
   cockpit run run.toml --gpus 4 start a run on 4 local GPUs (DDP, torchrun underneath) and watch it
-  cockpit runs                  list runs without the UI
+  cockpit runs                  list runs without the UI (--json: for scripts)
 """
 
 
@@ -40,20 +42,47 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--nproc", type=int, metavar="N", help="data-parallel on N processes (torchrun underneath)")
     g.add_argument("--gpus", type=int, metavar="N", help="data-parallel on N local GPUs")
-    sub.add_parser("runs", help="list runs and exit")
+    p = sub.add_parser("runs", help="list runs and exit (the runs screen's columns)")
+    p.add_argument("--json", action="store_true", help="one JSON array of the runs, for scripts")
     return parser
 
 
-def print_runs(root: Path) -> int:
+def _num(value):
+    """A finite number, else None (status.json is whatever JSON a file holds)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def run_record(info) -> dict:
+    """One run as `cockpit runs --json` gives it: the runs screen's columns, as values."""
+    metrics = info.last_eval.get("metrics")
+    metrics = metrics if isinstance(metrics, dict) else {}
+    updated = _num(info.status.get("updated_at"))
+    return {"run": info.name, "path": str(info.path), "state": info.state, "step": _num(info.status.get("step")),
+            "loss": _num(info.status.get("loss")), "accuracy": _num(metrics.get("accuracy")),
+            "updated_at": updated, "age_s": None if updated is None else round(info.age_s, 1),
+            "host": info.status.get("host") if isinstance(info.status.get("host"), str) else None}
+
+
+def print_runs(root: Path, as_json: bool = False) -> int:
     runs = list_runs(root)
+    if as_json:
+        print(json.dumps([run_record(info) for info in runs], indent=1))
+        return 0
     if not runs:
         print(f"no runs under {root}")
         return 0
-    print(f"{'run':<40} {'state':<11} {'step':>8} {'loss':>8}")
+    from cockpit.sanitize import clean
+    from cockpit.widgets.checkpoints_pane import fmt_age
+
+    print(f"{'run':<40} {'state':<11} {'step':>8} {'loss':>8} {'acc':>6} {'age':>6}  host")
     for info in runs:
-        loss = info.status.get("loss")
-        loss_text = f"{loss:.4f}" if isinstance(loss, (int, float)) else ""
-        print(f"{info.name:<40} {info.state:<11} {info.status.get('step', ''):>8} {loss_text:>8}")
+        r = run_record(info)
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else ""
+        acc = f"{r['accuracy']:.3f}" if r["accuracy"] is not None else ""
+        step = str(int(r["step"])) if r["step"] is not None else ""
+        age = fmt_age(r["age_s"]) if r["age_s"] is not None else ""
+        print(clean(f"{info.name:<40} {r['state']:<11} {step:>8} {loss:>8} {acc:>6} {age:>6}  {r['host'] or ''}"))
     return 0
 
 
@@ -61,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = runs_root(args.runs_dir)
     if args.command == "runs":
-        return print_runs(root)
+        return print_runs(root, args.json)
     run, launch = None, None
     if args.command == "attach":
         run = find_run(args.run, root)

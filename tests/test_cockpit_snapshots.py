@@ -106,3 +106,15 @@ def test_gpu_pane_with_nvml(snap_compare, run: Path):
     text = shown["text"]
     assert "GPU0  97% 61.5/80 GiB 71°C 612W" in text and "GPU1   3%" in text
     assert f"pid {ENGINE_PID} 60.0 GiB" in text
+
+
+@pytest.mark.parametrize("theme", ["cockpit-dark", "cockpit-light", "cockpit-contrast"])
+def test_loss_log_scale(snap_compare, run: Path, theme: str):
+    """`y`: the loss chart on a log scale; validation points keep their own marker in every theme."""
+    async def log_scale(pilot) -> None:
+        await history_drawn(pilot)
+        await pilot.press("y")
+        await pilot.pause(1.2)
+
+    app = cockpit(run, run.parent, user=Settings(theme=theme))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=log_scale)

@@ -17,7 +17,9 @@ RESUMABLE = ("stopped", "failed", "preempted")
 class RunControl:
     """Actions for a screen that follows one run (mixed into RunScreen, which binds the keys).
 
-    The screen provides `link` (the followed run, or None), `attach(run)` and `runs_root`;
+    The screen provides `link` (the followed run, or None), `attach(run)`, `runs_root`, and
+    `begin_starting(what)`/`starting_attached()`/`end_starting()` (what it shows until a launched
+    run's first step);
     commands go out in worker threads and come back as CommandAnswered messages.
     """
 
@@ -30,7 +32,6 @@ class RunControl:
     def launch(self, kind: str, args: list[str]) -> None:
         """Start an engine in a worker (`demo` with --set args, or `run` CONFIG [--set ...]), then attach."""
         def work() -> None:
-            self.app.call_from_thread(self.notify, f"starting the {kind} engine...", timeout=5)
             result = (launcher.start_demo(self.runs_root, args) if kind == "demo"
                       else launcher.start_run(Path(args[0]), self.runs_root, args[1:]))
             self.app.call_from_thread(self._launched, result)
@@ -57,12 +58,15 @@ class RunControl:
         if self.link is None:
             self.notify("no run selected: press l for the runs list", severity="warning")
             return False
+        self.begin_starting("starting the demo run" if kind == "demo" else f"starting a run from {Path(args[0]).name}")
         return True
 
     def action_checkpoint(self) -> None:
         """Checkpoint now; presses within a second, or while one is being saved, fold into it."""
         if not self._need_link():
+            self.starting_attached()
             return
+            self.end_starting()
         now = time.monotonic()
         if self.checkpoint_in_flight or now - self.last_checkpoint_press < 1.0:
             self.notify("checkpoint already requested", timeout=2)
@@ -100,7 +104,7 @@ class RunControl:
             result = launcher.resume_run(link.run)
             self.app.call_from_thread(self._launched, result)
 
-        self.notify(f"resuming {link.name} from its latest checkpoint...", markup=False)
+        self.begin_starting(f"resuming {link.name} from its latest checkpoint")
         self.run_worker(work, thread=True, group="launch", name="resume")
 
     def action_new_run(self) -> None:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import math
+
 from textual.app import ComposeResult
 from textual_plotext import PlotextPlot
 
 from cockpit.widgets.pane import Pane
 
-Line = tuple[list[float], list[float], str, str]  # xs, ys, label, colour
+Line = tuple  # (xs, ys, label, colour), or (xs, ys, label, colour, marker): points only, drawn with that marker
+
+
+def step_ticks(lo: float, hi: float, most: int = 5) -> list[int]:
+    """At most `most` whole-number ticks from lo to hi, 1, 2 or 5 times a power of ten apart
+    (steps are integers: no "292.5" on an axis)."""
+    lo, hi = math.floor(lo), math.ceil(hi)
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, most - 1)
+    power = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    gap = next((m * power for m in (1, 2, 5, 10) if m * power >= raw), 10 * power)
+    first = math.ceil(lo / gap) * gap
+    return list(range(first, hi + 1, gap)) or [lo]
 
 
 class Chart(PlotextPlot):
@@ -30,12 +45,27 @@ class Chart(PlotextPlot):
         if ylabel:
             plt.ylabel(ylabel)
         drawn = False
-        for xs, ys, label, color in lines:
-            if xs:
+        logged: list[float] = []
+        for xs, ys, label, color, *marker in lines:
+            if log_y:  # plotted as log10 (plotext's own log scale re-applies itself at every
+                # render of the same data); a log axis has no place for zero or less
+                kept = [(x, math.log10(y)) for x, y in zip(xs, ys) if y > 0]
+                xs, ys = [p[0] for p in kept], [p[1] for p in kept]
+                logged += ys
+            if xs and marker:  # a marker of its own: points only (few of them: one an epoch)
+                plt.scatter(xs, ys, label=label, color=color, marker=marker[0])
+                drawn = True
+            elif xs:
                 plt.plot(xs, ys, label=label, color=color, marker="braille")
                 drawn = True
-        if log_y and drawn:
-            plt.yscale("log")
+        if drawn:
+            every = [x for line in lines for x in line[0]]
+            ticks = step_ticks(min(every), max(every))
+            plt.xticks(ticks, [str(t) for t in ticks])
+        if logged:
+            lo, hi = min(logged), max(logged)
+            ticks = [lo + (hi - lo) * i / 4 for i in range(5)] if hi > lo else [lo]
+            plt.yticks(ticks, [f"{10 ** t:.3g}" for t in ticks])
         self.refresh()
 
 

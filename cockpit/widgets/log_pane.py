@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import textwrap
 from pathlib import Path
 
 from rich.text import Text
@@ -22,6 +24,31 @@ def tail_lines(path: Path, n: int, max_bytes: int = 65536) -> list[str]:
     except OSError:
         return []
     return data.decode("utf-8", errors="replace").splitlines()[-n:]
+
+
+#: engine.log's time stamp: the pane shows the time of day only (the date is the run's).
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d (\d\d:\d\d:\d\d) ")
+
+
+def short_line(line: str, run_name: str | None) -> str:
+    """A log line as the pane shows it: the time without the date, and any absolute path into
+    the run's directory (wherever it was recorded) shortened to `…/` plus the part inside it."""
+    line = STAMP.sub(r"\1 ", line, count=1)
+    if run_name:
+        line = re.sub(r"(?<!\S)\S*/" + re.escape(run_name) + r"/", "…/", line)
+    return line
+
+
+def wrap_rows(lines: list[tuple[str, str]], width: int, height: int) -> list[tuple[str, str]]:
+    """The newest messages that fit in `height` rows of `width`, each wrapped whole (continuation
+    rows indented); (row, style) pairs, oldest first. The newest is shown even if it alone is taller."""
+    rows: list[tuple[str, str]] = []
+    for text, style in reversed(lines):
+        wrapped = textwrap.wrap(text, max(10, width), subsequent_indent="  ", break_on_hyphens=False) or [""]
+        if rows and len(rows) + len(wrapped) > height:
+            break
+        rows[:0] = [(r, style) for r in wrapped]
+    return rows[:height] if len(rows) > height else rows
 
 
 class LogPane(TextPane):
@@ -46,9 +73,13 @@ class LogPane(TextPane):
             return  # unchanged since the last refresh: no re-read
         self._shown = key
         t = Text(no_wrap=True, overflow="ellipsis")
-        for i, line in enumerate(tail_lines(path, n)):
+        styled = []
+        for line in tail_lines(path, n):
             low = line.lower()
             style = "bold red" if ("error" in low or "traceback" in low) else (
                 "yellow" if "warning" in low else "")
-            t.append(("\n" if i else "") + clean(line)[: max(20, self.size.width - 2)], style=style)
+            styled.append((short_line(clean(line), path.parent.name), style))
+        width = self.content_size.width or max(20, self.size.width - 2)
+        for i, (row, style) in enumerate(wrap_rows(styled, width, n)):
+            t.append(("\n" if i else "") + row[:width], style=style)
         self.text = t if t.plain else Text(self.PLACEHOLDER)
