@@ -120,11 +120,10 @@ def _number(value: Any) -> float | None:
 
 #: Fields the panes format as numbers (a malformed event must not take the cockpit down).
 STEP_NUMBERS = ("step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s", "steps_per_s",
-                "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s",
-                "accuracy")
+                "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s")
 #: The series a step event feeds besides the loss (the attribute, the event's field); _on_step and
 #: the bulk replay (_fold_steps) both read this table, so a new step series is one line here.
-STEP_SERIES = (("lr", "lr"), ("throughput", "samples_per_s"), ("accuracy", "accuracy"))
+STEP_SERIES = (("lr", "lr"), ("throughput", "samples_per_s"))
 CHECKPOINT_NUMBERS = ("t", "step", "seconds", "bytes")
 COST_NUMBERS = ("price_per_hour", "accumulated", "projected", "price_age_s", "savings", "lost", "lost_steps",
                 "per_epoch", "per_1k_samples", "on_demand_per_hour")
@@ -152,10 +151,6 @@ class RunHistory:
     throughput: Series = field(default_factory=lambda: Series(512))
     val_loss: Series = field(default_factory=lambda: Series(1024))
     val_accuracy: Series = field(default_factory=lambda: Series(1024))
-    #: Training accuracy at logging steps (step events' `accuracy`; older engines send none).
-    accuracy: Series = field(default_factory=Series)
-    #: The step the newest state event named (a pause, a checkpoint), which may be past last_step's.
-    state_step: float | None = None
     #: One series per named loss part (`"losses": {"ce": 0.41}` in step events), like `loss`.
     parts: dict[str, Series] = field(default_factory=dict)
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -164,6 +159,8 @@ class RunHistory:
     cost: dict[str, Any] = field(default_factory=dict)
     spot: dict[str, Any] = field(default_factory=dict)
     doctor: dict[str, Any] = field(default_factory=dict)
+    #: Config changes on resume (`config_change` events: the doctor's remedy, `resume --set`), newest last.
+    changes: list = field(default_factory=list)
     #: The teacher of a distilled run: its source, T, alpha and its own validation metrics.
     distill: dict[str, Any] = field(default_factory=dict)
     events_seen: int = 0
@@ -265,13 +262,6 @@ class RunHistory:
             self.pid = pid
 
     def _on_step(self, e: dict[str, Any]) -> None:
-        self.state_step = _number(e.get("step"))
-
-    @property
-    def current_step(self) -> float | None:
-        """The newest step the events name: the last step event's, or a later state event's."""
-        steps = [s for s in (_number(self.last_step.get("step")), self.state_step) if s is not None]
-        return max(steps) if steps else None
         e = _numbers_only(e, STEP_NUMBERS)
         step, loss = _number(e.get("step")), _number(e.get("loss"))
         if step is None:
@@ -314,8 +304,7 @@ class RunHistory:
         if step is None:
             return  # (a NaN step would drop every point)
         for series in (self.loss, self.smooth, self.lr, self.throughput, self.val_loss, self.val_accuracy,
-                       self.accuracy, *self.parts.values()):
-        self.state_step = step
+                       *self.parts.values()):
             series.drop_after(step)
         ys = self.smooth.ys
         self.ema = ys[-1] if ys else None
@@ -351,4 +340,21 @@ class RunHistory:
         self.distill = {**_numbers_only(e, ("temperature", "alpha")), "metrics": metrics}
 
     def _on_doctor(self, e: dict[str, Any]) -> None:
+        before = self.doctor
         self.doctor = _numbers_only(e, ("step", "share"))
+        if self.changes and "after" not in self.changes[-1] and before.get("bound") and self.doctor.get("bound"):
+            # the first verdict after a config change says whether it helped
+            self.changes[-1].update(before=before, after=self.doctor)
+            was = f"{before['bound']}-bound {float(before.get('share') or 0):.0%}"
+            now = f"{self.doctor['bound']}-bound {float(self.doctor.get('share') or 0):.0%}"
+            self.logs.append(("info", f"doctor after the change: {now} (before it: {was})"))
+
+    def _on_config_change(self, e: dict[str, Any]) -> None:
+        changes = e.get("changes")
+        if not isinstance(changes, dict):
+            return
+        self.changes = [*self.changes[-63:], {"step": _number(e.get("step")), "changes": changes}]
+        for name, pair in changes.items():
+            old, new = pair if isinstance(pair, list) and len(pair) == 2 else (None, pair)
+            self.logs.append(("info", f"step {e.get('step')}: {name} {old} \u2192 {new}"
+                                      + ("" if e.get("exact", True) else " (not an exact resume)")))

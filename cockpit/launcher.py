@@ -70,9 +70,10 @@ def cloud_launch(config: str, instance_type: str, s3_uri: str, region: str = "",
     return Launch(done.returncode, None, "\n".join(text.splitlines()[-12:]))
 
 
-def resume_run(run: Path) -> Launch:
-    """Resume a stopped, failed or preempted run from its newest valid checkpoint, detached."""
-    return _run(_engine("resume", str(run), "--detach"))
+def resume_run(run: Path, overrides: list[str] = ()) -> Launch:
+    """Resume a stopped, failed or preempted run from its newest valid checkpoint, detached
+    (with `--set field=value` for each override: the doctor's remedy)."""
+    return _run(_engine("resume", str(run), "--detach", *[f"--set={s}" for s in overrides]))
 
 
 def start_sweep(config: str, runs_root: Path, trials: int, parallel: int = 1, storage: str | None = None) -> Launch:

@@ -50,6 +50,7 @@ SAMPLE = {
     "checkpoint_accumulated": 0.1,
     "what": "checkpoint", "ok": True, "uri": "s3://bucket/runs/x/checkpoints/step-00000120.pt",
     "file": "step-00000120.pt", "multipart": True, "pending": ["step-00000130.pt"], "error": "timed out",
+    "current": 0, "changes": {"data.num_workers": [0, 3]}, "overrides": ["data.num_workers=3"], "exact": True,
 }
 
 

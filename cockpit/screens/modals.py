@@ -1,4 +1,4 @@
-"""Modal screens: help, stop confirmation, new-run prompt, quantization mode and report, spot launch."""
+"""Modal screens: help, stop confirmation, the doctor's remedy, new-run prompt, quantization mode and report, spot launch."""
 
 from __future__ import annotations
 
@@ -52,6 +52,36 @@ class ConfirmStop(ModalScreen[bool]):
             yield Label(f"Stop the run? (y/n)\n{self.run} checkpoints, then its engine exits.",
                         markup=False)  # a run's name is a directory name: any text at all
             yield Button("Stop the run", id="yes", variant="error")
+            yield Button("Keep training", id="no")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class ConfirmFix(ModalScreen[bool]):
+    """The doctor's remedy needs a yes: it stops the run (after a checkpoint) and resumes it changed."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes", id="fix-yes"),
+                Binding("n,escape", "answer(False)", "No", id="fix-no")]
+
+    def __init__(self, run: str, field: str, old: str, new: str, exact: bool, why: str = ""):
+        super().__init__()
+        self.run, self.field, self.old, self.new, self.exact, self.why = run, field, old, new, exact, why
+
+    def compose(self) -> ComposeResult:
+        lines = [f"Apply the doctor's remedy? (y/n)", f"{self.field}: {self.old} \u2192 {self.new}"]
+        if self.why:
+            lines.append(self.why)
+        lines.append(f"{self.run} checkpoints, stops, and resumes from that checkpoint with this change.")
+        if not self.exact:
+            lines.append("This change breaks exact resume: the steps after it differ from a run "
+                         "started with the new value.")
+        with Vertical(id="confirm-box"):
+            yield Label("\n".join(lines), markup=False, id="fix-text")
+            yield Button("Apply and resume", id="yes", variant="warning")
             yield Button("Keep training", id="no")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

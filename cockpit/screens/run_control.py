@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,17 +10,36 @@ from cockpit import launcher
 from cockpit.link import RunLink
 from cockpit.messages import CommandAnswered
 from cockpit.sanitize import clean
-from cockpit.screens.modals import ConfirmStop, NewRunScreen
+from cockpit.runs import pid_alive, read_status
+from cockpit.screens.modals import ConfirmFix, ConfirmStop, NewRunScreen
+from engine.protocol import FINAL_STATES
 
 RESUMABLE = ("stopped", "failed", "preempted")
+#: Changes that make a resumed run differ from one started with the new value (the engine's list too).
+INEXACT_ON_RESUME = ("train.batch_size",)
+
+
+def toml_value(value) -> str:
+    """A value as `--set` reads it (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def wait_for_exit(run: Path, timeout: float = 120.0) -> None:
+    """Until the run's engine has exited (it holds the run's lock until then), at most `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = read_status(run)
+        if status.get("state") in FINAL_STATES and not pid_alive(status.get("pid") or 0):
+            return
+        time.sleep(0.2)
 
 
 class RunControl:
     """Actions for a screen that follows one run (mixed into RunScreen, which binds the keys).
 
-    The screen provides `link` (the followed run, or None), `attach(run)`, `runs_root`, and
-    `begin_starting(what)`/`starting_attached()`/`end_starting()` (what it shows until a launched
-    run's first step);
+    The screen provides `link` (the followed run, or None), `attach(run)` and `runs_root`;
     commands go out in worker threads and come back as CommandAnswered messages.
     """
 
@@ -32,6 +52,7 @@ class RunControl:
     def launch(self, kind: str, args: list[str]) -> None:
         """Start an engine in a worker (`demo` with --set args, or `run` CONFIG [--set ...]), then attach."""
         def work() -> None:
+            self.app.call_from_thread(self.notify, f"starting the {kind} engine...", timeout=5)
             result = (launcher.start_demo(self.runs_root, args) if kind == "demo"
                       else launcher.start_run(Path(args[0]), self.runs_root, args[1:]))
             self.app.call_from_thread(self._launched, result)
@@ -58,15 +79,12 @@ class RunControl:
         if self.link is None:
             self.notify("no run selected: press l for the runs list", severity="warning")
             return False
-        self.begin_starting("starting the demo run" if kind == "demo" else f"starting a run from {Path(args[0]).name}")
         return True
 
     def action_checkpoint(self) -> None:
         """Checkpoint now; presses within a second, or while one is being saved, fold into it."""
         if not self._need_link():
-            self.starting_attached()
             return
-            self.end_starting()
         now = time.monotonic()
         if self.checkpoint_in_flight or now - self.last_checkpoint_press < 1.0:
             self.notify("checkpoint already requested", timeout=2)
@@ -104,8 +122,41 @@ class RunControl:
             result = launcher.resume_run(link.run)
             self.app.call_from_thread(self._launched, result)
 
-        self.begin_starting(f"resuming {link.name} from its latest checkpoint")
+        self.notify(f"resuming {link.name} from its latest checkpoint...", markup=False)
         self.run_worker(work, thread=True, group="launch", name="resume")
+
+    def action_fix(self) -> None:
+        """The doctor's remedy: confirm the change it names, then checkpoint, stop and resume with it."""
+        if not self._need_link():
+            return
+        link, verdict = self.link, self.link.history.doctor
+        field, value = verdict.get("field"), verdict.get("value")
+        if not isinstance(field, str) or value is None or isinstance(value, (dict, list)):
+            self.notify("the doctor names no value to change (yet): wait for its verdict", severity="warning")
+            return
+        new, old = toml_value(value), toml_value(verdict.get("current"))
+        why = f"{verdict.get('bound')}-bound: {float(verdict.get('share') or 0):.0%} of each step"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._apply_fix(link, field, new)
+
+        self.app.push_screen(ConfirmFix(link.name, clean(field), clean(old), clean(new),
+                                        field not in INEXACT_ON_RESUME, why), answered)
+
+    def _apply_fix(self, link: RunLink, field: str, value: str) -> None:
+        def work() -> None:
+            if not (link.vanished or link.history.state in FINAL_STATES):
+                reply = link.send("stop")  # checkpoints first; the reply comes after the checkpoint
+                if not reply.get("ok"):
+                    self.post_message(CommandAnswered("stop", reply))
+                    return
+                wait_for_exit(link.run)
+            result = launcher.resume_run(link.run, [f"{field}={value}"])
+            self.app.call_from_thread(self._launched, result)
+
+        self.notify(f"{field} = {value}: checkpointing, stopping and resuming {link.name}", markup=False)
+        self.run_worker(work, thread=True, group="launch", name="fix")
 
     def action_new_run(self) -> None:
         """Ask for a config file, start a run from it, and follow it."""

@@ -174,6 +174,7 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
     each process would then see other samples and the run would not continue exactly.
     """
     run = RunDir(run_path.resolve())
+    before = config_mod.load(run.config, []) if overrides else None
     cfg = config_mod.load(run.config, overrides)
     dist = setup_dist(cfg)
     lease = None  # rank 0's lease on the run in S3 (checkpoint.s3_uri)
@@ -208,12 +209,40 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         for message in warnings:
             tele.emit("log", level="warning", message=message)
         tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=name)
+        if dist.main and overrides:
+            _record_changes(run, tele, before, cfg, overrides, state["step"])
         return _train(Trainer(cfg, spec, model, run, tele, resume=state, dist=dist, teacher=teacher),
                       tele, run, console, lease)
     finally:
         if lease is not None:
             lease.release()  # idempotent: the mirror's close() normally did it
         dist.close()
+
+
+#: Fields whose change on resume makes the run differ from one started with the new value.
+INEXACT_ON_RESUME = ("train.batch_size",)
+
+
+def _record_changes(run: RunDir, tele: Telemetry, before: Config, after: Config, overrides: list[str],
+                    step: int) -> None:
+    """A resume with --set: one line in <run>/overrides.jsonl and a config_change event at that step."""
+    import json
+    import time
+
+    def value(cfg: Config, dotted: str) -> Any:
+        for part in dotted.split("."):
+            cfg = getattr(cfg, part, None)
+        return cfg
+
+    fields = sorted({o.split("=", 1)[0].strip() for o in overrides})
+    changes = {f: [value(before, f), value(after, f)] for f in fields}
+    changes = {f: v for f, v in changes.items() if v[0] != v[1]}
+    exact = not any(f in INEXACT_ON_RESUME for f in changes)
+    record = {"t": round(time.time(), 3), "step": step, "overrides": list(overrides), "changes": changes,
+              "exact": exact}
+    with open(run.path / "overrides.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+    tele.emit("config_change", step=step, changes=changes, overrides=list(overrides), exact=exact)
 
 
 def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str], teacher: Teacher | None = None) -> Any:

@@ -5,8 +5,10 @@ Standard library only: it works on the step timings the loop already measures.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 #: Share of a step above which a part is "the" bottleneck.
 THRESHOLD = 0.3
@@ -29,9 +31,48 @@ class Diagnosis:
     share: float        # share of the step spent in that part
     field: str          # the config field to change
     remedy: str
+    value: Any = None   # what to set it to (None: no value to name), see suggest()
+    current: Any = None  # its value now
 
     def message(self) -> str:
+        if self.value is not None:
+            return (f"{self.bound}-bound: {self.share:.0%} of each step; set {self.field} = "
+                    f"{_toml(self.value)} (now {_toml(self.current)}; f in the cockpit applies it)")
         return f"{self.bound}-bound: {self.share:.0%} of each step; {self.remedy}"
+
+
+#: At most this many loader workers are suggested (beyond it, more processes rarely help a loader).
+MAX_WORKERS = 8
+#: Share of the device's memory a suggested batch may fill (the rest is headroom).
+MEMORY_HEADROOM = 0.85
+
+
+def _toml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
+
+
+def suggest(bound: str, num_workers: int, pin_memory: bool, batch_size: int, on_gpu: bool,
+            mem_peak_bytes: int | None = None, mem_total_bytes: int | None = None,
+            cpus: int | None = None) -> tuple[str, Any, Any] | None:
+    """(field, current value, new value) the doctor names for a verdict, or None.
+
+    input: data.num_workers = the CPU count minus one (the trainer's own), at most MAX_WORKERS;
+    once that many, data.pin_memory = true on a GPU. communication: the largest batch that fits,
+    from the measured peak memory (a GPU's allocator peak; the batch scales it linearly), rounded
+    down to a multiple of 8."""
+    if bound == "input":
+        workers = max(1, min(MAX_WORKERS, (cpus if cpus is not None else os.cpu_count() or 1) - 1))
+        if num_workers < workers:
+            return "data.num_workers", num_workers, workers
+        if on_gpu and not pin_memory:
+            return "data.pin_memory", False, True
+        return None
+    if bound == "communication" and on_gpu and mem_peak_bytes and mem_total_bytes:
+        fits = int(batch_size * mem_total_bytes * MEMORY_HEADROOM / mem_peak_bytes)
+        fits = fits // 8 * 8 if fits >= 16 else fits
+        if fits > batch_size:
+            return "train.batch_size", batch_size, fits
+    return None
 
 
 class Doctor:

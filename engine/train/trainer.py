@@ -31,7 +31,7 @@ from engine.parallel.wrap import check_replicas, grad_scaler, wrap
 from engine.protocol import EXIT_FAILED
 from engine.run.control import ControlServer, Pending
 from engine.run.rundir import RunDir, socket_path_for
-from engine.telemetry.doctor import Doctor
+from engine.telemetry.doctor import Doctor, suggest
 from engine.telemetry.flops import flops_per_sample, memory_fields, peak_tflops, step_flops
 from engine.telemetry.sinks import Telemetry
 from engine.train.boundary import OUTCOMES, Clock, Commands, Pause, Plan, Reason, Signals, StopRun
@@ -218,8 +218,19 @@ class Trainer:
         self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"])
         verdict = self.doctor.changed()
         if verdict is not None:
+            named = self._doctor_value(verdict.bound)
+            if named is not None:
+                verdict.field, verdict.current, verdict.value = named
             self.tele.emit("doctor", step=self.pos.step, bound=verdict.bound, share=verdict.share,
-                           field=verdict.field, remedy=verdict.remedy, message=verdict.message())
+                           field=verdict.field, remedy=verdict.remedy, message=verdict.message(),
+                           **({"value": verdict.value, "current": verdict.current} if named else {}))
+
+    def _doctor_value(self, bound: str):
+        """(field, current, new) the doctor can name for this verdict (doctor.suggest), or None."""
+        d, gpu = self.cfg.data, self.device.type == "cuda"
+        peak = memory_fields(self.device).get("mem_peak_bytes")
+        total = torch.cuda.get_device_properties(self.device).total_memory if gpu else None
+        return suggest(bound, d.num_workers, d.pin_memory, self.cfg.train.batch_size, gpu, peak, total)
 
     def end_epoch(self) -> None:
         """Validate when the epoch is complete (or the run is), tell the hooks, then checkpoint."""
