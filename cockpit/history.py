@@ -120,10 +120,11 @@ def _number(value: Any) -> float | None:
 
 #: Fields the panes format as numbers (a malformed event must not take the cockpit down).
 STEP_NUMBERS = ("step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s", "steps_per_s",
-                "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s")
+                "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s",
+                "accuracy")
 #: The series a step event feeds besides the loss (the attribute, the event's field); _on_step and
 #: the bulk replay (_fold_steps) both read this table, so a new step series is one line here.
-STEP_SERIES = (("lr", "lr"), ("throughput", "samples_per_s"))
+STEP_SERIES = (("lr", "lr"), ("throughput", "samples_per_s"), ("accuracy", "accuracy"))
 CHECKPOINT_NUMBERS = ("t", "step", "seconds", "bytes")
 COST_NUMBERS = ("price_per_hour", "accumulated", "projected", "price_age_s", "savings", "lost", "lost_steps",
                 "per_epoch", "per_1k_samples", "on_demand_per_hour")
@@ -151,6 +152,10 @@ class RunHistory:
     throughput: Series = field(default_factory=lambda: Series(512))
     val_loss: Series = field(default_factory=lambda: Series(1024))
     val_accuracy: Series = field(default_factory=lambda: Series(1024))
+    #: Training accuracy at logging steps (step events' `accuracy`; older engines send none).
+    accuracy: Series = field(default_factory=Series)
+    #: The step the newest state event named (a pause, a checkpoint), which may be past last_step's.
+    state_step: float | None = None
     #: One series per named loss part (`"losses": {"ce": 0.41}` in step events), like `loss`.
     parts: dict[str, Series] = field(default_factory=dict)
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -260,6 +265,13 @@ class RunHistory:
         pid = e.get("pid")
         if isinstance(pid, int) and not isinstance(pid, bool):
             self.pid = pid
+        self.state_step = _number(e.get("step"))
+
+    @property
+    def current_step(self) -> float | None:
+        """The newest step the events name: the last step event's, or a later state event's."""
+        steps = [s for s in (_number(self.last_step.get("step")), self.state_step) if s is not None]
+        return max(steps) if steps else None
 
     def _on_step(self, e: dict[str, Any]) -> None:
         e = _numbers_only(e, STEP_NUMBERS)
@@ -303,8 +315,9 @@ class RunHistory:
         step = _number(e.get("step"))
         if step is None:
             return  # (a NaN step would drop every point)
+        self.state_step = step
         for series in (self.loss, self.smooth, self.lr, self.throughput, self.val_loss, self.val_accuracy,
-                       *self.parts.values()):
+                       self.accuracy, *self.parts.values()):
             series.drop_after(step)
         ys = self.smooth.ys
         self.ema = ys[-1] if ys else None
