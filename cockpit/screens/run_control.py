@@ -39,7 +39,9 @@ def wait_for_exit(run: Path, timeout: float = 120.0) -> None:
 class RunControl:
     """Actions for a screen that follows one run (mixed into RunScreen, which binds the keys).
 
-    The screen provides `link` (the followed run, or None), `attach(run)` and `runs_root`;
+    The screen provides `link` (the followed run, or None), `attach(run)`, `runs_root`, and
+    `begin_starting(what)`/`starting_attached()`/`end_starting()` (what it shows until a launched
+    run's first step);
     commands go out in worker threads and come back as CommandAnswered messages.
     """
 
@@ -52,17 +54,19 @@ class RunControl:
     def launch(self, kind: str, args: list[str]) -> None:
         """Start an engine in a worker (`demo` with --set args, or `run` CONFIG [--set ...]), then attach."""
         def work() -> None:
-            self.app.call_from_thread(self.notify, f"starting the {kind} engine...", timeout=5)
             result = (launcher.start_demo(self.runs_root, args) if kind == "demo"
                       else launcher.start_run(Path(args[0]), self.runs_root, args[1:]))
             self.app.call_from_thread(self._launched, result)
 
+        self.begin_starting("starting the demo run" if kind == "demo" else f"starting a run from {Path(args[0]).name}")
         self.run_worker(work, thread=True, group="launch", name="launch")
 
     def _launched(self, result: launcher.Launch) -> None:
         if result.code == 0 and result.run is not None:
             self.attach(result.run)
+            self.starting_attached()
         else:
+            self.end_starting()
             self.notify(f"the engine did not start (exit {result.code}):\n{clean(result.message)}",
                         severity="error", markup=False, timeout=20)
 
@@ -122,7 +126,7 @@ class RunControl:
             result = launcher.resume_run(link.run)
             self.app.call_from_thread(self._launched, result)
 
-        self.notify(f"resuming {link.name} from its latest checkpoint...", markup=False)
+        self.begin_starting(f"resuming {link.name} from its latest checkpoint")
         self.run_worker(work, thread=True, group="launch", name="resume")
 
     def action_fix(self) -> None:

@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
 from cockpit.gpu import GpuSampler
@@ -19,6 +20,7 @@ from cockpit.link import RunLink
 from cockpit.messages import EngineVanished, GpuSampled, GpuUnderused, HistoryUpdated, HostSampled
 from cockpit.screens.run_control import RunControl
 from cockpit.screens.sized import SizedScreen
+from cockpit.widgets.accuracy_pane import AccuracyPane
 from cockpit.widgets.banner import RunBanner
 from cockpit.widgets.checkpoints_pane import CheckpointsPane
 from cockpit.widgets.cost_pane import CostPane
@@ -31,11 +33,16 @@ from cockpit.widgets.pane import Pane
 from cockpit.widgets.spot_pane import SpotPane
 from cockpit.widgets.steptime_pane import StepTimePane
 from cockpit.widgets.throughput_pane import ThroughputPane
+from engine.protocol import FINAL_STATES
 
 #: Panes redraw at most this often, so tmux never flickers and a fast run cannot flood the terminal.
 REFRESH_HZ = 2
 #: Checkpoint ages and the log move on even when no event arrives: redraw at least this often.
 IDLE_REDRAW_S = 2.0
+#: Narrower than this, the learning-rate and accuracy charts take turns (`a`); wider, side by side.
+SIDE_BY_SIDE_WIDTH = 120
+#: What a launched engine is doing before the cockpit can follow it, and once it can.
+STARTING_PHASES = ("loading torch, building the model and the data…", "training: waiting for the first step…")
 
 
 class RunScreen(RunControl, SizedScreen):
@@ -52,6 +59,9 @@ class RunScreen(RunControl, SizedScreen):
         Binding("f", "fix", "Fix", id="fix",
                 tooltip="Apply the doctor's remedy: checkpoint, stop and resume with the field it names changed"),
         Binding("l", "runs", "Runs", id="runs", tooltip="Show the runs list, to follow another run"),
+        Binding("y", "log_scale", "Log y", id="log-scale", tooltip="Toggle a logarithmic scale on the loss chart"),
+        Binding("a", "swap_chart", "Acc/lr", id="swap-chart",
+                tooltip="Show the accuracy chart or the learning-rate chart (both side by side when wide)"),
     ]
 
     def __init__(self, runs_root: Path, run: Path | None = None, launch: tuple[str, list[str]] | None = None,
@@ -67,15 +77,20 @@ class RunScreen(RunControl, SizedScreen):
         self.link: RunLink | None = None
         self.dirty = False
         self.gpu_watch = GpuWatch(self.post_message, gpu)
+        #: While a run the cockpit launched starts: (what, time.monotonic() at the key press, attached).
+        self.starting: tuple[str, float, bool] | None = None
 
     def compose(self) -> ComposeResult:
         yield self.too_small()
         with Vertical(id="main"):
             yield RunBanner()
+            yield Static(id="starting")
             with Horizontal(id="body"):
                 with Vertical(id="charts"):
                     yield LossPane()
-                    yield LrPane()
+                    with Horizontal(id="lower-charts"):
+                        yield AccuracyPane()
+                        yield LrPane()
                 with VerticalScroll(id="side"):
                     yield GpuPane()
                     yield ThroughputPane()
@@ -92,6 +107,7 @@ class RunScreen(RunControl, SizedScreen):
         super().on_mount()
         self.set_interval(1 / REFRESH_HZ, self.refresh_panes)
         self.set_interval(IDLE_REDRAW_S, self.mark_dirty)
+        self.set_interval(1.0, self.tick_starting)
         if self.poll_gpu:
             self.run_worker(self._sample_gpus, thread=True, group="gpu", name="gpu")
         if self.initial_launch:
@@ -123,8 +139,55 @@ class RunScreen(RunControl, SizedScreen):
 
     def on_history_updated(self, message: HistoryUpdated) -> None:
         self.dirty = True
+        if self.starting is not None:
+            self.tick_starting()
         if "state" in message.kinds or "error" in message.kinds:
             self.refresh_banner()
+
+    # ---- a run the cockpit launched, before its first step ----------------------------
+
+    def begin_starting(self, what: str) -> None:
+        """Say what is happening until the launched run's first step (then the live view shows)."""
+        self.starting = (what, time.monotonic(), False)
+        self.add_class("starting")
+        self.tick_starting()
+
+    def starting_attached(self) -> None:
+        """The launch returned and the run is followed: wait for its first step."""
+        if self.starting is not None:
+            self.starting = (*self.starting[:2], True)
+            self.tick_starting()
+
+    def end_starting(self) -> None:
+        self.starting = None
+        self.remove_class("starting")
+        self.dirty = True
+        if self.link is None:
+            banner = self.query_one(RunBanner)
+            banner.set_classes("")
+            banner.text = Text(RunBanner.NO_RUN)
+        else:
+            self.refresh_banner()
+
+    def tick_starting(self) -> None:
+        """Once a second while starting: the elapsed seconds; the live view at the first step
+        (or a final state: a run that failed early shows why)."""
+        if self.starting is None or not self.app.is_running:
+            return
+        what, since, attached = self.starting
+        link = self.link if attached else None
+        if link is not None:
+            with link.lock:
+                h = link.history
+                live = bool(h.last_step) or h.state in FINAL_STATES or link.vanished
+            if live:
+                self.end_starting()
+                return
+        text = f"{what}: {STARTING_PHASES[attached]} {int(time.monotonic() - since)} s"
+        self.query_one(RunBanner).show_starting(text)
+        self.query_one("#starting", Static).update(
+            text + "\n\nthe live view appears at the first step; the engine runs on its own "
+                   "(quitting the cockpit does not stop it)")
 
     def on_engine_vanished(self, message: EngineVanished) -> None:
         self.refresh_banner()
@@ -173,6 +236,22 @@ class RunScreen(RunControl, SizedScreen):
         self.notify(message.advice, severity="warning", timeout=15, markup=False)
 
     # ---- keys -------------------------------------------------------------------------
+
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        self.set_class(event.size.width < SIDE_BY_SIDE_WIDTH, "narrow")
+
+    def action_log_scale(self) -> None:
+        """Toggle a logarithmic y axis on the loss chart."""
+        pane = self.query_one(LossPane)
+        pane.log_y = not pane.log_y
+        self.mark_dirty()
+        self.refresh_panes()
+
+    def action_swap_chart(self) -> None:
+        """Narrow: show the learning-rate chart instead of the accuracy chart, or back."""
+        self.toggle_class("show-lr")
+        self.mark_dirty()
 
     def action_runs(self) -> None:
         """Show the runs list (a screen of its own)."""
