@@ -58,6 +58,9 @@ class RunsScreen(SizedScreen):
                 tooltip="Quantize the highlighted finished run to int8 and show what it buys"),
         Binding("a", "spot_launch", "Spot launch", id="runs-spot-launch",
                 tooltip="Train a config on an EC2 spot instance, mirrored to S3 (cockpit-engine cloud launch)"),
+        Binding("space", "mark", "Mark", id="runs-mark", tooltip="Mark the highlighted run for comparison (again: unmark)"),
+        Binding("o", "compare", "Compare", id="runs-compare",
+                tooltip="Overlay the marked runs' loss and accuracy curves, each run in its own colour"),
     ]
 
     def __init__(self, runs_root: Path, clock: Callable[[], float] = time.time):
@@ -87,6 +90,30 @@ class RunsScreen(SizedScreen):
         if not table.row_count or not table.is_valid_row_index(table.cursor_row):
             return None
         return Path(str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
+
+    def action_mark(self) -> None:
+        """Mark the highlighted run for comparison, or unmark it."""
+        run = self.highlighted()
+        if run is None:
+            return
+        table = self.query_one(RunsList)
+        key = str(run)
+        table.marked.remove(key) if key in table.marked else table.marked.append(key)
+        table.refresh_runs(force=True)
+
+    def action_compare(self) -> None:
+        """The marked runs' curves overlaid (two at least; the highlighted one counts when one is marked)."""
+        table = self.query_one(RunsList)
+        runs = [Path(m) for m in table.marked]
+        here = self.highlighted()
+        if len(runs) == 1 and here is not None and here not in runs:
+            runs.append(here)
+        if len(runs) < 2:
+            self.notify("mark two runs or more with space, then press o", severity="warning")
+            return
+        from cockpit.screens.compare_screen import CompareScreen
+
+        self.app.push_screen(CompareScreen(runs))
 
     def action_quantize(self) -> None:
         """Quantize the highlighted run (finished or stopped): pick a mode, then wait for the report."""

@@ -42,6 +42,8 @@ class RunsList(DataTable):
     def __init__(self, root: Path, clock: Callable[[], float] = time.time, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.root, self.clock = root, clock
+        #: Runs marked for comparison (their paths, as row keys), in the order marked.
+        self.marked: list[str] = []
 
     def on_mount(self) -> None:
         self.add_columns(*COLUMNS)
@@ -60,6 +62,10 @@ class RunsList(DataTable):
         now = self.clock()
         for info in list_runs(self.root):
             # Text cells: a DataTable parses plain strings as markup, and these come from disk.
-            self.add_row(*(Text(clean(c)[:80]) for c in row_cells(info, now)), key=str(info.path))
+            cells = row_cells(info, now)
+            if str(info.path) in self.marked:
+                cells = (f"\u25cf {cells[0]}", *cells[1:])  # marked for comparison
+            self.add_row(*(Text(clean(c)[:80]) for c in cells), key=str(info.path))
+        self.marked = [m for m in self.marked if m in self.rows]  # a run removed is unmarked
         if selected is not None and selected in self.rows:
             self.move_cursor(row=self.get_row_index(selected), animate=False)  # stay on the run
