@@ -7,6 +7,7 @@ machine or many, may share one study through its storage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,14 @@ from engine.config.schema import Config
 from engine.sweep.space import set_args, suggest
 from engine.sweep.storage import MAX_RETRY, mask_url, open_storage
 from engine.sweep.trial import Outcome, TrialEngine
+
+
+def _is_race(exc: BaseException) -> bool:
+    """An error a concurrent creation of the schema or the study explains."""
+    name = type(exc).__name__
+    text = str(exc).lower()
+    return name in ("IntegrityError", "DuplicatedStudyError", "ProgrammingError", "OperationalError") and (
+        name != "OperationalError" or "already exists" in text or "locked" in text)
 
 
 def trial_run_id(study: str, number: int) -> str:
@@ -46,8 +55,19 @@ class Worker:
 
         self.o, self.log = opts, log
         self.optuna = optuna
-        self.storage = open_storage(opts.storage_url, opts.heartbeat_s, opts.grace_s)
-        self.study = self._study()
+        for attempt in range(5):
+            # workers starting together race to create the schema and the study (PostgreSQL answers
+            # the loser with an IntegrityError, SQLite may say "table already exists"): try again
+            try:
+                self.storage = open_storage(opts.storage_url, opts.heartbeat_s, opts.grace_s)
+                self.study = self._study()
+                break
+            except Exception as exc:
+                from engine.errors import BadInput
+
+                if isinstance(exc, BadInput) or attempt == 4 or not _is_race(exc):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         self.db = threading.RLock()   # one storage call at a time from this worker's threads
         self.stopping = threading.Event()
         self.engines: set[TrialEngine] = set()
@@ -64,15 +84,8 @@ class Worker:
                                                     max_resource=max(1, self.o.cfg.train.epochs))
         else:
             pruner = optuna.pruners.NopPruner()
-        for attempt in range(3):  # two workers creating the same study at once: one wins, both load it
-            try:
-                study = optuna.create_study(study_name=self.o.study, storage=self.storage, sampler=sampler,
-                                            pruner=pruner, direction=s.resolved_direction, load_if_exists=True)
-                break
-            except optuna.exceptions.DuplicatedStudyError:
-                time.sleep(0.2 * (attempt + 1))
-        else:
-            study = optuna.load_study(study_name=self.o.study, storage=self.storage, sampler=sampler, pruner=pruner)
+        study = optuna.create_study(study_name=self.o.study, storage=self.storage, sampler=sampler,
+                                    pruner=pruner, direction=s.resolved_direction, load_if_exists=True)
         if study.direction.name.lower() != s.resolved_direction:
             from engine.errors import BadInput
 
@@ -128,9 +141,27 @@ class Worker:
         for engine in list(self.engines):
             engine.stop()
 
+    @contextlib.contextmanager
+    def _asking(self):
+        """On SQLite, one worker process at a time takes a trial: SQLite ignores the row lock
+        Optuna takes to pop a waiting (re-queued) trial, so two workers could both pop it.
+        A record lock beside the database file (released by the kernel if the worker dies)."""
+        url = self.o.storage_url
+        if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+            yield
+            return
+        import fcntl
+
+        with open(url.split(":///", 1)[1] + ".ask-lock", "a+b") as f:
+            fcntl.lockf(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(f, fcntl.LOCK_UN)
+
     def _slot(self, gpu: str | None) -> None:
         while not self.stopping.is_set():
-            with self.db:
+            with self.db, self._asking():
                 self.optuna.storages.fail_stale_trials(self.study)
                 if not self._room():
                     return
