@@ -11,7 +11,8 @@ from pathlib import Path
 from cockpit.runs import find_run, list_runs, runs_root
 
 EPILOG = """keys: c checkpoint, p pause/continue, s stop, r resume, n new run, l runs list,
-t sweep trials, b TensorBoard, ctrl+t theme, ? help, q quit (the engine keeps training), ctrl+p palette.
+y log-scale loss, a accuracy/lr chart, t sweep trials, b TensorBoard, ctrl+t theme, ? help,
+q quit (the engine keeps training), ctrl+p palette.
 
 examples:
   cockpit                       the runs directory: pick a run to watch
