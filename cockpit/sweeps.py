@@ -22,11 +22,12 @@ from typing import Any
 DEFAULT_DB = "sweeps.db"
 #: Where promoted configs are written, under the runs directory.
 PROMOTED_DIR = "sweeps"
-#: The cockpit's view of the workers' heartbeat (seconds): a RUNNING trial whose last heartbeat
-#: is older than the grace period is failed by the cockpit's timer too (then retried, as the
-#: worker would). $COCKPIT_SWEEP_GRACE_S overrides the grace period.
-HEARTBEAT_S = 10
-GRACE_S = 60
+#: The workers' heartbeat settings (engine/sweep/storage.py, the same variables): a RUNNING trial
+#: whose last heartbeat is older than the grace period is failed by the cockpit's timer too, and
+#: retried as the worker would (at most MAX_RETRY times).
+HEARTBEAT_S = int(os.environ.get("COCKPIT_SWEEP_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("COCKPIT_SWEEP_GRACE_S", "60"))
+MAX_RETRY = 3
 
 
 def storage_url(runs_root: Path, override: str | None = None) -> str:
@@ -35,9 +36,15 @@ def storage_url(runs_root: Path, override: str | None = None) -> str:
     return url or f"sqlite:///{(runs_root / DEFAULT_DB).resolve()}"
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_QUERY_PW = re.compile(r"(?i)([?&;](?:password|pass|pwd)=)[^&;\s]*")
+
+
+def mask_url(text: str) -> str:
+    """`text` with the password of every URL in it replaced by *** (the userinfo's and a
+    password=... query argument), as the engine masks them."""
+    out = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    return _QUERY_PW.sub(r"\1***", out)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -138,15 +145,14 @@ class SweepReader:
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
                 # heartbeats and fail_stale_trials are "experimental" to optuna: no warning each refresh
                 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-                kwargs: dict[str, Any] = {"heartbeat_interval": HEARTBEAT_S,
-                                          "grace_period": int(os.environ.get("COCKPIT_SWEEP_GRACE_S", GRACE_S))}
+                kwargs: dict[str, Any] = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
                 params = inspect.signature(optuna.storages.RDBStorage).parameters
                 retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
                     or optuna.storages.RetryFailedTrialCallback
                 if "heartbeat_stale_trial_callback" in params:
-                    kwargs["heartbeat_stale_trial_callback"] = retry()
+                    kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=MAX_RETRY)
                 else:
-                    kwargs["failed_trial_callback"] = retry()
+                    kwargs["failed_trial_callback"] = retry(max_retry=MAX_RETRY)
                 if sqlite_path(self.url) is not None:
                     kwargs["engine_kwargs"] = {"connect_args": {"timeout": 10}}
                 self._storage = optuna.storages.RDBStorage(self.url, **kwargs)

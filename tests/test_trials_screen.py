@@ -241,15 +241,18 @@ async def test_prune_and_stop_a_running_trial_then_promote_the_best(tmp_path: Pa
             await pilot.press("x")
             await until(pilot, lambda: any("only a running trial" in n for n in notes(app)), what="refusal")
             move_to(pilot, table, 5)
+            await pilot.press("s")  # stop asks first; "n" keeps it training
+            await until(pilot, lambda: type(app.screen).__name__ == "ConfirmStop", what="the confirmation")
+            assert f"{STUDY}-t005" in str(app.screen.query_one("Label").render())
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, TrialsScreen), what="back")
             await pilot.press("x")
             if "prune" in COMMANDS:
-                await until(pilot, lambda: read_status(live).get("state") in ("stopped", "pruned"), timeout=90,
+                await until(pilot, lambda: read_status(live).get("state") == "pruned", timeout=90,
                             what="the pruned engine")
-                await until(pilot, lambda: any("trial 5 pruned" in n for n in notes(app)), what="the reply")
-            else:  # TODO(#11): the engine's `prune` command has not landed: the refusal is shown
-                await until(pilot, lambda: any("prune trial 5" in n and "prune" in n for n in notes(app)),
-                            what="the refusal")
-                assert read_status(live).get("state") == "running"
+                await until(pilot, lambda: any("trial 5 pruned at step" in n for n in notes(app)), what="the reply")
+            else:  # the engine without `prune` (before #11's engine side): the refusal, then stop
+                await until(pilot, lambda: any("prune trial 5" in n for n in notes(app)), what="the refusal")
                 await pilot.press("s")
                 await until(pilot, lambda: type(app.screen).__name__ == "ConfirmStop", what="the confirmation")
                 await pilot.press("y")

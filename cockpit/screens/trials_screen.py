@@ -172,7 +172,7 @@ class TrialsScreen(SizedScreen):
             view = self.reader.read(study) if study and any(s.name == study for s in studies) else None
             error = ""
         except Exception as exc:  # noqa: BLE001 - a storage that is not there, locked, or refuses
-            studies, view, error = self.studies, self.view, f"cannot read {mask_url(self.url)}: {exc}"
+            studies, view, error = self.studies, self.view, mask_url(f"cannot read {self.url}: {exc}")
         if not self.closing.is_set():
             self.app.call_from_thread(self._show, studies, study, view, error)
 
