@@ -50,7 +50,9 @@ async def test_a_launch_says_what_is_happening_until_the_first_step(tmp_path: Pa
     run = tmp_path / "runs" / "20261201-000000-demo-abcd"
     run.mkdir(parents=True)
     (run / "config.toml").write_text("")
-    (run / "events.jsonl").write_text(encode_event(make_event("state", t=1.0, state="running", step=0)))
+    # a step from an earlier session (as a resumed run has): not the first step of this launch
+    (run / "events.jsonl").write_text(encode_event(make_event("state", t=1.0, state="running", step=0))
+                                      + encode_event(make_event("step", t=2.0, step=3, epoch=0, loss=2.3)))
     release = threading.Event()
 
     def start_demo(runs_root: Path, overrides: list[str]) -> launcher.Launch:
@@ -73,7 +75,7 @@ async def test_a_launch_says_what_is_happening_until_the_first_step(tmp_path: Pa
         assert screen.has_class("starting")
 
         with open(run / "events.jsonl", "a") as f:
-            f.write(encode_event(make_event("step", t=2.0, step=5, epoch=0, batch=5, batches_per_epoch=45,
+            f.write(encode_event(make_event("step", step=5, epoch=0, batch=5, batches_per_epoch=45,
                                             loss=2.2, accuracy=0.2, lr=0.001)))
         await until(pilot, lambda: not screen.has_class("starting"), what="the live view")
         assert screen.query_one("#body").display and not screen.query_one("#starting").display

@@ -149,6 +149,7 @@ class RunScreen(RunControl, SizedScreen):
     def begin_starting(self, what: str) -> None:
         """Say what is happening until the launched run's first step (then the live view shows)."""
         self.starting = (what, time.monotonic(), False)
+        self.starting_wall = time.time()  # a resumed run's history has steps from before: not those
         self.add_class("starting")
         self.tick_starting()
 
@@ -179,7 +180,9 @@ class RunScreen(RunControl, SizedScreen):
         if link is not None:
             with link.lock:
                 h = link.history
-                live = bool(h.last_step) or h.state in FINAL_STATES or link.vanished
+                t = h.last_step.get("t")
+                new_step = bool(h.last_step) and (not isinstance(t, (int, float)) or t >= self.starting_wall - 2)
+                live = new_step or h.state in FINAL_STATES or link.vanished
             if live:
                 self.end_starting()
                 return
