@@ -325,8 +325,26 @@ trials = 1
         table = app.screen.query_one(TrialsTable)
         await until(pilot, lambda: app.screen.study == "tiny-sweep" and table.row_count >= 1, timeout=120,
                     what="its trial")
-        await until(pilot, lambda: cells(table) and cells(table)[0][1] in ("complete", "pruned"), timeout=180,
+        await until(pilot, lambda: cells(table) and cells(table)[0][1] == "complete", timeout=180,
                     what="the trial to finish")
+        await until(pilot, lambda: app.screen.view.best is not None, what="the best trial")
+        await pilot.press("p")  # promote the real trial: its own config.toml, the sweep off, 2 epochs
+        await until(pilot, lambda: type(app.screen).__name__ == "PromoteScreen", what="the promote form")
+        assert app.screen.query_one("#promote-epochs").value == "2"
+        app.screen.query_one("#promote-epochs").focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.link is not None, timeout=120,
+                    what="the promoted run")
+        promoted = app.link.run
+        try:
+            await until(pilot, lambda: app.link.history.state in ("running", "finished"), timeout=120,
+                        what="the promoted run to train")
+            cfg = tomllib.loads((promoted / "config.toml").read_text())
+            assert cfg["train"]["epochs"] == 2 and cfg["sweep"]["enabled"] is False
+            trial_lr = tomllib.loads((runs / "tiny-sweep-t000" / "config.toml").read_text())["optim"]["lr"]
+            assert cfg["optim"]["lr"] == trial_lr
+        finally:
+            stop_engine(promoted)
 
 
 # ---- the snapshot ---------------------------------------------------------------------------
