@@ -99,8 +99,14 @@ async def test_new_run_key_starts_a_detached_engine_and_attaches(tmp_path: Path,
         await pilot.press("n")
         await pilot.press(*str(config))
         await pilot.press("enter")
+        # until its first step the screen says what is happening (a real launch: torch loads)
+        await until(pilot, lambda: "starting a run from tiny.toml: loading torch" in
+                    app.run_screen.query_one(RunBanner).text.plain, what="the starting line")
+        assert app.run_screen.has_class("starting")
         await until(pilot, lambda: app.link is not None and app.link.history.state == "running",
                     what="the new run to train")
+        await until(pilot, lambda: not app.run_screen.has_class("starting"), what="the live view")
+        assert app.link.history.last_step, "the live view comes with the first step"
         run = only_run(runs)
         assert app.link.run.resolve() == run.resolve()
         reply = app.link.send("stop")
