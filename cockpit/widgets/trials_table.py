@@ -110,6 +110,8 @@ class BestChartPane(ChartPane):
     def show_study(self, view: StudyView | None) -> None:
         xs, ys = view.best_so_far if view else ([], [])
         self.chart.draw("best", [(xs, ys, view.metric if view else "", self.chart.theme_color("loss-val", "orange"))])
+        if len(xs) > 1:
+            self.chart.plt.xlim(xs[0], xs[-1])  # the line ends at the last complete trial, inside the frame
 
 
 class ImportancePane(TextPane):
@@ -126,15 +128,16 @@ class ImportancePane(TextPane):
         if not view.importances:
             self.text = Text(clean(view.note or "not computed yet")[:200])
             return
-        width = max(len(n) for n in view.importances)
-        width = min(width, 24)
+        avail = self.content_size.width or 46
+        width = min(max(len(n) for n in view.importances), 24, max(6, avail - 11))
+        bar = max(4, min(self.BAR, avail - width - 7))
         text = Text()
         for name, share in sorted(view.importances.items(), key=lambda kv: -kv[1]):
-            filled = max(0, min(self.BAR, round(share * self.BAR)))
+            filled = max(0, min(bar, round(share * bar)))
             if text:
                 text.append("\n")
             text.append(f"{clean(name)[:width]:<{width}} ")
             text.append("█" * filled, style="bold")
-            text.append("░" * (self.BAR - filled))
+            text.append("░" * (bar - filled))
             text.append(f" {share:.2f}")
         self.text = text
