@@ -2,6 +2,7 @@
 
     python bench/cockpit_bench.py startup  [--rounds 7]
     python bench/cockpit_bench.py million  [--events 1000000]
+    python bench/cockpit_bench.py fold     [--events 1000000]   (the replay's approaches, without the app)
     python bench/cockpit_bench.py attached [--rounds 3 --steps 300]
 
 Each compares two things in one run and prints a ratio; results go to bench/RESULTS.md.
@@ -64,27 +65,42 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - t0, out.stdout
 
 
-def write_run(folder: Path, n: int) -> Path:
-    """A run directory whose events.jsonl holds n step events (plus evals every 1,000)."""
+def write_run(folder: Path, n: int, series: bool = True) -> Path:
+    """A run directory whose events.jsonl holds n step events (plus evals every 1,000), and, as the
+    engine's events sink keeps it, steps.f64 (series=False: events.jsonl alone, as engines before it)."""
     sys.path.insert(0, str(ROOT))
     from engine.protocol import encode_event, make_event
+    from engine.telemetry.series_file import SeriesFile
 
     run = folder / "bench-run"
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.toml").write_text("[train]\nepochs = 1\n")
     (run / "status.json").write_text(json.dumps({"state": "finished", "pid": 0, "step": n}))
+    steps = SeriesFile(run) if series else None
     with open(run / "events.jsonl", "w") as f:
-        f.write(encode_event(make_event("state", t=0, state="running", step=0)))
+        offset = 0
+
+        def write(event: dict) -> None:
+            nonlocal offset
+            line = encode_event(event)
+            f.write(line)
+            if steps is not None and event["type"] == "step":
+                steps.record(event, offset, offset + len(line))
+            offset += len(line)
+
+        write(make_event("state", t=0, state="running", step=0))
         for i in range(1, n + 1):
-            f.write(encode_event(make_event(
+            write(make_event(
                 "step", t=i, step=i, epoch=i // 1000, batch=i % 1000, batches_per_epoch=1000,
-                loss=2.3 / (1 + i / 5000), lr=1e-3, samples_per_s=5000.0, steps_per_s=80.0,
-                eta_s=float(n - i), time_data_s=0.001, time_compute_s=0.01, time_optim_s=0.002,
-                time_comm_s=0.0)))
+                loss=2.3 / (1 + i / 5000), losses={"ce": 2.3 / (1 + i / 5000)}, lr=1e-3, samples_per_s=5000.0,
+                steps_per_s=80.0, eta_s=float(n - i), time_data_s=0.001, time_compute_s=0.01, time_optim_s=0.002,
+                time_comm_s=0.0))
             if i % 1000 == 0:
-                f.write(encode_event(make_event("eval", t=i, step=i, epoch=i // 1000,
-                                                metrics={"loss": 2.0 / (1 + i / 5000), "accuracy": 0.9})))
-        f.write(encode_event(make_event("state", t=n + 1, state="finished", step=n)))
+                write(make_event("eval", t=i, step=i, epoch=i // 1000,
+                                 metrics={"loss": 2.0 / (1 + i / 5000), "accuracy": 0.9}))
+        write(make_event("state", t=n + 1, state="finished", step=n))
+    if steps is not None:
+        steps.close()
     return run
 
 
@@ -114,6 +130,51 @@ def million(args: argparse.Namespace) -> None:
     print(f"first frame after {marks['first_frame']:.2f} s; whole history folded in after "
           f"{marks['loaded']:.2f} s; peak RSS {marks['peak_rss_mib']:.0f} MiB; torch imported: "
           f"{marks['torch_imported']}")
+
+
+# One way of folding a run's events.jsonl into a RunHistory, timed in a process of its own (peak RSS).
+FOLD = """
+import sys, time, resource, json
+from pathlib import Path
+run, mode = Path(sys.argv[1]), sys.argv[2]
+t0 = time.perf_counter()
+if mode in ("link", "link-no-steps.f64"):  # what the cockpit does: steps.f64 where it matches, else
+    from cockpit.link import RunLink     # orjson and runs of step events folded in bulk
+    import cockpit.series_file
+    if mode != "link":
+        cockpit.series_file.replay = lambda link: None
+    link = RunLink(run)
+    link.poll()
+    seen = link.history.events_seen
+else:
+    import cockpit.follower as follower
+    from cockpit.history import RunHistory
+    from engine.protocol import decode_event
+    if mode == "json-apply":  # before the speed-up: json.loads and apply() one event at a time
+        follower._decode = decode_event
+    h, f, seen = RunHistory(), follower.EventFollower(run / "events.jsonl"), 0
+    while events := f.read():
+        seen += len(events)
+        if mode != "decode-only":
+            for e in events:
+                h.apply(e)
+print(json.dumps({"fold_s": time.perf_counter() - t0, "events": seen,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def fold(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run = write_run(Path(tmp), args.events)
+        write_s = time.perf_counter() - t0
+        print(f"wrote {args.events:,} step events ({(run / 'events.jsonl').stat().st_size / 2**20:.0f} MiB) "
+              f"in {write_s:.1f} s")
+        print("| approach | fold s | peak MiB | fold / write |\n|---|---|---|---|")
+        for mode in ("link", "link-no-steps.f64", "json-apply", "orjson-apply", "decode-only", "link"):
+            marks = json.loads(timed([sys.executable, "-c", FOLD, str(run), mode])[1])
+            print(f"| {mode} | {marks['fold_s']:.2f} | {marks['peak_mib']:.0f} | {marks['fold_s'] / write_s:.3f} |",
+                  flush=True)
 
 
 VIEWER_CPU: list[float] = []  # share of one core the attached cockpit used, per run
@@ -191,6 +252,9 @@ def main() -> None:
     p = sub.add_parser("million", help="attach to a run with a million step events")
     p.add_argument("--events", type=int, default=1_000_000)
     p.set_defaults(func=million)
+    p = sub.add_parser("fold", help="fold a million step events: json and apply() vs orjson and the bulk fold")
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.set_defaults(func=fold)
     p = sub.add_parser("attached", help="engine throughput with a cockpit attached vs headless")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=300)

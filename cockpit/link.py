@@ -30,6 +30,11 @@ class RunLink:
     def poll(self) -> set[str]:
         """Fold in whatever is new; returns the event types seen (empty: nothing new)."""
         kinds: set[str] = set()
+        if self.follower.offset == 0 and not self.history.events_seen:
+            from cockpit.series_file import replay  # the engine's steps.f64, when it matches the events
+
+            with self.lock:
+                kinds |= replay(self) or set()
         while True:
             events = self.follower.read()
             if not events:

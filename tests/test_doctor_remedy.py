@@ -26,7 +26,7 @@ def test_the_doctor_names_a_value():
     assert "set data.num_workers = 3 (now 0" in d.message()
 
 
-def test_resume_with_a_new_num_workers_is_exact_and_recorded(tmp_path: Path):
+def test_resume_with_a_new_num_workers_is_exact_and_recorded(tmp_path: Path, monkeypatch):
     (tmp_path / "slowdata.py").write_text(SLOW_DATA)
     env = engine_env()
     env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
@@ -68,6 +68,17 @@ def test_resume_with_a_new_num_workers_is_exact_and_recorded(tmp_path: Path):
     record = [json.loads(line) for line in (run_a / "overrides.jsonl").read_text().splitlines()]
     assert record[0]["step"] == 6 and record[0]["changes"]["data.num_workers"] == [0, 2]
     assert "num_workers = 2" in (run_a / "config.toml").read_text()
+
+    # the engine kept steps.f64 beside the events across both sessions: the fast replay matches
+    from cockpit import series_file
+    from cockpit.link import RunLink
+    from test_history_replay import assert_same, plain_fold
+
+    monkeypatch.setattr(series_file, "MIN_RECORDS", 1)
+    link = RunLink(run_a)
+    assert series_file.replay(link) is not None
+    link.poll()
+    assert_same(link.history, plain_fold(run_a / "events.jsonl"))
 
 
 # ---- the cockpit's f ------------------------------------------------------------------------

@@ -116,3 +116,58 @@ def test_series_extend_is_add_one_point_at_a_time():
                 one.drop_after(cut), bulk.drop_after(cut)
             assert (one.xs, one.ys, one.weights, one.stride, one.pending) == \
                    (bulk.xs, bulk.ys, bulk.weights, bulk.stride, bulk.pending)
+
+
+# ---- steps.f64: the engine's step numbers beside events.jsonl ------------------------------
+
+def engine_session(path: Path, events: list[dict]) -> None:
+    """One engine session writing through the events sink (which keeps steps.f64)."""
+    from engine.telemetry.sinks import EventsFile
+
+    sink = EventsFile(path, rate=1e12)
+    for event in events:
+        sink.emit(event)
+    sink.close()
+
+
+def session_events(lines: list[str]) -> list[dict]:
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_the_series_file_replays_the_same_history_and_following_goes_on(tmp_path: Path):
+    from cockpit import series_file
+
+    events = session_events(long_run(30_000))
+    cut = len(events) // 2
+    path = tmp_path / "events.jsonl"
+    engine_session(path, events[:cut])
+    with open(path, "a") as f:
+        f.write('{"v":1,"t":1,"type":"step","st')  # a killed engine's torn line
+    engine_session(path, events[cut:cut + 5000])  # a resumed session appends (after ending that line)
+    assert (tmp_path / "steps.f64").stat().st_size > 0 and json.loads((tmp_path / "steps.json").read_text())["parts"]
+    link = RunLink(tmp_path)
+    assert series_file.replay(RunLink(tmp_path)) is not None  # the file matches: it is used
+    link.poll()
+    engine_session(path, events[cut + 5000:])  # following after the replay
+    link.poll()
+    assert_same(link.history, plain_fold(path))
+
+
+def test_a_series_file_that_does_not_match_the_events_is_not_trusted(tmp_path: Path):
+    from cockpit import series_file
+
+    events = session_events(long_run(10_000))
+    path = tmp_path / "events.jsonl"
+    engine_session(path, events)
+    kept = path.read_bytes()
+    path.write_bytes(kept[: len(kept) // 2])  # events.jsonl shorter than the records say
+    assert series_file.replay(RunLink(tmp_path)) is None
+    assert kept.count(b'"type":"step","step":10000,') == 1
+    path.write_bytes(kept.replace(b'"step":10000,', b'"step":10009,'))  # same length, another last step
+    assert series_file.replay(RunLink(tmp_path)) is None
+    path.write_bytes(kept)
+    (tmp_path / "steps.json").write_text('{"version": 2}')
+    assert series_file.replay(RunLink(tmp_path)) is None
+    link = RunLink(tmp_path)
+    link.poll()
+    assert_same(link.history, plain_fold(path))

@@ -57,20 +57,32 @@ class EventsFile:
     """Appends protocol lines to events.jsonl, one write per line so readers never see half a line."""
 
     def __init__(self, path: Path, rate: float):
+        from engine.telemetry.series_file import SeriesFile, events_size
+
         torn = _ends_mid_line(path)
+        self.series = SeriesFile(path.parent)  # steps.f64: the step lines' numbers, for fast replays
+        self.offset = events_size(path) + (1 if torn else 0)  # events.jsonl's size as we write
         self.file = open(path, "a", encoding="utf-8", buffering=1)
         if torn:  # a killed engine left half a line: end it, so our first event stays whole
             self.file.write("\n")
         self.gate = Coalescer(rate)
 
+    def _write(self, e: dict[str, Any]) -> None:
+        line = encode_event(e)  # ASCII (json's ensure_ascii): characters are bytes
+        self.file.write(line)
+        start, self.offset = self.offset, self.offset + len(line)
+        if e.get("type") == "step":
+            self.series.record(e, start, self.offset)
+
     def emit(self, event: dict[str, Any]) -> None:
         for e in self.gate.offer(event):
-            self.file.write(encode_event(e))
+            self._write(e)
 
     def close(self) -> None:
         for e in self.gate.flush():
-            self.file.write(encode_event(e))
+            self._write(e)
         self.file.close()
+        self.series.close()
 
 
 def _ends_mid_line(path: Path) -> bool:
