@@ -140,6 +140,9 @@ async def test_table_shows_states_params_metric_and_the_best_trial(recorded_runs
         await pilot.pause(REFRESH_WAIT)  # a refresh keeps the order
         assert cells(table)[0][1] == "running"
 
+        move_to(pilot, table, 0)
+        await pilot.press("enter")  # trial 0 has no run_dir user attr
+        await until(pilot, lambda: any("trial 0 has no run directory" in n for n in notes(app)), what="the refusal")
         move_to(pilot, table, 1)
         await pilot.press("enter")  # trial 1's run, followed in the run screen
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.link is not None,

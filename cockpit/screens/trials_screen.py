@@ -231,6 +231,10 @@ class TrialsScreen(SizedScreen):
         if not trial.run_dir:
             self.notify(f"trial {trial.number} has no run directory yet", severity="warning")
             return
+        if not Path(trial.run_dir).is_dir():  # its worker ran on another machine
+            self.notify(f"trial {trial.number}'s run {trial.run_dir} is not on this machine",
+                        severity="warning", markup=False)
+            return
         self.post_message(RunChosen(Path(trial.run_dir)))
 
     def trial(self, number: int | None) -> TrialRow | None:
