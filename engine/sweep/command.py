@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from engine.errors import BadInput
+from engine.protocol import EXIT_STOPPED
 
 EPILOG = """The config needs [sweep] enabled = true and a [sweep.space]. The study lives in
 <runs-dir>/sweeps.db unless --storage names another (any Optuna RDB URL, e.g.
@@ -89,7 +90,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise BadInput(f"storage {mask_url(url)}: {type(exc).__name__}: {mask_url(exc)}") from None
     summary = worker.run()
     print(json.dumps(summary) if args.json else summary_text(summary), flush=True)
-    return 0
+    return EXIT_STOPPED if worker.stopping.is_set() else 0  # 3: stopped by a signal, its trials re-queued
 
 
 def _detach(args: argparse.Namespace, runs_dir: Path, study: str) -> int:
