@@ -33,8 +33,7 @@ class RunLink:
         if self.follower.offset == 0 and not self.history.events_seen:
             from cockpit.series_file import replay  # the engine's steps.f64, when it matches the events
 
-            with self.lock:
-                kinds |= replay(self) or set()
+            kinds |= replay(self) or set()  # folds a history of its own, then swaps it in under the lock
         while True:
             events = self.follower.read()
             if not events:

@@ -18,7 +18,7 @@ from array import array
 from typing import TYPE_CHECKING, Any
 
 from cockpit.follower import _decode
-from cockpit.history import MAX_PARTS, STEP_SERIES, Series
+from cockpit.history import MAX_PARTS, STEP_SERIES, RunHistory, Series
 
 if TYPE_CHECKING:
     from cockpit.link import RunLink
@@ -74,17 +74,20 @@ def replay(link: RunLink) -> set[str] | None:
             gaps = [i for i, (s, e) in enumerate(zip(starts[1:], ends), 1) if s != e]
             if any(starts[i] < ends[i - 1] for i in gaps) or any(s >= e for s, e in zip(starts[:1], ends[:1])):
                 return None
-            kinds = _fold(link, events, cols, parts, starts, ends, gaps + [n])
+            history = RunHistory(run=link.run)  # folded off the lock: the screen draws meanwhile
+            kinds = _fold(history, events, cols, parts, starts, ends, gaps + [n])
     except OSError:
         return None
-    follower = link.follower
-    follower.offset, follower.partial, follower.inode = int(ends[-1]), b"", stat.st_ino
+    with link.lock:
+        link.history = history
+        follower = link.follower
+        follower.offset, follower.partial, follower.inode = int(ends[-1]), b"", stat.st_ino
     return kinds
 
 
-def _fold(link: RunLink, events, cols: list, parts: list[str], starts: list[float], ends: list[float],
+def _fold(h: RunHistory, events, cols: list, parts: list[str], starts: list[float], ends: list[float],
           bounds: list[int]) -> set[str]:
-    h, kinds, a = link.history, {"step"}, 0
+    kinds, a = {"step"}, 0
     names = [(name, 2 + len(COLUMNS) + k) for k, name in enumerate(parts)]
     for b in bounds:
         lo, hi = (0 if a == 0 else int(ends[a - 1])), int(starts[a])
