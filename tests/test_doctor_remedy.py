@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from conftest import engine_env, events_of, only_run, run_engines
 from engine.telemetry.doctor import Diagnosis, suggest
 from test_doctor import SLOW_DATA, config
@@ -144,3 +146,61 @@ def test_history_says_what_changed_and_whether_it_helped():
     assert "step 6: data.num_workers 0 \u2192 3" in logs
     assert "doctor after the change: compute-bound 70% (before it: input-bound 80%)" in logs
     assert h.changes[-1]["before"]["bound"] == "input"
+
+
+@pytest.mark.slow
+def test_f_on_a_live_input_bound_run_stops_it_and_resumes_it_with_the_change(tmp_path: Path, monkeypatch):
+    """End to end: a real engine the doctor calls input-bound, `f` and `y` in the cockpit, the real
+    stop (with its checkpoint) and the real detached resume with --set data.num_workers."""
+    import asyncio
+
+    from cockpit.app import CockpitApp
+    from cockpit.settings import Settings
+    from cockpit_helpers import until
+    from conftest import start_engine, status_of, wait_for
+
+    (tmp_path / "slowdata.py").write_text(SLOW_DATA)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{engine_env()['PYTHONPATH']}")  # the detached resume too
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    cfg = config('name = "slowdata:make"\nfactory_args = { delay = 0.004 }',
+                 'name = "small_cnn"\nfactory_args = { width = 4 }')
+    (tmp_path / "slow.toml").write_text(cfg.replace("max_steps = 12", "max_steps = 100000"))
+    proc = start_engine("run", str(tmp_path / "slow.toml"), "--runs-dir", str(tmp_path / "runs"))
+    runs = tmp_path / "runs"
+    run = wait_for(lambda: runs.is_dir() and any(runs.iterdir()) and only_run(runs), what="run dir")
+    wait_for(lambda: any(e["type"] == "doctor" and e.get("value") for e in events_of(run)), timeout=240,
+             what="the doctor's verdict")
+    app = CockpitApp(runs, run=run, user=Settings(), poll_gpu=False)
+
+    async def go():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.link is not None and app.link.history.doctor.get("value"),
+                        timeout=60, what="the doctor's verdict in the cockpit")
+            await pilot.press("f")
+            await pilot.pause(0.2)
+            await pilot.press("y")
+            await until(pilot, lambda: any(e["type"] == "config_change" for e in events_of(run)),
+                        timeout=300, what="the resumed engine's config_change")
+
+    try:
+        asyncio.run(go())
+        proc.communicate(timeout=120)
+        assert proc.returncode == 3  # the first engine stopped with its checkpoint
+        change = next(e for e in events_of(run) if e["type"] == "config_change")
+        old, new = change["changes"]["data.num_workers"]
+        assert old == 0 and new >= 1 and change["exact"] is True
+        stopped_at = next(e for e in events_of(run) if e["type"] == "resume")["step"]
+        assert change["step"] == stopped_at > 0
+        wait_for(lambda: status_of(run).get("step", 0) > stopped_at, timeout=240, what="steps after the resume")
+    finally:
+        import os
+        import signal
+
+        if proc.poll() is None:
+            proc.kill()
+        pid = status_of(run).get("pid")
+        if isinstance(pid, int) and pid != proc.pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
