@@ -336,7 +336,7 @@ def test_only_rank_0_writes(baseline):
     assert sorted(p.name for p in baseline.ddp_base.iterdir()) == ["runs"]
     assert [p.name for p in (baseline.ddp_base / "runs").iterdir()] == [run.name]
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        [".lock", "checkpoints", "config.toml", "engine.log", "events.jsonl", "status.json", "tb"])
+        [".lock", "checkpoints", "config.toml", "engine.log", "events.jsonl", "status.json", "steps.f64", "steps.json", "tb"])
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert all(re.fullmatch(r"step-\d{8}\.pt", n) for n in names if n not in ("best", "latest")), names
     assert "latest" in names
