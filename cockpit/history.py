@@ -245,6 +245,14 @@ class RunHistory:
 
     def _collect_parts(self, step: float, losses: Any, into: dict[str, tuple[list[float], list[float]]]) -> None:
         """_add_parts, into lists for Series.extend."""
+        for name, value in self._valid_parts(losses):
+            xs, ys = into.setdefault(name, ([], []))
+            xs.append(step)
+            ys.append(value)
+
+    def _valid_parts(self, losses: Any) -> Any:
+        """(name, value) of a step's named loss parts that may be kept; a malformed event must
+        not grow memory without bound. Events without parts (older engines) give nothing."""
         if not isinstance(losses, dict):
             return
         for name, value in losses.items():
@@ -254,9 +262,7 @@ class RunHistory:
             if name not in self.parts and len(self.parts) >= MAX_PARTS:
                 continue
             self.parts.setdefault(name, Series())
-            xs, ys = into.setdefault(name, ([], []))
-            xs.append(step)
-            ys.append(value)
+            yield name, value
 
     def _on_state(self, e: dict[str, Any]) -> None:
         self.state = str(e["state"])
@@ -291,15 +297,8 @@ class RunHistory:
 
     def _add_parts(self, step: float, losses: Any) -> None:
         """A step's named loss parts; events without them (older engines) add nothing."""
-        if not isinstance(losses, dict):
-            return
-        for name, value in losses.items():
-            value = _number(value)
-            if value is None or not isinstance(name, str) or len(name) > 64:
-                continue
-            if name not in self.parts and len(self.parts) >= MAX_PARTS:
-                continue  # a malformed event must not grow memory without bound
-            self.parts.setdefault(name, Series()).add(step, value)
+        for name, value in self._valid_parts(losses):
+            self.parts[name].add(step, value)
 
     def _on_eval(self, e: dict[str, Any]) -> None:
         self.last_eval = e
