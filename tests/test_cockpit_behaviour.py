@@ -406,3 +406,22 @@ async def tensorboard_session(app: CockpitApp) -> None:
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, f"TensorBoard's helpers outlive the cockpit: {alive}"
     assert not listening(port)
+
+
+def test_an_exited_engine_not_yet_reaped_counts_as_gone():
+    """A zombie (an engine started in the foreground by a parent that has not waited for it yet)
+    has exited: the cockpit's stop-then-resume must not wait for it."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while pid_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(child.pid)
+        assert child.poll() is not None  # reaped only now: it was a zombie while pid_alive said gone
+    finally:
+        child.kill() if child.poll() is None else None
+    assert pid_alive(os.getpid()) and not pid_alive(0) and not pid_alive(None)
