@@ -168,7 +168,8 @@ def test_f_on_a_live_input_bound_run_stops_it_and_resumes_it_with_the_change(tmp
     proc = start_engine("run", str(tmp_path / "slow.toml"), "--runs-dir", str(tmp_path / "runs"))
     runs = tmp_path / "runs"
     run = wait_for(lambda: runs.is_dir() and any(runs.iterdir()) and only_run(runs), what="run dir")
-    wait_for(lambda: any(e["type"] == "doctor" and e.get("value") for e in events_of(run)), timeout=240,
+    wait_for(lambda: (run / "events.jsonl").is_file()  # the run directory comes a moment before its events
+             and any(e["type"] == "doctor" and e.get("value") for e in events_of(run)), timeout=240,
              what="the doctor's verdict")
     app = CockpitApp(runs, run=run, user=Settings(), poll_gpu=False)
 
