@@ -32,6 +32,13 @@ The result is the median of the per-round ratios, with the spread.
 
     python bench/engine_vs_plain.py --precision fp32 --rounds 5 --steps 30
     python bench/engine_vs_plain.py --precision bf16 --mode overlap --rounds 5
+    python bench/engine_vs_plain.py --device cuda --precision bf16 --batch-size 256 --rounds 3
+
+On a GPU (--device cuda) both sides put the model on the GPU and copy each batch there; the
+plain loop synchronizes only where the engine does (the engine reads the loss every
+logging.every_steps = 10 steps, its only host-device sync) and stamps the time there. The
+engine keeps its defaults, deterministic mode included (--engine-set train.deterministic=false
+to see what that costs). Only --mode alternate is offered on a GPU (one device, taken in turn).
 """
 
 from __future__ import annotations
@@ -60,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         "over several rounds, and report the median ratio engine/plain.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="training precision for both sides (bf16: autocast on the CPU)")
+                   help="training precision for both sides (bf16: autocast)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where both sides train (cuda: the first GPU)")
     p.add_argument("--mode", choices=["alternate", "overlap"], default="alternate",
                    help="alternate: one at a time, engine and plain in turn; overlap: both at "
                    "once over the same time window (robust on a busy machine)")
@@ -106,7 +115,7 @@ def engine_config(a: argparse.Namespace) -> dict:
             # augmentation off (the default, spelled out); normalization stays on, as by default
             "augment": {"random_crop_padding": 0, "horizontal_flip": False},
         },
-        "train": {"batch_size": a.batch_size, "precision": a.precision, "device": "cpu",
+        "train": {"batch_size": a.batch_size, "precision": a.precision, "device": a.device,
                   "epochs": 1, "max_steps": a.warmup + a.steps},
     }
 
@@ -181,18 +190,21 @@ def plain_worker(spec_json: str) -> None:
     cfg = config_mod.validate(s["config"])
     torch.manual_seed(cfg.train.seed)
     spec = build_spec(cfg)
-    model = build_model(cfg, spec)
+    device = torch.device(cfg.train.device)
+    model = build_model(cfg, spec).to(device)
     images = spec.train.images.float() / spec.train.scale
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     dataset = TensorDataset((images - mean) / std, spec.train.labels)
 
     o = cfg.optim
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True,
+                        pin_memory=device.type == "cuda" and cfg.data.pin_memory)  # as the engine's
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   weight_decay=o.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     bf16 = cfg.train.precision == "bf16"
+    cuda = device.type == "cuda"
     warmup, last = s["warmup"], (None if s["open_ended"] else s["warmup"] + s["steps"])
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -201,13 +213,17 @@ def plain_worker(spec_json: str) -> None:
     step, marks = 0, []
     while not stop and step != last:
         for x, y in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            if cuda:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
                 loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if step >= warmup:
+            if step >= warmup and not (cuda and (step - warmup) % LOG_EVERY):
+                if cuda:  # only where the engine syncs too (it reads the loss every 10 steps)
+                    torch.cuda.synchronize(device)
                 marks.append((time.time(), step))
             if step == warmup and last is None:
                 print("ready", flush=True)
@@ -298,7 +314,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "gpu": gpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
 
 
@@ -310,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.warmup % LOG_EVERY or a.steps % LOG_EVERY or a.steps <= 0 or a.warmup <= 0:
         raise SystemExit(f"--warmup and --steps must be positive multiples of {LOG_EVERY} "
                          "(the engine's step events come every 10 steps)")
+    if a.device == "cuda" and a.mode == "overlap":
+        raise SystemExit("--mode overlap is for the CPU: on one GPU, use --mode alternate")
     if a.width is not None and a.model != "small_cnn":
         raise SystemExit("--width applies to --model small_cnn only")
     cores = os.cpu_count() or 1
@@ -324,10 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = work / "bench.toml"
     cfg_path.write_text(tomli_w.dumps(config))
     m = machine()
-    print(f"{a.model} {'x'.join(map(str, a.shape))} batch {a.batch_size} {a.precision}, "
+    print(f"{a.model} {'x'.join(map(str, a.shape))} batch {a.batch_size} {a.precision} on {a.device}, "
           f"{a.threads} thread(s) each, warm-up {a.warmup} + timed {a.steps} steps, "
           f"{a.rounds} rounds, mode {a.mode}")
-    print(f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, "
+    print(f"{m['cpu']}, {m['cores']} cores, GPU {m['gpu']}, torch {m['torch']}, Python {m['python']}, "
           f"load average {m['load_avg_1m']:.2f}")
     if a.engine_set:
         print(f"engine overrides: {' '.join(a.engine_set)}")
@@ -374,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
           f"stdev {spread:.3f} over {len(ratios)} rounds")
     print(f"best-10-step-window ratio: median {statistics.median(bests):.3f}, "
           f"min {min(bests):.3f}, max {max(bests):.3f}")
-    print(f"engine/plain throughput ratio: {med:.2f}x ({a.precision})")
+    print(f"engine/plain throughput ratio: {med:.2f}x ({a.precision}{', ' + a.device if a.device != 'cpu' else ''})")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(
             {"args": {k: v for k, v in vars(a).items() if k != "plain_worker"}, "machine": m,
