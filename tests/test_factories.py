@@ -239,3 +239,21 @@ def test_mnist_idx_files_directly_in_data_root_are_read(tmp_path: Path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(50) % 10)
     spec = build_spec(validate({"data": {"name": "mnist", "root": str(tmp_path), "val_fraction": 0.2}}))
     assert (len(spec.train), len(spec.val), spec.num_classes, spec.in_channels) == (40, 10, 10, 1)
+
+
+def test_digits_are_read_without_importing_sklearn_exactly_as_load_digits_gives_them():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from engine.data.sources import digits_arrays
+
+    images, target = digits_arrays()
+    bunch = load_digits()
+    assert images.dtype == bunch.images.dtype and np.array_equal(images, bunch.images)
+    assert target.dtype == bunch.target.dtype and np.array_equal(target, bunch.target)
+    probe = ("import sys; from engine.data.sources import digits_arrays; i, t = digits_arrays(); "
+             "print(i.shape, len(t), 'sklearn.datasets' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=engine_env(), timeout=120)
+    assert done.stdout.split() == ["(1797,", "8,", "8)", "1797", "False"], done.stderr[-2000:]
