@@ -206,7 +206,7 @@ else
   left=$(( BUDGET - $(elapsed) - 20 ))
   step b "b. precision x channels_last x compile (ResNet-18 32, ResNet-50 224)" $(( left > 15 ? left : 15 )) \
     "$PY" bench/gpu_precision.py --models resnet18_32 resnet50_224 --precisions fp32 tf32 fp16 bf16 \
-    --steps 40 --budget-s $(( left - 25 > 10 ? left - 25 : 10 )) --json-out "$LOGS/precision.json"
+    --steps 60 --budget-s $(( left - 25 > 10 ? left - 25 : 10 )) --json-out "$LOGS/precision.json"
 fi
 
 # ---- summary ---------------------------------------------------------------------------------

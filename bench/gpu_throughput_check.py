@@ -204,14 +204,14 @@ def main() -> int:
     p.add_argument("--precision", default="bf16", help="datapath: the precision")
     p.add_argument("--workers", type=int, default=4, help="datapath: DataLoader workers")
     p.add_argument("--batch", type=int, default=None, help="default: 256 (datapath), 2048 (float8)")
-    p.add_argument("--steps", type=int, default=None, help="default: 150 (datapath), 80 (float8)")
+    p.add_argument("--steps", type=int, default=None, help="default: 300 (datapath), 200 (float8)")
     p.add_argument("--hidden", type=int, nargs="+", default=[8192, 8192, 8192], help="float8: hidden widths")
     p.add_argument("--features", type=int, default=1024, help="float8: input features")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="float8: eager, not compiled")
     p.add_argument("--timeout", type=float, default=240, help="per engine run")
     a = p.parse_args()
     a.batch = a.batch or (256 if a.what == "datapath" else 2048)
-    a.steps = a.steps or (150 if a.what == "datapath" else 80)
+    a.steps = a.steps or (300 if a.what == "datapath" else 200)
     with tempfile.TemporaryDirectory(prefix="gpu-thr-") as tmp:
         ok = (datapath if a.what == "datapath" else float8)(a, Path(tmp))
     return 0 if ok else 1

@@ -19,8 +19,14 @@
 # without --no-deps into a scratch folder, then pinned here).
 # Left out on purpose (the GPU check runs no S3/moto or PostgreSQL test): moto[server] and its
 # requirements, psycopg2-binary. greenlet is only SQLAlchemy's asyncio extra: not needed.
+#
+#   bash bench/gpu_wheels.sh --venv     # also: a throwaway Python 3.12 venv with exactly these
+#                                       # wheels (--no-deps) plus the image's pure-Python packages
+#                                       # they need, then `pip check` and the cockpit's imports
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV=0
+[ "${1:-}" = --venv ] && VENV=1
 
 WHEELS=(
   # the cockpit: textual and its requirements the image lacks
@@ -138,4 +144,31 @@ echo "total: $(ls .whl/*.whl | wc -l) wheels, $total bytes ($((total / 1048576))
 if [ "$total" -gt $((45 * 1048576)) ]; then
   echo "too big: over 45 MiB of wheels" >&2
   exit 1
+fi
+
+if [ "$VENV" = 1 ]; then
+  PY312=""
+  for cand in python3.12 $(command -v pyenv > /dev/null && pyenv versions --bare 2>/dev/null | grep '^3\.12' |
+                           while read -r v; do PYENV_VERSION=$v pyenv which python3.12 2>/dev/null; done); do
+    if "$cand" --version > /dev/null 2>&1; then PY312=$cand; break; fi
+  done
+  if [ -z "$PY312" ]; then
+    echo "--venv: no working python3.12 here; the Requires-Dist check above is what there is" >&2
+    exit 0
+  fi
+  V=$(mktemp -d /tmp/gpu-wheels-venv.XXXXXX)
+  "$PY312" -m venv "$V"
+  "$V/bin/pip" install -q --disable-pip-version-check --no-index --no-deps .whl/*.whl
+  # what the image provides (KINDS.md) and these wheels need, from the index (versions may differ there)
+  "$V/bin/pip" install -q --disable-pip-version-check jinja2 markupsafe mdurl numpy packaging pluggy iniconfig \
+    "python-dateutil<3" six pyyaml tqdm urllib3 psutil nvidia-ml-py pytest-timeout 2>&1 | grep -v 'is ignored' || true
+  "$V/bin/pip" check || echo "(pip check: a conflict with a package the index gives here is not the image's)"
+  PYTHONPATH=$PWD "$V/bin/python" -c "
+import engine.config.schema, engine.protocol, cockpit.app, cockpit.cli
+import optuna, sqlalchemy, alembic, boto3, orjson, tomli_w, textual, textual_plotext, pydantic
+import pytest_asyncio, syrupy, pytest_textual_snapshot
+print('venv', __import__('sys').version.split()[0] + ': the cockpit and the engine config import; textual',
+      textual.__version__, 'pydantic', pydantic.VERSION)"
+  (cd "$V" && PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$V/bin/python" -m pytest -p pytest_timeout -p pytest_asyncio.plugin --version)
+  rm -rf "$V"
 fi
