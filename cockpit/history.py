@@ -121,7 +121,7 @@ def _number(value: Any) -> float | None:
 #: Fields the panes format as numbers (a malformed event must not take the cockpit down).
 STEP_NUMBERS = ("step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s", "steps_per_s",
                 "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s",
-                "accuracy")
+                "accuracy", "tflops", "mfu")
 #: The series a step event feeds besides the loss (the attribute, the event's field); _on_step and
 #: the bulk replay (_fold_steps) both read this table, so a new step series is one line here.
 STEP_SERIES = (("lr", "lr"), ("throughput", "samples_per_s"), ("accuracy", "accuracy"))

@@ -425,3 +425,26 @@ def test_an_exited_engine_not_yet_reaped_counts_as_gone():
     finally:
         child.kill() if child.poll() is None else None
     assert pid_alive(os.getpid()) and not pid_alive(0) and not pid_alive(None)
+
+
+def test_throughput_shows_achieved_flops_and_mfu_where_the_engine_counted_them():
+    from cockpit.history import RunHistory
+    from engine.protocol import make_event
+
+    pane = ThroughputPane()
+    h = RunHistory()
+    h.apply(make_event("step", step=1, epoch=0, batch=1, batches_per_epoch=10, samples_per_s=100.0, steps_per_s=1.0))
+    pane.show(h)
+    assert "FLOP/s" not in pane.text.plain and "MFU" not in pane.text.plain
+    h.apply(make_event("step", step=2, epoch=0, batch=2, batches_per_epoch=10, samples_per_s=100.0,
+                       steps_per_s=1.0, tflops=0.0016))
+    pane.show(h)
+    assert "1.6 GFLOP/s" in pane.text.plain and "MFU" not in pane.text.plain  # a CPU: no peak, no MFU
+    h.apply(make_event("step", step=3, epoch=0, batch=3, batches_per_epoch=10, samples_per_s=100.0,
+                       steps_per_s=1.0, tflops=405.6, mfu=0.41))
+    pane.show(h)
+    assert "405.6 TFLOP/s · MFU 41%" in pane.text.plain
+    h.apply(make_event("step", step=4, epoch=0, batch=4, batches_per_epoch=10, samples_per_s=100.0,
+                       steps_per_s=1.0, tflops="NaN", mfu=None))
+    pane.show(h)
+    assert "FLOP/s" not in pane.text.plain  # not a number: shown as nothing

@@ -1,4 +1,4 @@
-"""Throughput: samples/s, steps/s, epoch progress, ETA."""
+"""Throughput: samples/s, steps/s, epoch progress, ETA; achieved TFLOP/s and MFU where counted."""
 
 from __future__ import annotations
 
@@ -37,4 +37,8 @@ class ThroughputPane(TextPane):
         t.append("█" * filled + "░" * (bar_w - filled))
         t.append(f" {done}/{total} ETA {fmt_eta(e.get('eta_s'))}\n")
         t.append(spark(h.throughput.points()[1], 32), style="dim")
+        tflops, mfu = e.get("tflops"), e.get("mfu")
+        if tflops:  # torch's FLOP counter; MFU where the device's peak is known (train.peak_tflops)
+            rate = f"{tflops:,.1f} TFLOP/s" if tflops >= 1 else f"{tflops * 1000:,.1f} GFLOP/s"
+            t.append(f"\n{rate}" + (f" · MFU {mfu:.0%}" if isinstance(mfu, (int, float)) else ""))
         self.text = t
