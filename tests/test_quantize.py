@@ -382,3 +382,23 @@ def test_static_int8_takes_a_resnet_block_that_calls_one_relu_twice():
     with torch.no_grad():
         out = result.program.module()(torch.rand(5, 1, 8, 8))
     assert out.shape == (5, 10) and torch.isfinite(out).all()  # trained accuracy is checked above
+
+
+@needs_torchao
+def test_float8_says_which_linear_layers_it_converted():
+    """The module swap itself runs anywhere (the float8 matmuls need an H100-class GPU): the
+    converter's summary, which the run logs, names what its filter took and what it left."""
+    from torch import nn
+
+    from engine.model.convert import convert, summaries
+    from engine.quantize.training import Float8
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                          nn.Linear(256, 10))
+    converters = [Float8()]
+    converted = convert(model, converters)
+    assert [type(converted[i]).__name__ for i in (1, 3, 5)] == ["Float8Linear", "Float8Linear", "Linear"]
+    assert summaries(converters) == [
+        "float8 training: 2 of 3 Linear layers converted (1 (64->256), 3 (256->256)); "
+        "left in high precision (a dimension not divisible by 16): 5 (256->10)"]
+    assert summaries([]) == [] and summaries([object()]) == []

@@ -3,7 +3,8 @@
 A converter's `convert(model)` runs once the model is on its device and before DDP/FSDP,
 torch.compile and the optimizer see it; `inputs(x)` readies a batch for the converted model;
 `finalize(model)` runs after training. `channels_last` was the first converter; quantization-aware
-training and float8 training (engine.quantize.training) are the others.
+training and float8 training (engine.quantize.training) are the others. A converter may also have
+`summary()`: one line on what `convert` changed, which the run logs (float8 names its layers).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def convert(model: nn.Module, converters: list[ModelConverter]) -> nn.Module:
     for c in converters:
         model = c.convert(model)
     return model
+
+
+def summaries(converters: list[ModelConverter]) -> list[str]:
+    """What each converter that says so changed (its optional `summary()`), after `convert`."""
+    return [line for c in converters if callable(getattr(c, "summary", None)) and (line := c.summary())]
 
 
 def prepare_inputs(x: torch.Tensor, converters: list[ModelConverter]) -> torch.Tensor:

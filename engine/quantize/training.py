@@ -162,11 +162,19 @@ class Float8:
     """float8 training of the eligible Linear layers (torchao.float8)."""
 
     name = "float8"
+    layers: tuple[list[str], list[str]] = ([], [])
 
     def convert(self, model: nn.Module) -> nn.Module:
         from torchao.float8 import convert_to_float8_training
 
+        self.layers = float8_layers(model)
         return convert_to_float8_training(model, module_filter_fn=float8_filter)
+
+    def summary(self) -> str:
+        ok, not_ok = self.layers
+        return (f"float8 training: {len(ok)} of {len(ok) + len(not_ok)} Linear layers converted "
+                f"({', '.join(ok)})" + (f"; left in high precision (a dimension not divisible by 16): "
+                                          f"{', '.join(not_ok)}" if not_ok else ""))
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -24,7 +24,7 @@ from engine.checkpoint.store import CheckpointStore
 from engine.config.schema import Config
 from engine.data.loaders import build_loaders
 from engine.data.sources import DataSpec
-from engine.model.convert import build_converters, convert, finalize, prepare_inputs
+from engine.model.convert import build_converters, convert, finalize, prepare_inputs, summaries
 from engine.model.teacher import Teacher
 from engine.parallel.dist import Dist, collective_failure, device_for
 from engine.parallel.wrap import check_replicas, grad_scaler, wrap
@@ -56,6 +56,8 @@ class Trainer:
         self.device = device_for(t.device, self.dist)
         self.converters = build_converters(cfg, spec)
         model = convert(model.to(self.device), self.converters)
+        for line in summaries(self.converters):
+            self.tele.emit("log", level="info", message=line)
         sample = spec.train[0][0]
         self.flops = flops_per_sample(model, tuple(sample.shape)) if hasattr(sample, "shape") else None
         self.net = wrap(model, self.dist, self.device, cfg.distributed.sync_batchnorm)
