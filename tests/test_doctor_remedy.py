@@ -155,6 +155,7 @@ def test_f_on_a_live_input_bound_run_stops_it_and_resumes_it_with_the_change(tmp
     import asyncio
 
     from cockpit.app import CockpitApp
+    from cockpit.screens.modals import ConfirmFix
     from cockpit.settings import Settings
     from cockpit_helpers import until
     from conftest import start_engine, status_of, wait_for
@@ -178,7 +179,8 @@ def test_f_on_a_live_input_bound_run_stops_it_and_resumes_it_with_the_change(tmp
             await until(pilot, lambda: app.link is not None and app.link.history.doctor.get("value"),
                         timeout=60, what="the doctor's verdict in the cockpit")
             await pilot.press("f")
-            await pilot.pause(0.2)
+            # `y` only once the confirmation is up: on the run screen it toggles the loss chart's log scale
+            await until(pilot, lambda: isinstance(app.screen, ConfirmFix), what="the confirmation")
             await pilot.press("y")
             await until(pilot, lambda: any(e["type"] == "config_change" for e in events_of(run)),
                         timeout=300, what="the resumed engine's config_change")
