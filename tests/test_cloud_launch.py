@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cockpit_helpers import until
 from conftest import TINY
 from engine.cli import main
 from engine.cloud import userdata
@@ -149,8 +150,7 @@ async def test_the_cockpit_launches_a_spot_run_from_the_runs_list(tmp_path: Path
     app = CockpitApp(tmp_path / "runs", user=Settings(), poll_gpu=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("a")
-        await pilot.pause(0.1)
-        assert isinstance(app.screen, SpotLaunchScreen)
+        await until(pilot, lambda: isinstance(app.screen, SpotLaunchScreen), what="the spot launch form")
         values = {"launch-config": str(tmp_path / "run.toml"), "launch-type": "g5.xlarge",
                   "launch-s3": f"s3://{name}/runs", "launch-region": "us-east-1", "launch-ami": ami}
         for field, value in values.items():

@@ -336,6 +336,7 @@ async def test_the_cockpit_quantizes_a_finished_run_from_the_runs_list(runs, mon
     from cockpit.screens.modals import QuantizeScreen, ReportScreen
     from cockpit.settings import Settings
     from cockpit.widgets.runs_list import RunsList
+    from cockpit_helpers import until
 
     monkeypatch.setattr(launcher, "QUANTIZE_ARGS", ["--repeats", "2", "--no-compile"])
     shutil.rmtree(runs["mlp"] / "quantized", ignore_errors=True)
@@ -346,8 +347,8 @@ async def test_the_cockpit_quantizes_a_finished_run_from_the_runs_list(runs, mon
             await pilot.pause(0.05)
         table.move_cursor(row=table.get_row_index(str(runs["mlp"])))
         await pilot.press("z")
-        await pilot.pause(0.1)
-        assert isinstance(app.screen, QuantizeScreen) and app.screen.suggested == "dynamic"
+        await until(pilot, lambda: isinstance(app.screen, QuantizeScreen), what="the quantize form")
+        assert app.screen.suggested == "dynamic"
         await pilot.press("d")
         for _ in range(1200):
             if isinstance(app.screen, ReportScreen):
