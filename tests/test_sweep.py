@@ -258,15 +258,9 @@ def test_a_killed_worker_leaves_no_trial_running_and_the_restart_resumes_its_run
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (already exited, not reaped by a dead parent's init yet) counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+    from cockpit.runs import pid_alive  # a zombie (exited, not reaped by a dead parent's init yet) counts as gone
+
+    return pid_alive(pid)
 
 
 # -- two workers on a real PostgreSQL server on loopback ---------------------------------------

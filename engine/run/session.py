@@ -39,14 +39,10 @@ def seed_everything(cfg: Config) -> None:
     torch.manual_seed(seed)
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        if cfg.train.compile:
-            torch.use_deterministic_algorithms(True, warn_only=True)  # inductor's deterministic mode too
-        else:  # the same switch without importing inductor's config (and dynamo): 1.9 s of a start
-            _set_deterministic = getattr(torch._C, "_set_deterministic_algorithms", None)
-            if _set_deterministic is None:
-                torch.use_deterministic_algorithms(True, warn_only=True)
-            else:
-                _set_deterministic(True, warn_only=True)
+        # Without compile, the same switch minus inductor's deterministic config, whose import
+        # (with dynamo's) is 1.9 s of a start; a compiling run needs that config set too.
+        eager_only = None if cfg.train.compile else getattr(torch._C, "_set_deterministic_algorithms", None)
+        (eager_only or torch.use_deterministic_algorithms)(True, warn_only=True)
         # Deterministic mode also fills every torch.empty() with NaN (a debugging aid against
         # reading uninitialized memory): hundreds of extra memory passes per step, over 100 MB
         # for a resnet18 step. Results do not depend on it, so it is turned off.
