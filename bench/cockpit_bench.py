@@ -69,7 +69,7 @@ def write_run(folder: Path, n: int, series: bool = True) -> Path:
     """A run directory whose events.jsonl holds n step events (plus evals every 1,000), and, as the
     engine's events sink keeps it, steps.f64 (series=False: events.jsonl alone, as engines before it)."""
     sys.path.insert(0, str(ROOT))
-    from engine.protocol import encode_event, make_event
+    from contracts.events import encode_event, make_event
     from engine.telemetry.series_file import SeriesFile
 
     run = folder / "bench-run"
@@ -149,7 +149,7 @@ if mode in ("link", "link-no-steps.f64"):  # what the cockpit does: steps.f64 wh
 else:
     import cockpit.follower as follower
     from cockpit.history import RunHistory
-    from engine.protocol import decode_event
+    from contracts.events import decode_event
     if mode == "json-apply":  # before the speed-up: json.loads and apply() one event at a time
         follower._decode = decode_event
     h, f, seen = RunHistory(), follower.EventFollower(run / "events.jsonl"), 0

@@ -101,7 +101,7 @@ def main() -> int:
     p.add_argument("--watch-s", type=float, default=20, help="wait this long at most for the pane")
     p.add_argument("--timeout", type=float, default=90)
     a = p.parse_args()
-    from engine.protocol import send_command
+    from contracts.control import send_command
 
     ok = True
     with tempfile.TemporaryDirectory(prefix="gpu-pane-") as tmp:

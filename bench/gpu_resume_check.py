@@ -88,13 +88,14 @@ def compare(ours: dict, ref: dict) -> list[str]:
 
 
 def step_losses(run: Path) -> dict[int, float]:
-    from engine.protocol import replay
+    from contracts.events import replay
 
     return {e["step"]: e["loss"] for e in replay(events_of(run)) if e["type"] == "step"}
 
 
 def resume_check(a: argparse.Namespace, work: Path) -> bool:
-    from engine.protocol import EXIT_FINISHED, EXIT_STOPPED, send_command
+    from contracts.control import send_command
+    from contracts.events import EXIT_FINISHED, EXIT_STOPPED
 
     cfg = work / "resume.toml"
     cfg.write_text(CONFIG.format(samples=a.samples, epochs=a.epochs, precision=a.precision))

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.protocol import decode_event
+from contracts.events import decode_event
 
 try:  # a C decoder: 5x json's speed on a long history (bench/RESULTS.md); json if missing
     from orjson import loads as _fast_loads
@@ -61,7 +61,7 @@ class EventFollower:
 
 
 def _decode(line: bytes) -> dict[str, Any] | None:
-    """engine.protocol.decode_event, with orjson where it is installed.
+    """contracts.events.decode_event, with orjson where it is installed.
 
     orjson refuses what json accepts (NaN literals, integers past 64 bits): such a line goes to
     decode_event, so both decoders accept exactly the same events."""

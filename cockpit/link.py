@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from contracts.layout import RunLayout
 from cockpit.follower import EventFollower
 from cockpit.history import RunHistory
 from cockpit.runs import pid_alive, read_status
-from engine.protocol import FINAL_STATES, send_command
+from contracts.control import send_command
+from contracts.events import FINAL_STATES
 
 
 class RunLink:
@@ -20,7 +22,7 @@ class RunLink:
         self.run = run
         self.history = RunHistory(run=run)
         self.lock = threading.Lock()
-        self.follower = EventFollower(run / "events.jsonl")
+        self.follower = EventFollower(RunLayout(run).events)
         self.vanished = False
 
     @property

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.protocol import FINAL_STATES
+from contracts.layout import RunLayout
+from contracts.events import FINAL_STATES
 
 
 def runs_root(cli_value: str | None = None) -> Path:
@@ -76,7 +77,7 @@ class RunInfo:
 def read_status(run: Path) -> dict[str, Any]:
     """status.json, or {} while it is missing or mid-replace."""
     try:
-        data = json.loads((run / "status.json").read_text())
+        data = json.loads(RunLayout(run).status.read_text())
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
@@ -84,10 +85,10 @@ def read_status(run: Path) -> dict[str, Any]:
 
 def last_eval(run: Path, tail_bytes: int = 65536) -> dict[str, Any]:
     """The newest eval event, read from the end of events.jsonl only."""
-    from engine.protocol import decode_event
+    from contracts.events import decode_event
 
     try:
-        with open(run / "events.jsonl", "rb") as f:
+        with open(RunLayout(run).events, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - tail_bytes))
             lines = f.read().split(b"\n")
@@ -104,7 +105,7 @@ def list_runs(root: Path) -> list[RunInfo]:
     """Every run under root, newest first."""
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if p.is_dir() and (p / "config.toml").is_file()]
+    runs = [p for p in root.iterdir() if p.is_dir() and RunLayout(p).config.is_file()]
     runs.sort(key=lambda p: p.name, reverse=True)
     return [RunInfo(p, read_status(p), last_eval(p)) for p in runs]
 
@@ -112,6 +113,6 @@ def list_runs(root: Path) -> list[RunInfo]:
 def find_run(arg: str, root: Path) -> Path | None:
     """A run given as a path or an id under root."""
     for candidate in (Path(arg), root / arg):
-        if (candidate / "config.toml").is_file():
+        if RunLayout(candidate).config.is_file():
             return candidate
     return None

@@ -17,6 +17,7 @@ import sys
 from array import array
 from typing import TYPE_CHECKING, Any
 
+from contracts.layout import RunLayout
 from cockpit.follower import _decode
 from cockpit.history import MAX_PARTS, STEP_SERIES, RunHistory, Series
 
@@ -31,7 +32,7 @@ MIN_RECORDS = 2048
 
 def _header(run) -> list[str] | None:
     try:
-        header = json.loads((run / "steps.json").read_text())
+        header = json.loads(RunLayout(run).steps_header.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(header, dict) or header.get("version") != 1 or header.get("columns") != list(COLUMNS):
@@ -50,9 +51,9 @@ def replay(link: RunLink) -> set[str] | None:
         return None
     width = 2 + len(COLUMNS) + len(parts)
     try:
-        with open(link.run / "events.jsonl", "rb") as events:
+        with open(RunLayout(link.run).events, "rb") as events:
             stat = os.fstat(events.fileno())
-            raw = (link.run / "steps.f64").read_bytes()
+            raw = RunLayout(link.run).steps.read_bytes()
             n = len(raw) // (8 * width)
             if n < MIN_RECORDS:
                 return None

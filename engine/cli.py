@@ -9,8 +9,9 @@ from importlib import resources
 
 from engine.config import loading as config_mod
 from engine.config.schema import Config
-from engine.errors import BadInput
-from engine.protocol import COMMANDS, EXIT_BAD_INPUT
+from contracts.errors import BadInput
+from contracts.control import COMMANDS
+from contracts.events import EXIT_BAD_INPUT
 
 EPILOG = """exit codes: 0 finished, 1 failed, 2 bad input (config, arguments, data paths),
 3 stopped with a resumable checkpoint (SIGTERM, Ctrl+C or the stop command).
@@ -145,13 +146,13 @@ def _positive(text: str) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from engine.run.rundir import find_run, runs_root
+    from contracts.layout import RunLayout, find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     from engine.quantize.command import quantize
 
     report = quantize(run, args.mode, args.calibration_batches, not args.no_compile, args.repeats)
-    print((run / "quantized" / "quantize.txt").read_text(), end="")
+    print((RunLayout(run).quantized / "quantize.txt").read_text(), end="")
     print(f"wrote {run / 'quantized' / report[args.mode]['file']}", file=sys.stderr)
     return 0
 
@@ -181,12 +182,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _start(cfg: Config, args: argparse.Namespace, positional: list[str]) -> int:
-    from engine.run.rundir import new_run_id, runs_root
+    from contracts.layout import new_run_id, runs_root
 
     root = runs_root(args.runs_dir, cfg.logging.runs_dir)
     multi = _needs_launcher(cfg)
     if args.detach or multi:
-        run_id = args.run_id or new_run_id(cfg)
+        run_id = args.run_id or new_run_id(cfg.logging.run_name or cfg.model.name)
         if (root / run_id).exists():
             raise BadInput(f"--run-id {run_id!r}: {root / run_id} already exists; pick another id")
         argv = [args.command, *positional, "--run-id", run_id, "--runs-dir", str(root)]
@@ -229,12 +230,12 @@ def _spawn(argv: list[str], run_dir) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from engine.cloud.pull import locate
-    from engine.run.rundir import runs_root
+    from contracts.layout import runs_root
 
     run, s3_sets = locate(args.run, runs_root(args.runs_dir, None), args.s3, args.wait_lease)  # boto3 only if mirrored
     args.set = args.set + s3_sets
     args.set = args.set + _launch_sets(args)
-    cfg = config_mod.load(run / "config.toml", args.set)  # refuse bad overrides before torch loads
+    cfg = config_mod.load(RunLayout(run).config, args.set)  # refuse bad overrides before torch loads
     argv = ["resume", str(run), *[f"--set={s}" for s in args.set]]
     if args.detach:
         return _spawn(argv, run)
@@ -246,12 +247,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from engine.protocol import send_command
-    from engine.run.rundir import find_run, runs_root
+    from contracts.control import send_command
+    from contracts.layout import find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     try:
-        status = json.loads((run / "status.json").read_text())
+        status = json.loads(RunLayout(run).status.read_text())
         socket_path = status["socket"]
     except (OSError, ValueError, KeyError):
         raise BadInput(f"run {str(run)!r}: no status.json naming a control socket; is it running?") from None
@@ -272,7 +273,7 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.telemetry.redact import quiet_aws_loggers
+    from engine.cloud.redact import quiet_aws_loggers
 
     quiet_aws_loggers()  # before any AWS client exists: capped, masked (standard library only)
     args = build_parser().parse_args(argv)

@@ -105,7 +105,7 @@ def status_of(run: Path) -> dict:
 
 
 def events_of(run: Path) -> list[dict]:
-    from engine.protocol import read_events
+    from contracts.events import read_events
 
     with open(run / "events.jsonl", encoding="utf-8") as f:
         return list(read_events(f))

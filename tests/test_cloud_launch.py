@@ -17,7 +17,7 @@ from conftest import TINY
 from engine.cli import main
 from engine.cloud import userdata
 from engine.cloud.launch import TAG_RUN, spot_request
-from engine.protocol import EXIT_BAD_INPUT
+from contracts.events import EXIT_BAD_INPUT
 from moto_server import bucket, moto  # noqa: F401 - moto is a fixture
 
 CONFIG = "[train]\nepochs = 2\n[checkpoint]\ns3_uri = \"s3://b/runs\"\n"

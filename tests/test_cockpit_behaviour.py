@@ -429,7 +429,7 @@ def test_an_exited_engine_not_yet_reaped_counts_as_gone():
 
 def test_throughput_shows_achieved_flops_and_mfu_where_the_engine_counted_them():
     from cockpit.history import RunHistory
-    from engine.protocol import make_event
+    from contracts.events import make_event
 
     pane = ThroughputPane()
     h = RunHistory()

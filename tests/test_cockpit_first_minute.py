@@ -20,7 +20,7 @@ from cockpit.widgets.chart import step_ticks
 from cockpit.widgets.log_pane import LogPane, short_line, wrap_rows
 from cockpit.widgets.loss_pane import LossPane, VAL_MARKER
 from cockpit_helpers import FIXED_NOW, N_EVENTS, RUN_NAME, copy_recorded, until
-from engine.protocol import encode_event, make_event
+from contracts.events import encode_event, make_event
 
 pytestmark = pytest.mark.timeout(60)
 

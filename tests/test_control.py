@@ -17,7 +17,8 @@ import pytest
 from conftest import TINY, engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
 from engine.checkpoint.store import load
 from engine.config.loading import load as load_config
-from engine.protocol import EXIT_FAILED, EXIT_STOPPED, send_command
+from contracts.control import send_command
+from contracts.events import EXIT_FAILED, EXIT_STOPPED
 from engine.train.schedule import lr_at
 
 #: States in which the loop is training (a status reply may land during a periodic save).

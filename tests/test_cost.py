@@ -19,7 +19,8 @@ import pytest
 
 from conftest import TINY, engine_cmd, engine_env, events_of, only_run, run_engines, status_of, wait_for
 from engine.cli import main as cli_main
-from engine.protocol import encode_event, make_event, send_command
+from contracts.control import send_command
+from contracts.events import encode_event, make_event
 from engine.telemetry.cost import Carried, CostMeter, RunShape
 from engine.telemetry.cost_ledger import carried, last_session
 from engine.telemetry.cost_report import report, table

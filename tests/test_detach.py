@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 from conftest import TINY, only_run, run_engine, status_of, wait_for
-from engine.protocol import send_command
+from contracts.control import send_command
 
 
 def test_detached_engine_survives_its_parent_and_a_hangup(tmp_path: Path):

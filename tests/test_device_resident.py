@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY, only_run, run_engine, start_engine, status_of, wait_for
 from engine.data.augment import batch_augment
-from engine.protocol import send_command
+from contracts.control import send_command
 from test_resume import final_state, step_losses
 
 RESIDENT = TINY.replace("num_workers = 2", "device_resident = true").replace("epochs = 3", "epochs = 12")

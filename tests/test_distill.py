@@ -17,7 +17,7 @@ from engine.checkpoint.store import load
 from engine.config.loading import validate
 from engine.model.teacher import Teacher, weights_sha256
 from engine.model.zoo import SmallCNN
-from engine.protocol import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_STOPPED, read_events, replay
+from contracts.events import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_STOPPED, read_events, replay
 from engine.run import session
 from engine.run.rundir import RunDir
 from engine.train.task import Distillation, kd_loss

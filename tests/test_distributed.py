@@ -36,7 +36,8 @@ from engine.checkpoint.store import load as load_checkpoint
 from engine.config.loading import load as load_config
 from engine.data.sampler import EpochSampler
 from engine.run.launch import descendants  # torchrun puts each rank in a session of its own
-from engine.protocol import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, replay, send_command
+from contracts.control import send_command
+from contracts.events import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, replay
 
 # A batch-independent model (GroupNorm, no dropout) on synthetic data with no augmentation:
 # 192 training samples, i.e. 12 steps per epoch at a global batch of 16. Periodic

@@ -10,7 +10,7 @@ import torch
 
 from conftest import engine_env, events_of, only_run, run_engine
 from engine.checkpoint.store import load
-from engine.protocol import EXIT_FAILED, EXIT_FINISHED
+from contracts.events import EXIT_FAILED, EXIT_FINISHED
 
 # A linear classifier whose output turns NaN from one chosen forward pass on (0: never), so
 # the loss, the gradients and, after that step, the weights are NaN.

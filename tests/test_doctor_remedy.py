@@ -93,7 +93,7 @@ def test_f_confirms_the_doctors_change_then_resumes_with_it(tmp_path: Path, monk
     from cockpit.screens.modals import ConfirmFix
     from cockpit.settings import Settings
     from cockpit_helpers import copy_recorded, until
-    from engine.protocol import encode_event, make_event
+    from contracts.events import encode_event, make_event
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     run = copy_recorded(tmp_path)  # a finished run: nothing to stop first
@@ -135,7 +135,7 @@ def test_a_batch_size_change_says_it_breaks_exact_resume():
 
 def test_history_says_what_changed_and_whether_it_helped():
     from cockpit.history import RunHistory
-    from engine.protocol import make_event
+    from contracts.events import make_event
 
     h = RunHistory()
     h.apply(make_event("doctor", step=6, bound="input", share=0.8, field="data.num_workers", value=3, current=0))

@@ -10,7 +10,7 @@ import pytest
 from cockpit.follower import EventFollower
 from cockpit.history import RunHistory, Series
 from cockpit.sanitize import clean
-from engine.protocol import encode_event, make_event
+from contracts.events import encode_event, make_event
 
 
 def step(n: int, loss: float = 1.0) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import engine_cmd, engine_env, events_of, run_engine, wait_for
-from engine.protocol import send_command
+from contracts.control import send_command
 
 CONFIG = """
 [model]

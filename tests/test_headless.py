@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, engine_cmd, engine_env, only_run, status_of
-from engine.protocol import EXIT_FINISHED, decode_event
+from contracts.events import EXIT_FINISHED, decode_event
 
 ONE_EPOCH = ("--set", "train.epochs=1")
 

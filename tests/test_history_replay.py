@@ -1,7 +1,7 @@
 """The fast replay (orjson, step events folded in bulk) gives the history the plain fold gives.
 
 The reference is written here, as the cockpit folded events before the speed-up: every line
-through `json.loads` (engine.protocol.decode_event) and `RunHistory.apply`, one event at a time.
+through `json.loads` (contracts.events.decode_event) and `RunHistory.apply`, one event at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cockpit.history import RunHistory, Series
 from cockpit.link import RunLink
-from engine.protocol import decode_event, encode_event, make_event
+from contracts.events import decode_event, encode_event, make_event
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run"
 

@@ -13,7 +13,7 @@ from botocore.stub import ANY, Stubber
 
 from engine.cloud.facts import InstanceFacts
 from engine.config.loading import validate
-from engine.errors import BadInput
+from contracts.errors import BadInput
 from engine.telemetry.flops import peak_tflops
 from engine.telemetry.price_table import load_table
 from engine.telemetry.prices import (

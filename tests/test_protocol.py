@@ -8,22 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.protocol import (
-    COMMANDS,
-    EVENT_TYPES,
-    MAX_REQUEST_BYTES,
-    VERSION,
-    ProtocolError,
-    decode_event,
-    decode_reply,
-    decode_request,
-    encode_event,
-    encode_reply,
-    encode_request,
-    make_event,
-    read_events,
-    replay,
-)
+from contracts.control import COMMANDS, MAX_REQUEST_BYTES, ProtocolError, decode_reply, decode_request, encode_reply, encode_request
+from contracts.events import EVENT_TYPES, VERSION, decode_event, encode_event, make_event, read_events, replay
 
 # A plausible value for every field any event type carries.
 SAMPLE = {

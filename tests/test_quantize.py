@@ -17,8 +17,8 @@ import torch
 
 from conftest import engine_env, events_of, only_run, run_engine, run_engines, start_engine, status_of, wait_for
 from engine.checkpoint.store import load
-from engine.errors import BadInput
-from engine.protocol import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_STOPPED
+from contracts.errors import BadInput
+from contracts.events import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_STOPPED
 from engine.quantize.support import check_versions, require_torchao
 
 try:

@@ -12,7 +12,7 @@ import torch
 
 from conftest import TINY, events_of, only_run, run_engine, start_engine, status_of, wait_for
 from engine.checkpoint.store import load
-from engine.protocol import replay
+from contracts.events import replay
 
 
 def final_state(run: Path) -> dict:

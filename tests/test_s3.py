@@ -16,8 +16,8 @@ import torch
 
 from conftest import TINY, engine_cmd, events_of, only_run, run_engine, run_engines, status_of, wait_for
 from engine.checkpoint.store import load
-from engine.errors import BadInput
-from engine.protocol import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_STOPPED
+from contracts.errors import BadInput
+from contracts.events import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_STOPPED
 from moto_server import aws_env, bucket, moto  # noqa: F401 - moto is a fixture
 
 # ~9 MB checkpoints (an MLP with 1.1M weights plus SGD momentum): two 5 MiB parts when uploaded

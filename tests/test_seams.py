@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from engine.config.loading import validate
-from engine.protocol import EXIT_FINISHED, EXIT_STOPPED, read_events
+from contracts.events import EXIT_FINISHED, EXIT_STOPPED, read_events
 from engine.run import session
 from engine.run.rundir import RunDir
 from engine.telemetry.sinks import Telemetry
-from engine.train.boundary import Plan, Reason
+from contracts.stops import Plan, Reason, Source
+from engine.parallel.dist import Dist
+from engine.run.assemble import build_trainer
 from engine.train.evaluate import EvalVerdict, evaluate
 from engine.train.task import Classification, StepOutput
 from engine.train.trainer import Trainer
@@ -38,14 +40,14 @@ def make_trainer(tmp_path: Path, **sections) -> tuple[Trainer, Telemetry, RunDir
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     tele = session.telemetry_for(cfg, run, "none", None)
-    return Trainer(cfg, spec, model, run, tele), tele, run
+    return build_trainer(cfg, spec, model, run, tele, Dist()), tele, run
 
 
 def events(run: RunDir) -> list[dict]:
     return list(read_events(run.events.read_text().splitlines(keepends=True)))
 
 
-class PreemptAt:
+class PreemptAt(Source):
     """A boundary source like the spot poller: asks to stop as preempted from a given step."""
 
     def __init__(self, trainer: Trainer, step: int):

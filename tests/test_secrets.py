@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from conftest import TINY, run_engine
-from engine.protocol import EXIT_FINISHED
-from engine.telemetry.redact import MASK, RedactingFilter, redact
+from contracts.events import EXIT_FINISHED
+from engine.cloud.redact import MASK, RedactingFilter, redact
 from moto_server import aws_env, bucket, moto  # noqa: F401 - moto is a fixture
 
 # Recognisable, realistically shaped values; "qqzz" appears nowhere else

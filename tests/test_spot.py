@@ -25,7 +25,7 @@ from engine.cloud.facts import InstanceFacts
 from engine.cloud.imds import ImdsClient, MetadataUnavailable, instance_action, instance_facts, rebalance
 from engine.cloud.spot import watcher_for
 from engine.config.schema import Config
-from engine.protocol import EXIT_FINISHED, EXIT_STOPPED
+from contracts.events import EXIT_FINISHED, EXIT_STOPPED
 from imds_server import ImdsServer
 
 # A few seconds of training: digits, a narrow CNN, no workers; the notice polled every 0.1 s.

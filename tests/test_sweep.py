@@ -212,7 +212,7 @@ def test_a_killed_worker_leaves_no_trial_running_and_the_restart_resumes_its_run
     run = runs / "dead-t000"
     wait_for(lambda: status_of(run).get("state") == "running" and status_of(run).get("step", 0) >= 10
              and (run / "checkpoints" / "latest").is_file(), timeout=240, what="the trial to train past a checkpoint")
-    from engine.protocol import send_command
+    from contracts.control import send_command
 
     engine_pid = status_of(run)["pid"]
     paused = send_command(status_of(run)["socket"], "pause")  # hold it mid-run so the kill lands mid-trial
@@ -368,9 +368,11 @@ def test_two_workers_share_a_study_on_postgresql(tmp_path: Path, postgres: str):
 # -- the prune command -------------------------------------------------------------------------
 
 def test_the_prune_command_stops_with_reason_pruned_and_its_words():
-    from engine.protocol import COMMANDS, FINAL_STATES, decode_request, encode_request
-    from engine.run.control import Pending
-    from engine.train.boundary import OUTCOMES, Commands, Reason
+    from contracts.control import COMMANDS, decode_request, encode_request
+    from contracts.events import FINAL_STATES
+    from contracts.control import Pending
+    from contracts.stops import OUTCOMES, Reason
+    from engine.run.sources import Commands
 
     assert "prune" in COMMANDS and "pruned" in FINAL_STATES and OUTCOMES[Reason.PRUNED] == ("pruned", 3)
     request = decode_request(encode_request("prune", reason="pruned by the sweep's pruner after epoch 1"))

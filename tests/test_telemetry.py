@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.protocol import make_event, read_events
+from contracts.events import make_event, read_events
 from engine.telemetry.sinks import Coalescer, EventsFile
 
 

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import (engine_cmd, engine_env, events_of, only_run, run_engine, start_engine, status_of,
                       wait_for)
 from engine.config.schema import ScheduleConfig
-from engine.protocol import replay, send_command
+from contracts.control import send_command
+from contracts.events import replay
 from engine.train.schedule import lr_at
 
 # digits: 1,438 training images, so 23 steps an epoch at batch 64.

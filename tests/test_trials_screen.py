@@ -27,7 +27,7 @@ from cockpit.sweeps import SweepReader, promoted_config, storage_url  # noqa: E4
 from cockpit.widgets.trials_table import ImportancePane, TrialsTable  # noqa: E402
 from cockpit_helpers import FIXED_NOW, copy_recorded, notes, until  # noqa: E402
 from conftest import ROOT, TINY, run_engine  # noqa: E402
-from engine.protocol import COMMANDS  # noqa: E402
+from contracts.control import COMMANDS  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import cockpit
+import contracts
 import engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def imported_after(modules: list[str]) -> set[str]:
 
 
 def test_cockpit_modules_never_import_torch():
-    loaded = imported_after(modules_of(cockpit) + ["engine.protocol"])
+    loaded = imported_after(modules_of(cockpit) + modules_of(contracts))
     assert not {m for m in loaded if m == "torch" or m.startswith("torch.")}
 
 
@@ -45,15 +46,36 @@ def test_engine_never_imports_textual():
 
 def test_protocol_and_config_stay_light():
     """Validating a config and speaking the protocol must not pull in torch (fast refusal)."""
-    loaded = imported_after(["engine.protocol", "engine.config.schema", "engine.config.loading", "engine.cli",
+    loaded = imported_after(["contracts.events", "contracts.control", "engine.config.schema", "engine.config.loading", "engine.cli",
                              "engine.config.reference"])
     assert "torch" not in loaded
 
 
 def test_engine_packages_cost_nothing_to_import():
     """engine/__init__.py and every capability folder's __init__.py stay empty, so importing
-    engine.protocol (the cockpit does) or engine.config (a bad config is refused fast) loads
+    engine.config (a bad config is refused fast) loads
     nothing else."""
     inits = sorted((ROOT / "engine").rglob("__init__.py"))
     assert len(inits) >= 9, inits
     assert all(p.read_text().strip() == "" for p in inits), [p for p in inits if p.read_text().strip()]
+
+
+def test_contracts_import_only_the_standard_library():
+    """The ground floor imports no third-party package and neither half (import-linter checks
+    the package graph too; this checks what actually loads)."""
+    before = imported_after([])
+    loaded = imported_after(modules_of(contracts)) - before
+    stdlib = set(sys.stdlib_module_names)
+    foreign = {m for m in loaded if m.split(".")[0] not in stdlib and m.split(".")[0] != "contracts"}
+    assert not foreign, sorted(foreign)
+
+
+def test_the_layers_written_in_pyproject_hold():
+    """import-linter's contracts (pyproject.toml [tool.importlinter]): the engine's layers, the
+    two halves over the contracts, and the forbidden imports. Any import that climbs fails here."""
+    import shutil
+
+    exe = shutil.which("lint-imports")
+    assert exe, "import-linter is in the test extra: pip install -e '.[test]'"
+    out = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

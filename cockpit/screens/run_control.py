@@ -12,7 +12,7 @@ from cockpit.messages import CommandAnswered
 from cockpit.sanitize import clean
 from cockpit.runs import pid_alive, read_status
 from cockpit.screens.modals import ConfirmFix, ConfirmStop, NewRunScreen
-from engine.protocol import FINAL_STATES
+from contracts.events import FINAL_STATES
 
 RESUMABLE = ("stopped", "failed", "preempted")
 #: Changes that make a resumed run differ from one started with the new value (the engine's list too).

@@ -33,7 +33,7 @@ from cockpit.widgets.pane import Pane
 from cockpit.widgets.spot_pane import SpotPane
 from cockpit.widgets.steptime_pane import StepTimePane
 from cockpit.widgets.throughput_pane import ThroughputPane
-from engine.protocol import FINAL_STATES
+from contracts.events import FINAL_STATES
 
 #: Panes redraw at most this often, so tmux never flickers and a fast run cannot flood the terminal.
 REFRESH_HZ = 2

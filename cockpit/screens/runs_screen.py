@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Static
 
+from contracts.layout import RunLayout
 from cockpit import launcher
 from cockpit.messages import RunChosen
 from cockpit.sanitize import clean
@@ -27,7 +28,7 @@ QUANTIZABLE = ("finished", "stopped")
 
 def read_status(run: Path) -> dict:
     try:
-        value = json.loads((run / "status.json").read_text())
+        value = json.loads(RunLayout(run).status.read_text())
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -36,7 +37,7 @@ def read_status(run: Path) -> dict:
 def suggested_mode(run: Path) -> str:
     """qat-convert for a QAT run, dynamic for an MLP, else static (read from config.toml)."""
     try:
-        cfg = tomllib.loads((run / "config.toml").read_text())
+        cfg = tomllib.loads(RunLayout(run).config.read_text())
     except (OSError, tomllib.TOMLDecodeError):
         return "static"
     section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731

@@ -8,6 +8,7 @@ from typing import Callable
 
 from rich.text import Text
 
+from contracts.layout import RunLayout
 from cockpit.history import RunHistory
 from cockpit.widgets.pane import TextPane
 
@@ -31,7 +32,7 @@ def on_disk(path: str, run: Path | None) -> bool:
         return p.exists()
     if not p.is_absolute():
         return (run / p).exists()
-    return p.exists() or (run / "checkpoints" / p.name).exists()
+    return p.exists() or (RunLayout(run).checkpoints / p.name).exists()
 
 
 class CheckpointsPane(TextPane):

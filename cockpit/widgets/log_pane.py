@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.text import Text
 
+from contracts.layout import RunLayout
 from cockpit.history import RunHistory
 from cockpit.sanitize import clean
 from cockpit.widgets.pane import TextPane
@@ -59,7 +60,7 @@ class LogPane(TextPane):
 
     def show(self, h: RunHistory) -> None:
         if h.run is not None:
-            self.show_file(h.run / "engine.log")
+            self.show_file(RunLayout(h.run).log)
 
     def show_file(self, path: Path, n: int | None = None) -> None:
         """The last n lines (default: as many as the pane has rows, so the newest line shows)."""

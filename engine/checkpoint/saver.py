@@ -17,7 +17,7 @@ from engine.checkpoint.rng import capture_rng
 from engine.checkpoint.store import CheckpointStore, Saved
 from engine.checkpoint.writer import AsyncSaver, HostStaging, Job
 from engine.parallel.dist import Dist
-from engine.run.control import Pending
+from contracts.control import Pending
 
 Snapshot = Callable[[list[dict[str, Any]] | None], dict[str, Any]]
 

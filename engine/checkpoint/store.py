@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from engine.checkpoint.atomic import fsync_dir, write_atomic, write_json_atomic
+from contracts.atomic import fsync_dir, write_atomic, write_json_atomic
 
 FORMAT = 1
 REQUIRED = ("format", "step", "model", "optimizer", "trainer", "rng", "config")

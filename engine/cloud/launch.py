@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.cloud import userdata
 from engine.cloud.s3 import S3Location, client, uri_problem
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 TAG_RUN = "training-cockpit:run"
 TAG_S3 = "training-cockpit:s3"
@@ -60,7 +60,7 @@ def source_archive(root: Path) -> bytes:
                        "with a pip requirement, e.g. --install 'training-cockpit==0.1.0' or a git URL")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name in ("pyproject.toml", "README.md", "engine", "cockpit", "themes"):
+        for name in ("pyproject.toml", "README.md", "contracts", "engine", "cockpit", "themes"):
             path = root / name
             if path.exists():
                 tar.add(path, arcname=f"training-cockpit/{name}",
@@ -75,13 +75,13 @@ def launch(config_path: str, sets: list[str], instance_type: str, s3_uri: str, r
            max_price: str | None = None) -> int:
     """Start the instance (or, with dry_run, print what would be sent); exit code 0."""
     from engine.config import loading as config_mod
-    from engine.run.rundir import new_run_id
+    from contracts.layout import new_run_id
 
     if uri_problem(s3_uri):
         raise BadInput(f"--s3 {s3_uri!r}: {uri_problem(s3_uri)}")
     # mirrored to S3, and watching for the interruption notice (the instance is spot)
     cfg = config_mod.load(config_path, [*sets, f"checkpoint.s3_uri={json.dumps(s3_uri)}", "spot.enabled=true"])
-    run_id = run_id or new_run_id(cfg)
+    run_id = run_id or new_run_id(cfg.logging.run_name or cfg.model.name)
     region = region or _default_region()
     where = S3Location.parse(s3_uri).child(run_id)
     source = None if install else (where.bucket, where.key(userdata.SOURCE_KEY))

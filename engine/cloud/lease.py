@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from engine.cloud.s3 import S3Location, is_missing, is_precondition
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 LEASE = "lease"
 

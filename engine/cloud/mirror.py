@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from contracts.layout import RunLayout
 from engine.cloud.lease import Lease
 from engine.cloud.s3 import S3Location, client, transfer_config
-from engine.telemetry.redact import redact
+from engine.cloud.redact import redact
 
 STAGING = ".s3-staging"
 
@@ -144,11 +145,11 @@ class S3Mirror:
         if not self._owned():
             raise RuntimeError(self.lease.lost if self.lease else "lease lost")
         if job.what == "config":
-            self._put_file(self.run_dir / "config.toml", "config.toml")
+            self._put_file(RunLayout(self.run_dir).config, "config.toml")
             return
         if job.what == "final":
             self._put_history()
-            self._put_file(self.run_dir / "engine.log", "engine.log")
+            self._put_file(RunLayout(self.run_dir).log, "engine.log")
             return
         start, size = time.perf_counter(), 0
         for local, key in job.files:
@@ -177,7 +178,7 @@ class S3Mirror:
     def _put_history(self) -> None:
         """events.jsonl up to its last complete line (it grows while we read it)."""
         try:
-            data = (self.run_dir / "events.jsonl").read_bytes()
+            data = RunLayout(self.run_dir).events.read_bytes()
         except OSError:
             return
         self._put_bytes(data[: data.rfind(b"\n") + 1], "events.jsonl")

@@ -19,10 +19,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint.atomic import write_atomic, write_json_atomic
+from contracts.layout import RunLayout
+from contracts.atomic import write_atomic, write_json_atomic
 from engine.cloud.lease import refuse_if_held
 from engine.cloud.s3 import S3Location, client, is_missing, transfer_config, unreachable, uri_problem
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 
 def locate(arg: str, root: Path, s3_uri: str | None, wait_s: float = 0.0) -> tuple[Path, list[str]]:
@@ -30,7 +31,7 @@ def locate(arg: str, root: Path, s3_uri: str | None, wait_s: float = 0.0) -> tup
     and the --set overrides that keep mirroring to URI (waiting up to `wait_s` for a lease)."""
     if s3_uri is not None and uri_problem(s3_uri):
         raise BadInput(f"--s3 {s3_uri!r}: {uri_problem(s3_uri)}")
-    local = next((c for c in (Path(arg), root / arg) if (c / "config.toml").is_file()), None)
+    local = next((c for c in (Path(arg), root / arg) if RunLayout(c).config.is_file()), None)
     configured = _configured_uri(local) if local else None
     uri = s3_uri or configured
     if local is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
@@ -54,7 +55,7 @@ def locate(arg: str, root: Path, s3_uri: str | None, wait_s: float = 0.0) -> tup
 
 def _configured_uri(run: Path) -> str | None:
     try:
-        value = tomllib.loads((run / "config.toml").read_text()).get("checkpoint", {}).get("s3_uri")
+        value = tomllib.loads(RunLayout(run).config.read_text()).get("checkpoint", {}).get("s3_uri")
     except (OSError, ValueError):
         return None
     return value if isinstance(value, str) else None
@@ -74,8 +75,8 @@ def pointer(s3: Any, where: S3Location, name: str = "latest") -> dict[str, Any] 
 def local_step(run: Path) -> int | None:
     """The step of the local `latest` checkpoint, if it names one that exists."""
     try:
-        doc = json.loads((run / "checkpoints" / "latest").read_text())
-        return int(doc["step"]) if (run / "checkpoints" / doc["file"]).exists() else None
+        doc = json.loads((RunLayout(run).checkpoints / "latest").read_text())
+        return int(doc["step"]) if (RunLayout(run).checkpoints / doc["file"]).exists() else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -85,7 +86,7 @@ def pull(run: Path, where: S3Location, what: str, wait_s: float = 0.0) -> str | 
     s3 = client()
     refuse_if_held(s3, where, what, wait_s)
     latest = pointer(s3, where)
-    have_config = (run / "config.toml").is_file()
+    have_config = RunLayout(run).config.is_file()
     if latest is None:
         if have_config:
             return None  # nothing in S3 beyond what we have
@@ -101,7 +102,7 @@ def pull(run: Path, where: S3Location, what: str, wait_s: float = 0.0) -> str | 
     config = _get(s3, where, "config.toml")
     if config is None and not have_config:
         raise BadInput(f"{what}: {where} has checkpoints but no config.toml; nothing was changed")
-    folder = run / "checkpoints"
+    folder = RunLayout(run).checkpoints
     folder.mkdir(parents=True, exist_ok=True)
     _download_checkpoint(s3, where, latest["file"], files, folder)
     write_json_atomic(folder / "latest", {"file": latest["file"], "step": int(latest["step"])})
@@ -109,9 +110,9 @@ def pull(run: Path, where: S3Location, what: str, wait_s: float = 0.0) -> str | 
     if best and (folder / best["file"]).exists():
         write_json_atomic(folder / "best", {"file": best["file"], "step": int(best["step"])})
     if config is not None:
-        write_atomic(run / "config.toml", lambda f: f.write(config))
+        write_atomic(RunLayout(run).config, lambda f: f.write(config))
     events = _get(s3, where, "events.jsonl")
-    local_events = run / "events.jsonl"
+    local_events = RunLayout(run).events
     if events is not None and (not local_events.exists() or local_events.stat().st_size < len(events)):
         write_atomic(local_events, lambda f: f.write(events))
     return f"pulled {latest['file']} (step {latest['step']}) from {where}"

@@ -64,7 +64,7 @@ class S3Location:
 
 def client(service: str = "s3", region: str | None = None) -> Any:
     """A boto3 client from the standard credential chain, with the AWS loggers capped."""
-    from engine.telemetry.redact import quiet_aws_loggers
+    from engine.cloud.redact import quiet_aws_loggers
 
     quiet_aws_loggers()
     import boto3  # only here: a run without S3 or cloud commands never imports it
@@ -102,8 +102,8 @@ def is_precondition(exc: BaseException) -> bool:
 
 def unreachable(what: str, where: Any, exc: BaseException) -> Exception:
     """BadInput for an S3 call that failed (no access, no network): the message masked of secrets."""
-    from engine.errors import BadInput
-    from engine.telemetry.redact import redact
+    from contracts.errors import BadInput
+    from engine.cloud.redact import redact
 
     detail = redact(f"{type(exc).__name__}: {exc}")[:300]
     return BadInput(f"{what}: S3 at {where} could not be used ({detail}); check the bucket, the network and "

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from contracts.stops import Plan, Reason, Source
 from engine.cloud.lease import Lease
 from engine.cloud.s3 import S3Location, client, is_missing, unreachable
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 
 def location(cfg: Any, run_id: str) -> S3Location | None:
@@ -54,15 +55,13 @@ def exists(s3: Any, where: S3Location) -> bool:
         raise
 
 
-class LeaseWatch:
+class LeaseWatch(Source):
     """A boundary source: stop the run (exit 3) once another engine has taken its lease over."""
 
     def __init__(self, lease: Lease):
         self.lease = lease
 
-    def poll(self) -> Any:
-        from engine.train.boundary import Plan, Reason
-
+    def poll(self) -> Plan:
         if self.lease.lost:
             return Plan(Reason.STOP_COMMAND, why=f"the run's lease was lost: {self.lease.lost}")
         return Plan()

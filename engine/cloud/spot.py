@@ -17,14 +17,17 @@ from typing import Any, Callable
 from engine.cloud.detect import client_for
 from engine.cloud.facts import InstanceFacts
 from engine.cloud.imds import ImdsClient, MetadataUnavailable, Notice, instance_action, instance_facts, rebalance
-from engine.train.boundary import Plan, Reason
+from contracts.stops import Plan, Reason, Source
 
 #: The longest wait between polls while the service keeps failing (back-off, doubled per failure).
 MAX_BACKOFF_S = 30.0
 
 
-class SpotWatcher:
-    """A boundary source fed by a background thread that polls the metadata service."""
+class SpotWatcher(Source):
+    """A boundary source fed by a background thread that polls the metadata service; also asked
+    between evaluation batches, so a notice mid-evaluation does not wait for the epoch's end."""
+
+    between_batches = True
 
     def __init__(self, client: ImdsClient, poll_s: float, emit: Callable[..., Any],
                  always: bool = False, step: Callable[[], int] = lambda: 0):
@@ -115,6 +118,10 @@ class SpotWatcher:
                       **self._fields())
             return Plan(Reason.CHECKPOINT_DUE, why="rebalance")
         return Plan()
+
+    def outcome(self, plan: Plan) -> dict[str, Any]:
+        """A preempted run's final state event carries the notice's seconds left."""
+        return self.preempted() if plan.reason == Reason.PREEMPTED else {}
 
     def preempted(self) -> dict[str, Any]:
         """After the last checkpoint of a preempted run: the final `spot` event; its fields."""

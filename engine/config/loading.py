@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine.config.schema import Config, _suggest
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:

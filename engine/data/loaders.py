@@ -13,7 +13,7 @@ from engine.config.schema import AugmentConfig, Config
 from engine.data.augment import Normalizer, augment, batch_augment
 from engine.data.sampler import EpochSampler, batches_per_epoch
 from engine.data.sources import DataSpec, TensorImages, as_tensor
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 
 class Prepared(Dataset):

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from engine.config.schema import Config
 from engine.model.factory import import_factory
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 # Per-channel statistics of the built-in sets (for normalization).
 STATS = {

@@ -3,7 +3,8 @@
 A converter's `convert(model)` runs once the model is on its device and before DDP/FSDP,
 torch.compile and the optimizer see it; `inputs(x)` readies a batch for the converted model;
 `finalize(model)` runs after training. `channels_last` was the first converter; quantization-aware
-training and float8 training (engine.quantize.training) are the others. A converter may also have
+training and float8 training (engine.quantize.training) are the others; the session picks them
+(engine.run.assemble.converters). A converter may also have
 `summary()`: one line on what `convert` changed, which the run logs (float8 names its layers).
 """
 
@@ -40,16 +41,6 @@ class ChannelsLast:
 
     def finalize(self, model: nn.Module) -> nn.Module:
         return model
-
-
-def build_converters(cfg: Any, spec: Any) -> list[ModelConverter]:
-    """The converters a config asks for, in the order they apply."""
-    found: list[ModelConverter] = []
-    if cfg.quantize.qat or cfg.quantize.float8:
-        from engine.quantize.training import converters  # torchao only when asked for
-
-        found += converters(cfg, spec)
-    return found + ([ChannelsLast()] if cfg.train.channels_last else [])
 
 
 def convert(model: nn.Module, converters: list[ModelConverter]) -> nn.Module:

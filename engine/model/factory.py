@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 
 def import_factory(path: str, field: str) -> Any:

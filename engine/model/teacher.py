@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from contracts.layout import RunLayout
 from engine.checkpoint.store import best_or_latest, load
 from engine.config.schema import Config, ModelConfig
 from engine.data.sources import DataSpec
-from engine.errors import BadInput
+from contracts.errors import BadInput
 from engine.model.zoo import build_model
 
 
@@ -67,9 +68,9 @@ def _build(cfg: Config, spec: DataSpec) -> tuple[nn.Module, str]:
 
 def _run_checkpoint(run: Path, given: str) -> Path:
     """A run's best checkpoint, else its latest."""
-    if not (run / "config.toml").is_file():
+    if not RunLayout(run).config.is_file():
         raise BadInput(f"distill.teacher = {given!r}: {run} is not a run directory (no config.toml)")
-    found = best_or_latest(run / "checkpoints")
+    found = best_or_latest(RunLayout(run).checkpoints)
     if found is not None:
         return found
     raise BadInput(f"distill.teacher = {given!r}: the run has no checkpoint to teach from "

@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from contracts.layout import RunLayout
 from engine.config.schema import Config
 from engine.data.sources import DataSpec, as_tensor
 from engine.model.factory import import_factory
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 
 class SmallCNN(nn.Module):
@@ -140,10 +141,10 @@ def load_weights(model: nn.Module, path: str) -> None:
     """Load a local state_dict, a checkpoint of ours, or a run of ours (its best checkpoint, else
     its latest); weights only: no code runs while unpickling."""
     p = Path(path)
-    if p.is_dir() and (p / "config.toml").is_file():
+    if p.is_dir() and RunLayout(p).config.is_file():
         from engine.checkpoint.store import best_or_latest
 
-        found = best_or_latest(p / "checkpoints")
+        found = best_or_latest(RunLayout(p).checkpoints)
         if found is None or found.is_dir():
             raise BadInput(f"model.weights_path = {path!r}: the run has no single-file checkpoint to start from")
         p = found

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from engine.config.schema import Config
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 
 def under_torchrun() -> bool:

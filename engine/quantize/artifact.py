@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 MAX_BATCH = 1 << 16
 

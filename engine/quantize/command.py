@@ -23,10 +23,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from engine.checkpoint.atomic import write_atomic, write_json_atomic
+from contracts.layout import RunLayout
+from contracts.atomic import write_atomic, write_json_atomic
 from engine.checkpoint.store import best_or_latest, load
 from engine.config.schema import Config
-from engine.errors import BadInput
+from contracts.errors import BadInput
 from engine.quantize.support import require_torchao
 
 ARTIFACTS = {"static": "static-int8.pt2", "dynamic": "dynamic-int8.pt2", "qat-convert": "qat-int8.pt2"}
@@ -38,7 +39,7 @@ def _say(text: str) -> None:
 
 
 def _checkpoint(run: Path) -> tuple[Path, dict[str, Any]]:
-    found = best_or_latest(run / "checkpoints")
+    found = best_or_latest(RunLayout(run).checkpoints)
     if found is None:
         raise BadInput(f"run {str(run)!r}: no checkpoint to quantize (train it first; a run stopped "
                        "before its first checkpoint has none)")
@@ -222,7 +223,7 @@ def quantize(run: Path, mode: str, calibration_batches: int = 16, compile_too: b
             **{f"float_{k}": f[k] for k in ("eager_ms", "compiled_ms") if k in f},
             **{f"speedup_{k[:-3]}": f[k] / q[k] for k in ("eager_ms", "compiled_ms") if k in f}},
     }
-    folder = run / "quantized"
+    folder = RunLayout(run).quantized
     folder.mkdir(exist_ok=True)
     previous = _read_report(folder / "quantize.json")
     merged = previous | report if previous.get("checkpoint") == report["checkpoint"] else report

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from engine.errors import BadInput
+from contracts.errors import BadInput
 from engine.quantize.artifact import Normalized, export, strip_unused
 from engine.quantize.training import has, quantizer_prepare
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 MIN_TORCHAO = (0, 17)
 # torchao release -> the oldest torch it supports (torchao's compatibility table)

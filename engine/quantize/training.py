@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.errors import BadInput
+from contracts.errors import BadInput
 from engine.quantize.support import require_torchao
 
 # The fake quantization that matches what `--mode qat-convert` produces for Linear-only models

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.protocol import MAX_REQUEST_BYTES, ProtocolError, decode_request, encode_reply
+from contracts.control import MAX_REQUEST_BYTES, ProtocolError, decode_request, encode_reply
 
 #: How long a client waits for the loop to act before it is told the engine is busy.
 REPLY_TIMEOUT_S = 300.0

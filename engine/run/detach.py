@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.protocol import EXIT_FAILED
+from contracts.layout import RunLayout
+from contracts.events import EXIT_FAILED
 
 
 def spawn(argv: list[str], run_dir: Path, timeout_s: float = 600.0) -> int:
@@ -32,7 +33,7 @@ def spawn(argv: list[str], run_dir: Path, timeout_s: float = 600.0) -> int:
         while time.monotonic() < deadline:
             code = child.poll()
             if code is not None:
-                sys.stderr.write(_read(launch_log) or _read(run_dir / "engine.log"))
+                sys.stderr.write(_read(launch_log) or _read(RunLayout(run_dir).log))
                 return code
             if _trains(run_dir, child.pid):
                 print(f"started run directory: {run_dir} (engine pid {child.pid}, log {run_dir / 'engine.log'})")
@@ -48,7 +49,7 @@ def _trains(run_dir: Path, pid: int) -> bool:
     import json
 
     try:
-        status = json.loads((run_dir / "status.json").read_text())
+        status = json.loads(RunLayout(run_dir).status.read_text())
     except (OSError, ValueError):
         return False
     return pid in (status.get("pid"), status.get("launcher_pid"))

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.protocol import EXIT_FAILED
+from contracts.events import EXIT_FAILED
 
 #: torchrun's log lines ("E1124 02:00:32.486000 27435 .../elastic/multiprocessing/api.py:1002] ...")
 _AGENT_LOG = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ .*torch/distributed/")

@@ -16,19 +16,20 @@ import numpy as np
 import torch
 
 from engine.config import loading as config_mod
-from engine.checkpoint.atomic import write_atomic
+from contracts.atomic import write_atomic
 from engine.checkpoint.store import CheckpointStore, load_rank
 from engine.config.schema import Config
 from engine.data.sources import DataSpec, build_spec
 from engine.parallel.dist import Dist
 from engine.parallel.dist import setup as setup_dist
-from engine.errors import BadInput
+from contracts.errors import BadInput
 from engine.model.teacher import Teacher, load_teacher
 from engine.model.zoo import build_model
-from engine.run.rundir import RunDir, new_run_id
+from contracts.layout import RunLayout, new_run_id
+from engine.run.rundir import RunDir
 from engine.telemetry.metering import meter_for
 from engine.telemetry.sinks import Console, EventsFile, LogFile, TensorBoard, Telemetry
-from engine.train.trainer import Trainer
+from engine.run.assemble import build_trainer
 
 
 def seed_everything(cfg: Config) -> None:
@@ -135,8 +136,8 @@ def start(cfg: Config, root: Path, run_id: str | None, json_mode: bool, detached
         console = console_mode(json_mode, detached) if dist.main else "none"
         announce(run, console, "new")
         tele = telemetry_for(cfg, run, console, None, *lease) if dist.main else Telemetry([])
-        return _train(Trainer(cfg, spec, model, run, tele, dist=dist, teacher=teacher), tele, run, console,
-                      *lease)
+        trainer = build_trainer(cfg, spec, model, run, tele, dist, teacher=teacher, lease=(lease or [None])[0])
+        return _train(trainer, tele, run, console)
     finally:
         for held in lease:
             held.release()  # idempotent: the mirror's close() normally did it
@@ -147,7 +148,7 @@ def _create(cfg: Config, root: Path, run_id: str | None, dist: Dist, lease: list
     """Rank 0: take the run's lease in S3 (when mirrored), make the run directory, lock it (for
     the life of the process) and write its config; its path, or {"error": ...} for the other
     ranks to raise too."""
-    run = RunDir(root.resolve() / (run_id or new_run_id(cfg)))
+    run = RunDir(root.resolve() / (run_id or new_run_id(cfg.logging.run_name or cfg.model.name)))
     try:
         if run.path.exists():
             raise BadInput(f"--run-id {run.path.name!r}: {run.path} already exists; pick another id")
@@ -214,8 +215,8 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=name)
         if dist.main and overrides:
             _record_changes(run, tele, before, cfg, overrides, state["step"])
-        return _train(Trainer(cfg, spec, model, run, tele, resume=state, dist=dist, teacher=teacher),
-                      tele, run, console, lease)
+        trainer = build_trainer(cfg, spec, model, run, tele, dist, resume=state, teacher=teacher, lease=lease)
+        return _train(trainer, tele, run, console)
     finally:
         if lease is not None:
             lease.release()  # idempotent: the mirror's close() normally did it
@@ -243,7 +244,7 @@ def _record_changes(run: RunDir, tele: Telemetry, before: Config, after: Config,
     exact = not any(f in INEXACT_ON_RESUME for f in changes)
     record = {"t": round(time.time(), 3), "step": step, "overrides": list(overrides), "changes": changes,
               "exact": exact}
-    with open(run.path / "overrides.jsonl", "a", encoding="utf-8") as f:
+    with open(run.overrides, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, default=str) + "\n")
     tele.emit("config_change", step=step, changes=changes, overrides=list(overrides), exact=exact)
 
@@ -293,11 +294,7 @@ def _teacher_of(state: dict[str, Any]) -> str | None:
     return teacher.get("sha256") if isinstance(teacher, dict) else None
 
 
-def _train(trainer: Trainer, tele: Telemetry, run: RunDir, console: str, lease=None) -> int:
-    if lease is not None:  # another engine took the run over in S3: stop (exit 3)
-        from engine.cloud.s3run import LeaseWatch
-
-        trainer.sources.append(LeaseWatch(lease))
+def _train(trainer: Any, tele: Telemetry, run: RunDir, console: str) -> int:
     try:
         result = trainer.train()
     finally:

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.errors import BadInput
-from engine.protocol import EXIT_STOPPED
+from contracts.errors import BadInput
+from contracts.events import EXIT_STOPPED
 
 EPILOG = """The config needs [sweep] enabled = true and a [sweep.space]. The study lives in
 <runs-dir>/sweeps.db unless --storage names another (any Optuna RDB URL, e.g.
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from engine.config import loading
-    from engine.run.rundir import runs_root
+    from contracts.layout import runs_root
     from engine.sweep.storage import GRACE_S, HEARTBEAT_S, default_url, mask_url
 
     cfg = loading.load(args.config, args.set)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.protocol import read_events, send_command
+from contracts.layout import RunLayout
+from contracts.control import send_command
+from contracts.events import read_events
 
 #: The eval event's metric for each sweep.metric.
 METRIC_KEYS = {"val_accuracy": "accuracy", "val_loss": "loss"}
@@ -105,8 +107,8 @@ class TrialEngine:
 
     # -- events -------------------------------------------------------------------------------
     def _follow(self) -> None:
-        path = self.run_dir / "events.jsonl"
-        if self.on_dir is not None and (self.run_dir / "status.json").is_file():
+        path = RunLayout(self.run_dir).events
+        if self.on_dir is not None and RunLayout(self.run_dir).status.is_file():
             self.on_dir, on_dir = None, self.on_dir
             on_dir()
         try:
@@ -140,7 +142,7 @@ class TrialEngine:
         why = f"pruned by the sweep's pruner after epoch {epoch} ({value:.4g})"
         self.log(f"{self.run_dir.name}: {why}")
         try:
-            socket_path = json.loads((self.run_dir / "status.json").read_text())["socket"]
+            socket_path = json.loads(RunLayout(self.run_dir).status.read_text())["socket"]
             threading.Thread(target=self._send_prune, args=(socket_path, why), daemon=True).start()
         except (OSError, ValueError, KeyError) as exc:
             self.log(f"{self.run_dir.name}: could not reach the engine to prune it: {exc}")
@@ -153,7 +155,7 @@ class TrialEngine:
 
     def _end(self, code: int) -> Outcome:
         try:
-            status = json.loads((self.run_dir / "status.json").read_text())
+            status = json.loads(RunLayout(self.run_dir).status.read_text())
         except (OSError, ValueError):
             status = {}
         self._stderr.seek(0)

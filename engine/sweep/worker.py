@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from contracts.layout import RunLayout
 from engine.config.schema import Config
 from engine.sweep.space import set_args, suggest
 from engine.sweep.storage import MAX_RETRY, mask_url, open_storage
@@ -63,7 +64,7 @@ class Worker:
                 self.study = self._study()
                 break
             except Exception as exc:
-                from engine.errors import BadInput
+                from contracts.errors import BadInput
 
                 if isinstance(exc, BadInput) or attempt == 4 or not _is_race(exc):
                     raise
@@ -87,7 +88,7 @@ class Worker:
         study = optuna.create_study(study_name=self.o.study, storage=self.storage, sampler=sampler,
                                     pruner=pruner, direction=s.resolved_direction, load_if_exists=True)
         if study.direction.name.lower() != s.resolved_direction:
-            from engine.errors import BadInput
+            from contracts.errors import BadInput
 
             raise BadInput(f"study {self.o.study!r} exists with direction {study.direction.name.lower()}, the config "
                            f"asks {s.resolved_direction}: use another --study")
@@ -184,7 +185,7 @@ class Worker:
             frozen = self.storage.get_trial(trial._trial_id)
             retry_of = frozen.system_attrs.get("failed_trial")
             old = frozen.user_attrs.get("run_dir")
-        if retry_of is not None and old and (Path(old) / "checkpoints" / "latest").is_file():
+        if retry_of is not None and old and (RunLayout(Path(old)).checkpoints / "latest").is_file():
             run_dir = Path(old)
             argv = ["resume", str(run_dir)]
             self.log(f"trial {trial.number}: resumes dead trial {retry_of}'s run {run_dir} from its checkpoint")

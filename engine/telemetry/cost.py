@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable
 
-from engine.protocol import FINAL_STATES
+from contracts.events import FINAL_STATES
 from engine.telemetry.prices import ConfigPrice, Price, PriceSource  # noqa: F401 - re-exported
 
 #: At most one cost event per this many seconds from steps and ticks.

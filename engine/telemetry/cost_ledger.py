@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.protocol import decode_event
+from contracts.events import decode_event
 from engine.telemetry.cost import ZERO, Carried
 
 CHUNK = 1 << 16

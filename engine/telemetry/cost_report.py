@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from engine.errors import BadInput
+from contracts.errors import BadInput
 from engine.telemetry.cost import RunShape
 from engine.telemetry.cost_ledger import _num, events_backwards, last_session
 from engine.telemetry.flops import peak_tflops
@@ -25,12 +25,12 @@ def _last(events: Path, kind: str) -> dict[str, Any] | None:
 def _config(run: Path) -> Any:
     from engine.config import loading as config_mod
 
-    return config_mod.load(run / "config.toml", [])
+    return config_mod.load(RunLayout(run).config, [])
 
 
 def _state(run: Path, events: Path) -> str | None:
     try:
-        status = json.loads((run / "status.json").read_text())
+        status = json.loads(RunLayout(run).status.read_text())
         if isinstance(status.get("state"), str):
             return status["state"]
     except (OSError, ValueError):
@@ -80,8 +80,8 @@ def estimate(step_event: dict[str, Any] | None, shape: RunShape, remaining: int 
 
 def report(run: Path, now: float | None = None) -> dict[str, Any]:
     """The report as a dictionary (what --json prints)."""
-    events = run / "events.jsonl"
-    if not (run / "config.toml").is_file() or not events.is_file():
+    events = RunLayout(run).events
+    if not RunLayout(run).config.is_file() or not events.is_file():
         raise BadInput(f"cost {str(run)!r}: not a run directory of ours (expected config.toml and events.jsonl in it)")
     cfg = _config(run)
     shape = RunShape.of(cfg)
@@ -181,7 +181,7 @@ def add_parser(sub: Any) -> None:
 
 
 def command(args: Any) -> int:
-    from engine.run.rundir import find_run, runs_root
+    from contracts.layout import RunLayout, find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     r = report(run)

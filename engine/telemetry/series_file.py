@@ -1,16 +1,17 @@
 """steps.f64: the step events' numbers beside events.jsonl, so a reader can replay a long history
 without decoding every line (the cockpit's attach; bench/RESULTS.md).
 
-`steps.json` names the columns once: {"version": 1, "columns": [...], "parts": [...]}. `steps.f64`
-holds one record per step line written to events.jsonl: little-endian float64s, `start` and `end`
-(the line's byte range in events.jsonl), then the columns, then the named loss parts; NaN where an
-event has no finite value. events.jsonl stays the contract: a reader trusts this file only while
+The format and its columns are declared once, in contracts.steps (the cockpit reads the same
+declaration); NaN where an event has no finite value. events.jsonl stays the contract: a reader trusts this file only while
 it matches the events (the byte ranges land on step lines with the same numbers) and otherwise
 decodes events.jsonl. A step event whose loss parts differ from the header's stops the file for
 good (`"stopped": true`): readers then decode the lines.
 """
 
 from __future__ import annotations
+
+from contracts.layout import RunLayout
+from contracts.steps import COLUMNS, MAX_PARTS, VERSION, record_width
 
 import json
 import math
@@ -19,8 +20,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("step", "loss", "lr", "samples_per_s", "accuracy")
-MAX_PARTS = 16
 NAN = float("nan")
 
 
@@ -38,18 +37,19 @@ class SeriesFile:
     """Appends a record per step line; `offset` is events.jsonl's size, kept by EventsFile."""
 
     def __init__(self, run: Path):
-        self.header_path, self.path = run / "steps.json", run / "steps.f64"
+        layout = RunLayout(run)
+        self.header_path, self.path = layout.steps_header, layout.steps
         self.parts: list[str] | None = None
         self.stopped = False
         self.file = None
         try:
             header = json.loads(self.header_path.read_text())
-            if header.get("columns") != list(COLUMNS) or header.get("version") != 1:
+            if header.get("columns") != list(COLUMNS) or header.get("version") != VERSION:
                 self.stopped = True
             self.parts = header.get("parts")
             self.stopped = self.stopped or bool(header.get("stopped"))
         except FileNotFoundError:
-            if (run / "events.jsonl").exists() and (run / "events.jsonl").stat().st_size:
+            if layout.events.exists() and layout.events.stat().st_size:
                 self.stopped = True  # an older engine wrote the events before: no record of those
         except (OSError, ValueError, AttributeError):
             self.stopped = True
@@ -64,13 +64,13 @@ class SeriesFile:
             if names is None or len(names) > MAX_PARTS:
                 return self._stop()
             self.parts = names
-            self.header_path.write_text(json.dumps({"version": 1, "columns": list(COLUMNS), "parts": names}))
+            self.header_path.write_text(json.dumps({"version": VERSION, "columns": list(COLUMNS), "parts": names}))
         elif names is not None and names != self.parts:
             return self._stop()
         if self.file is None:
             self.file = open(self.path, "ab")
             size = self.file.tell()
-            width = 8 * (2 + len(COLUMNS) + len(self.parts))
+            width = 8 * record_width(len(self.parts))
             if size % width:  # a torn record from a killed engine
                 self.file.truncate(size - size % width)
         values = [start, end, *(_f(event.get(c)) for c in COLUMNS),
@@ -80,7 +80,7 @@ class SeriesFile:
 
     def _stop(self) -> None:
         self.stopped = True
-        header = {"version": 1, "columns": list(COLUMNS), "parts": self.parts or [], "stopped": True}
+        header = {"version": VERSION, "columns": list(COLUMNS), "parts": self.parts or [], "stopped": True}
         self.header_path.write_text(json.dumps(header))
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from engine.protocol import encode_event, make_event
+from contracts.events import encode_event, make_event
 from engine.telemetry.narration import Narrator, describe
 
 

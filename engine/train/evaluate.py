@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
-from engine.train.boundary import Plan, Reason
+from contracts.stops import Plan, Reason
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

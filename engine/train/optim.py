@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from engine.config.schema import OptimConfig
-from engine.errors import BadInput
+from contracts.errors import BadInput
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -1,9 +1,10 @@
 """The training loop: restore, then step / evaluate / checkpoint / obey, then finish.
 
 The loop only orchestrates. What a batch means is the task's (engine.train.task); how the
-model changes before training, the converters' (engine.model.convert); why the loop stops
-or saves, the boundary sources' (engine.train.boundary); how checkpoints are written, the
-Checkpointer's (engine.checkpoint.saver); what is reported, the telemetry sinks'.
+model changes before training, the converters'; why the loop stops or saves, the boundary
+sources' (contracts.stops.Source); how checkpoints are written, the Checkpointer's
+(engine.checkpoint.saver); what is reported, the telemetry sinks'. The session builds the
+converters and sources (engine.run.assemble) and hands them in: the loop knows none by name.
 """
 
 from __future__ import annotations
@@ -18,23 +19,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from contracts.control import Pending
+from contracts.events import EXIT_FAILED
+from contracts.layout import RunLayout
+from contracts.stops import OUTCOMES, Pause, Plan, Reason, Source, StopRun
 from engine.checkpoint.saver import Checkpointer
-from engine.cloud.spot import watcher_for
 from engine.checkpoint.store import CheckpointStore
 from engine.config.schema import Config
 from engine.data.loaders import build_loaders
 from engine.data.sources import DataSpec
-from engine.model.convert import build_converters, convert, finalize, prepare_inputs, summaries
+from engine.model.convert import ModelConverter, convert, finalize, prepare_inputs, summaries
 from engine.model.teacher import Teacher
 from engine.parallel.dist import Dist, collective_failure, device_for
 from engine.parallel.wrap import check_replicas, grad_scaler, wrap
-from engine.protocol import EXIT_FAILED
-from engine.run.control import ControlServer, Pending
-from engine.run.rundir import RunDir, socket_path_for
 from engine.telemetry.doctor import Doctor, suggest
 from engine.telemetry.flops import flops_per_sample, memory_fields, peak_tflops, step_flops
 from engine.telemetry.sinks import Telemetry
-from engine.train.boundary import OUTCOMES, Clock, Commands, Pause, Plan, Reason, Signals, StopRun
 from engine.train.evaluate import EvalHook, evaluate, hooks_plan, improves
 from engine.train.guard import Diverged, DivergenceGuard
 from engine.train.optim import build_optimizer
@@ -47,14 +47,17 @@ from engine.train.task import build_task
 class Trainer:
     """One run in one process (one rank of several under torchrun)."""
 
-    def __init__(self, cfg: Config, spec: DataSpec, model: nn.Module, run: RunDir,
+    def __init__(self, cfg: Config, spec: DataSpec, model: nn.Module, run: RunLayout,
                  telemetry: Telemetry, resume: dict[str, Any] | None = None, dist: Dist | None = None,
-                 teacher: Teacher | None = None):
+                 teacher: Teacher | None = None, converters: list[ModelConverter] = (),
+                 sources: list[Source] = (), socket: Any = None):
         self.cfg, self.spec, self.run, self.tele = cfg, spec, run, telemetry
         self.dist = dist or Dist()
         t = cfg.train
         self.device = device_for(t.device, self.dist)
-        self.converters = build_converters(cfg, spec)
+        self.converters = list(converters)
+        self.sources = list(sources)  # asked at every step boundary, in this order (plans fold by max)
+        self.socket = socket  # the control socket's path, for status (rank 0)
         model = convert(model.to(self.device), self.converters)
         for line in summaries(self.converters):
             self.tele.emit("log", level="info", message=line)
@@ -74,21 +77,10 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches / t.grad_accum_steps)
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         self.pos = Position(peak_lr=cfg.optim.lr)
-        main = self.dist.main
-        self.server = ControlServer(socket_path_for(run.path), self.status) if main else None
         self.checkpoints = Checkpointer(CheckpointStore(run.checkpoints, cfg.checkpoint.keep_last), self.dist,
                                         self.tele.emit, cfg.checkpoint.async_save, self.device.type == "cuda")
         self.guard = DivergenceGuard(self.model, self.dist, t.precision, self.checkpoints.last_good)
-        self.commands = Commands(self.server, cfg.optim.lr, lambda lr: highest_if_set(
-            lr, self.pos.step - self.pos.skipped, self.total_steps, cfg.schedule))
-        self.signals, self.clock = Signals(), Clock(cfg.checkpoint.every_minutes if main else None)
-        self.sources: list[Any] = [self.signals, self.clock]  # more boundary sources plug in here
-        # spot interruptions: only where the metadata service may be asked; `watching` is agreed,
-        # so that every rank takes part in the mid-evaluation agreement when any rank watches
-        self.spot = watcher_for(cfg, self.tele.emit, lambda: self.pos.step)
-        self.watching = bool(self.dist.agree_max([1.0 if self.spot else 0.0])[0])
-        if self.spot is not None:
-            self.sources.append(self.spot)
+        self.watching = False  # any rank's source asked between evaluation batches (agreed in train)
         self.eval_hooks: list[EvalHook] = []
         self.state, self.last_status, self.last_loss = "starting", 0.0, None
         self.metrics: dict[str, float] = {}
@@ -118,16 +110,22 @@ class Trainer:
             state["teacher"] = {"source": self.teacher.source, "sha256": self.teacher.sha256}
         return state
 
+    def highest_lr_if_set(self, lr: float) -> float:
+        """The highest rate the schedule reaches from now on if `lr` is set now (a `set` check)."""
+        return highest_if_set(lr, self.pos.step - self.pos.skipped, self.total_steps, self.cfg.schedule)
+
     # ---- the loop ---------------------------------------------------------------------
 
     def train(self) -> RunResult:
         """Run to the end, to a stop or to a failure; the result says which (and its exit code)."""
-        self.signals.install()
-        if self.server is not None:
-            self.server.start()
-        if self.spot is not None:
-            self.spot.start()
+        # agreed, so that every rank takes part in the mid-evaluation agreement when any rank asks
+        urgent = any(s.between_batches for s in self.sources)
+        self.watching = bool(self.dist.agree_max([1.0 if urgent else 0.0])[0])
+        started: list[Source] = []
         try:
+            for source in self.sources:
+                source.start()
+                started.append(source)
             self.set_state("running")
             self._announce_teacher()
             try:
@@ -141,11 +139,8 @@ class Trainer:
             return self._fail(exc)
         finally:
             self.checkpoints.close()  # a failed run still finishes the writes it queued
-            if self.server is not None:
-                self.server.close()
-            if self.spot is not None:
-                self.spot.close()
-            self.signals.restore()
+            for source in reversed(started):
+                source.close()
 
     def _announce_teacher(self) -> None:
         """Distillation: the teacher's own validation metrics, once per session (every rank)."""
@@ -274,7 +269,8 @@ class Trainer:
         if entering:  # a stop's own save stays in "stopping" (one state event, with its reason)
             self.set_state("checkpointing")
         if new:
-            self.clock.saved()  # every_minutes counts from the start of a save
+            for source in self.sources:
+                source.saved()  # checkpoint.every_minutes counts from the start of a save
         reply = self.checkpoints.save(self.pos.step, reason, self.snapshot, best, pending)
         if entering:
             self.set_state(previous)
@@ -286,10 +282,11 @@ class Trainer:
         """Fold every source's plan, agree on it with every rank, then act on it, all at this
         step boundary; block here (still agreeing, every 0.5 s) while paused."""
         while True:
-            paused = self.state == "paused" and not self.signals.name
-            plan = self.commands.poll(wait_s=0.5 if paused else 0.0)
+            plan = Plan()
             for source in self.sources:
                 plan = plan.fold(source.poll())
+            if self.state == "paused" and not plan.reason.stops and not plan.pending:
+                plan = plan.fold(self._wait(0.5))
             self.unanswered = plan.pending  # answered by _carry_out, _finish or, failing, _fail
             self._carry_out(plan.agreed(self.dist.agree_max(plan.vector())))
             if self.state != "paused":
@@ -316,12 +313,24 @@ class Trainer:
         if plan.reason.stops:
             raise StopRun(plan)
 
+    def _wait(self, timeout: float) -> Plan:
+        """Paused: wait for the first source that waits (the control socket), else not at all
+        (the agreement that follows is then the wait: ranks other than 0 block on rank 0's)."""
+        for source in self.sources:
+            waited = source.wait(timeout)
+            if waited is not None:
+                return waited
+        return Plan()
+
     def urgent(self) -> None:
         """Between evaluation batches (and before an epoch): a spot notice stops the run at once,
         agreed by every rank at the same batch, so a long evaluation does not eat the window."""
         if not self.watching:
             return
-        plan = self.spot.urgent() if self.spot is not None else Plan()
+        plan = Plan()
+        for source in self.sources:
+            if source.between_batches:
+                plan = plan.fold(source.urgent())
         plan = plan.agreed(self.dist.agree_max(plan.vector()))
         if plan.reason.stops:
             raise StopRun(plan)
@@ -348,7 +357,9 @@ class Trainer:
                 self.tele.emit("log", level=verdict[0], message=verdict[1])
             finalize(self.model, self.converters)
         latest = self.checkpoints.latest()
-        extra = self.spot.preempted() if plan.reason == Reason.PREEMPTED and self.spot is not None else {}
+        extra: dict[str, Any] = {}
+        for source in self.sources:
+            extra.update(source.outcome(plan))
         for p in plan.pending:
             if p.cmd in ("stop", "prune"):
                 p.answer(state=state, step=self.pos.step, path=str(latest) if latest else None)
@@ -386,7 +397,7 @@ class Trainer:
         """What `status` replies and status.json holds."""
         return {"state": self.state, "step": self.pos.step, "epoch": self.pos.epoch,
                 "total_steps": self.total_steps, "loss": self.last_loss, "lr": self.current_lr(),
-                "run_id": self.run.path.name, "socket": str(self.server.path) if self.server else None,
+                "run_id": self.run.path.name, "socket": str(self.socket) if self.socket else None,
                 "world_size": self.dist.world, **({"rank_pids": self.rank_pids} if self.rank_pids else {})}
 
     def write_status(self, **extra: Any) -> None:

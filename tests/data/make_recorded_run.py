@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from engine.protocol import encode_event, make_event  # noqa: E402
+from contracts.events import encode_event, make_event  # noqa: E402
 
 RUN_NAME = "20260101-120000-small_cnn-rec1"
 ORIGINAL_DIR = f"/home/alice/runs/{RUN_NAME}"  # where the engine ran: absolute paths point there

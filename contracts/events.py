@@ -1,4 +1,4 @@
-"""The wire contract between engine and cockpit: events, commands, encode and decode.
+"""The event vocabulary: what the engine reports in events.jsonl, exit codes and run states.
 
 Standard library only, and nothing heavy at import time: the cockpit imports this module
 and must never pull in torch.
@@ -7,9 +7,7 @@ Events (engine -> cockpit) are JSON objects, one a line, in ``events.jsonl``::
 
     {"v": 1, "t": 1732406400.5, "type": "step", "step": 120, "loss": 0.41, ...}
 
-Commands (cockpit -> engine) are one JSON object a line over ``control.sock``::
-
-    {"cmd": "set", "lr": 0.01}   ->   {"ok": true, "lr": 0.01, "step": 120}
+Commands (cockpit -> engine) are in ``contracts.control``.
 
 Readers ignore event types and fields they do not know (forward compatibility) and skip
 malformed lines instead of failing.
@@ -58,12 +56,6 @@ STATES = (
 #: States after which the engine process is gone.
 FINAL_STATES = ("finished", "failed", "stopped", "preempted", "pruned")
 
-#: `prune`: stop like `stop`, with reason PRUNED, so the run ends "pruned" (a sweep trial given up on).
-COMMANDS = ("checkpoint", "pause", "continue", "stop", "prune", "set", "status")
-#: A request longer than this is refused unread: one command never needs more.
-MAX_REQUEST_BYTES = 4096
-#: Longest Unix socket path we bind (the kernel limit is 108 bytes with the NUL).
-MAX_SOCKET_PATH = 100
 
 # Exit codes of `cockpit-engine`, shared with the cockpit's banner.
 EXIT_FINISHED = 0
@@ -72,18 +64,14 @@ EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
 
 
-class ProtocolError(ValueError):
-    """A request or event that does not follow the protocol."""
-
-
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN or infinity: send them as strings a reader can still show."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -97,7 +85,7 @@ def make_event(type_: str, t: float | None = None, **fields: Any) -> dict[str, A
 
 def encode_event(event: dict[str, Any]) -> str:
     """One event as one JSON line (with the trailing newline)."""
-    return json.dumps(_finite(event), separators=(",", ":"), allow_nan=False) + "\n"
+    return json.dumps(json_safe(event), separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def decode_event(line: str | bytes) -> dict[str, Any] | None:
@@ -144,68 +132,3 @@ def replay(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def _after(event: dict[str, Any], step: int) -> bool:
     value = event.get("step")
     return event.get("type") in ("step", "eval") and isinstance(value, int) and value > step
-
-
-# ---- commands -------------------------------------------------------------------------
-
-
-def encode_request(cmd: str, **args: Any) -> bytes:
-    """One command request as a JSON line."""
-    return (json.dumps({"cmd": cmd, **args}) + "\n").encode()
-
-
-def decode_request(raw: bytes) -> dict[str, Any]:
-    """Validate one request line; raise ProtocolError naming what is wrong."""
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise ProtocolError(f"request too large: {len(raw)} bytes (limit {MAX_REQUEST_BYTES})")
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed request: not JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("malformed request: expected a JSON object like {\"cmd\": \"status\"}")
-    cmd = obj.get("cmd")
-    if cmd not in COMMANDS:
-        raise ProtocolError(f"unknown command {cmd!r}: expected one of {', '.join(COMMANDS)}")
-    if cmd == "set":
-        _check_set(obj)
-    return obj
-
-
-def _check_set(obj: dict[str, Any]) -> None:
-    extra = set(obj) - {"cmd", "lr"}
-    if extra:
-        raise ProtocolError(f"set: unknown field(s) {sorted(extra)}: only 'lr' can be set")
-    lr = obj.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ProtocolError(f"set: lr={lr!r}: expected a positive number")
-
-
-def encode_reply(ok: bool, **fields: Any) -> bytes:
-    """One reply as a JSON line: {"ok": true, ...} or {"ok": false, "error": "..."}."""
-    return (json.dumps(_finite({"ok": ok, **fields})) + "\n").encode()
-
-
-def decode_reply(raw: bytes) -> dict[str, Any]:
-    """Parse a reply line."""
-    obj = json.loads(raw)
-    if not isinstance(obj, dict) or "ok" not in obj:
-        raise ProtocolError(f"malformed reply: {raw[:200]!r}")
-    return obj
-
-
-def send_command(socket_path: str, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
-    """Send one command over a run's control socket and wait for its reply."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(socket_path)
-        sock.sendall(encode_request(cmd, **args))
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return decode_reply(buf)

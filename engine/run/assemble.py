@@ -1,0 +1,72 @@
+"""The composition root of one run: the converters and boundary sources it needs, built here and
+handed to the Trainer, which knows none of them by name.
+
+A new reason to stop or save (a source) or a new model transformation (a converter) plugs in
+here and nowhere else: `sources()` and `converters()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contracts.stops import Source
+from engine.config.schema import Config
+from engine.data.sources import DataSpec
+from engine.model.convert import ChannelsLast, ModelConverter
+from engine.model.teacher import Teacher
+from engine.parallel.dist import Dist
+from engine.run.control import ControlServer
+from engine.run.rundir import RunDir
+from engine.run.sources import Clock, Commands, Signals
+from engine.telemetry.sinks import Telemetry
+from engine.train.trainer import Trainer
+
+
+def converters(cfg: Config, spec: DataSpec) -> list[ModelConverter]:
+    """The converters a config asks for, in the order they apply."""
+    found: list[ModelConverter] = []
+    if cfg.quantize.qat or cfg.quantize.float8:
+        from engine.quantize.training import converters as quantizers  # torchao only when asked for
+
+        found += quantizers(cfg, spec)
+    return found + ([ChannelsLast()] if cfg.train.channels_last else [])
+
+
+def sources(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Any, lease: Any = None
+            ) -> tuple[list[Source], Any]:
+    """Every boundary source of this rank, and the control socket's path (rank 0 only).
+
+    `trainer` is a callable returning the Trainer once it exists: the control socket answers
+    `status` from it and the spot watcher stamps its events with its step, both only once
+    training has started.
+    """
+    main = dist.main
+    socket = run.socket_path() if main else None
+    server = ControlServer(socket, lambda: trainer().status()) if main else None
+    found: list[Source] = [
+        Commands(server, cfg.optim.lr, lambda lr: trainer().highest_lr_if_set(lr)),
+        Signals(),
+        Clock(cfg.checkpoint.every_minutes if main else None),
+    ]
+    from engine.cloud.spot import watcher_for  # asks nothing unless the metadata service may be asked
+
+    spot = watcher_for(cfg, tele.emit, lambda: trainer().pos.step)
+    if spot is not None:
+        found.append(spot)
+    if lease is not None:  # another engine took the run over in S3: stop (exit 3)
+        from engine.cloud.s3run import LeaseWatch
+
+        found.append(LeaseWatch(lease))
+    return found, socket
+
+
+def build_trainer(cfg: Config, spec: DataSpec, model: Any, run: RunDir, tele: Telemetry, dist: Dist,
+                  resume: dict[str, Any] | None = None, teacher: Teacher | None = None, lease: Any = None
+                  ) -> Trainer:
+    """The Trainer for this rank, with its converters and sources."""
+    built: list[Trainer] = []
+    found, socket = sources(cfg, run, tele, dist, lambda: built[0], lease)
+    trainer = Trainer(cfg, spec, model, run, tele, resume=resume, dist=dist, teacher=teacher,
+                      converters=converters(cfg, spec), sources=found, socket=socket)
+    built.append(trainer)
+    return trainer
