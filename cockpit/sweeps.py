@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.layout import SWEEPS_DB
+
 #: The sweep workers' default storage, in the runs directory (see docs/DESIGN.md, Sweeps).
-DEFAULT_DB = "sweeps.db"
+DEFAULT_DB = SWEEPS_DB
 #: Where promoted configs are written, under the runs directory.
 PROMOTED_DIR = "sweeps"
 #: The workers' heartbeat settings (engine/sweep/storage.py, the same variables): a RUNNING trial

@@ -10,6 +10,7 @@ from importlib import resources
 from engine.config import loading as config_mod
 from engine.config.schema import Config
 from contracts.errors import BadInput
+from contracts.layout import RunLayout
 from contracts.control import COMMANDS
 from contracts.events import EXIT_BAD_INPUT
 
@@ -146,7 +147,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from contracts.layout import RunLayout, find_run, runs_root
+    from contracts.layout import find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     from engine.quantize.command import quantize

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from contracts.layout import LATEST
 from engine.checkpoint.rng import capture_rng
 from engine.checkpoint.store import CheckpointStore, Saved
 from engine.checkpoint.writer import AsyncSaver, HostStaging, Job
@@ -131,7 +132,7 @@ class Checkpointer:
 
     def latest(self) -> Path | None:
         """The newest checkpoint written (rank 0), for the stop reply and messages."""
-        name = self.store.pointer("latest") if self.dist.main else None
+        name = self.store.pointer(LATEST) if self.dist.main else None
         return self.store.folder / name if name else None
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from contracts.layout import BEST, LATEST
 from contracts.atomic import fsync_dir, write_atomic, write_json_atomic
 
 FORMAT = 1
@@ -86,9 +87,9 @@ class CheckpointStore:
         tmp.rename(path)
         fsync_dir(self.folder)
         size = sum(f.stat().st_size for f in path.iterdir())
-        write_json_atomic(self.folder / "latest", {"file": path.name, "step": step})
+        write_json_atomic(self.folder / LATEST, {"file": path.name, "step": step})
         if best:
-            write_json_atomic(self.folder / "best", {"file": path.name, "step": step})
+            write_json_atomic(self.folder / BEST, {"file": path.name, "step": step})
         self.prune()
         return Saved(path, step, size, time.perf_counter() - start)
 
@@ -97,9 +98,9 @@ class CheckpointStore:
         start = time.perf_counter()
         path = self.folder / f"step-{step:08d}.pt"
         size = write_atomic(path, lambda f: torch.save(state, f))
-        write_json_atomic(self.folder / "latest", {"file": path.name, "step": step})
+        write_json_atomic(self.folder / LATEST, {"file": path.name, "step": step})
         if best:
-            write_json_atomic(self.folder / "best", {"file": path.name, "step": step})
+            write_json_atomic(self.folder / BEST, {"file": path.name, "step": step})
         self.prune()
         return Saved(path, step, size, time.perf_counter() - start)
 
@@ -113,7 +114,7 @@ class CheckpointStore:
     def prune(self) -> None:
         """Delete all but the newest keep_last files and the best one."""
         keep = {p.name for _, p in self.files()[-self.keep_last:]}
-        best = self.pointer("best")
+        best = self.pointer(BEST)
         for _, p in self.files():
             if p.name not in keep and p.name != best:
                 _remove(p)
@@ -140,13 +141,13 @@ class CheckpointStore:
 
     def mark_best(self, step: int) -> None:
         """Point `best` at the checkpoint already written for this step."""
-        write_json_atomic(self.folder / "best", {"file": self.path_for(step).name, "step": step})
+        write_json_atomic(self.folder / BEST, {"file": self.path_for(step).name, "step": step})
 
 
 def best_or_latest(folder: Path) -> Path | None:
     """A run's best checkpoint, else its latest (by the pointers; None when neither names a
     file that exists). Only reads: a finished run used as a teacher or quantized is never changed."""
-    for pointer in ("best", "latest"):
+    for pointer in (BEST, LATEST):
         try:
             name = json.loads((folder / pointer).read_text())["file"]
         except (OSError, ValueError, KeyError, TypeError):

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from contracts.layout import RunLayout
+from contracts.layout import S3_STAGING, RunLayout
 from engine.cloud.lease import Lease
 from engine.cloud.s3 import S3Location, client, transfer_config
 from engine.cloud.redact import redact
 
-STAGING = ".s3-staging"
+STAGING = S3_STAGING
 
 
 @dataclass

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from contracts.layout import RunLayout
+from contracts.layout import BEST, LATEST, RunLayout
 from contracts.atomic import write_atomic, write_json_atomic
 from engine.cloud.lease import refuse_if_held
 from engine.cloud.s3 import S3Location, client, is_missing, transfer_config, unreachable, uri_problem
@@ -61,7 +61,7 @@ def _configured_uri(run: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def pointer(s3: Any, where: S3Location, name: str = "latest") -> dict[str, Any] | None:
+def pointer(s3: Any, where: S3Location, name: str = LATEST) -> dict[str, Any] | None:
     """A pointer object in S3 ({"file", "step"}), or None."""
     try:
         doc = json.loads(s3.get_object(Bucket=where.bucket, Key=where.key("checkpoints", name))["Body"].read())
@@ -75,7 +75,7 @@ def pointer(s3: Any, where: S3Location, name: str = "latest") -> dict[str, Any] 
 def local_step(run: Path) -> int | None:
     """The step of the local `latest` checkpoint, if it names one that exists."""
     try:
-        doc = json.loads((RunLayout(run).checkpoints / "latest").read_text())
+        doc = json.loads(RunLayout(run).latest.read_text())
         return int(doc["step"]) if (RunLayout(run).checkpoints / doc["file"]).exists() else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -105,10 +105,10 @@ def pull(run: Path, where: S3Location, what: str, wait_s: float = 0.0) -> str | 
     folder = RunLayout(run).checkpoints
     folder.mkdir(parents=True, exist_ok=True)
     _download_checkpoint(s3, where, latest["file"], files, folder)
-    write_json_atomic(folder / "latest", {"file": latest["file"], "step": int(latest["step"])})
-    best = pointer(s3, where, "best")
+    write_json_atomic(folder / LATEST, {"file": latest["file"], "step": int(latest["step"])})
+    best = pointer(s3, where, BEST)
     if best and (folder / best["file"]).exists():
-        write_json_atomic(folder / "best", {"file": best["file"], "step": int(best["step"])})
+        write_json_atomic(folder / BEST, {"file": best["file"], "step": int(best["step"])})
     if config is not None:
         write_atomic(RunLayout(run).config, lambda f: f.write(config))
     events = _get(s3, where, "events.jsonl")

@@ -10,7 +10,7 @@ training and float8 training (engine.quantize.training) are the others; the sess
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn

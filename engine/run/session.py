@@ -25,7 +25,7 @@ from engine.parallel.dist import setup as setup_dist
 from contracts.errors import BadInput
 from engine.model.teacher import Teacher, load_teacher
 from engine.model.zoo import build_model
-from contracts.layout import RunLayout, new_run_id
+from contracts.layout import new_run_id
 from engine.run.rundir import RunDir
 from engine.telemetry.metering import meter_for
 from engine.telemetry.sinks import Console, EventsFile, LogFile, TensorBoard, Telemetry

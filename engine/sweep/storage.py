@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from contracts.layout import SWEEPS_DB
+
 #: Seconds between heartbeats and before a silent trial counts as dead (overridable for tests).
 HEARTBEAT_S = int(os.environ.get("COCKPIT_SWEEP_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("COCKPIT_SWEEP_GRACE_S", "60"))
@@ -26,7 +28,7 @@ def mask_url(text: Any) -> str:
 
 
 def default_url(runs_dir: Path) -> str:
-    return f"sqlite:///{(runs_dir / 'sweeps.db').resolve()}"
+    return f"sqlite:///{(runs_dir / SWEEPS_DB).resolve()}"
 
 
 def open_storage(url: str, heartbeat_s: int | None = None, grace_s: int | None = None) -> Any:

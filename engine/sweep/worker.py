@@ -185,7 +185,7 @@ class Worker:
             frozen = self.storage.get_trial(trial._trial_id)
             retry_of = frozen.system_attrs.get("failed_trial")
             old = frozen.user_attrs.get("run_dir")
-        if retry_of is not None and old and (RunLayout(Path(old)).checkpoints / "latest").is_file():
+        if retry_of is not None and old and RunLayout(Path(old)).latest.is_file():
             run_dir = Path(old)
             argv = ["resume", str(run_dir)]
             self.log(f"trial {trial.number}: resumes dead trial {retry_of}'s run {run_dir} from its checkpoint")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.errors import BadInput
+from contracts.layout import RunLayout
 from engine.telemetry.cost import RunShape
 from engine.telemetry.cost_ledger import _num, events_backwards, last_session
 from engine.telemetry.flops import peak_tflops
@@ -181,7 +182,6 @@ def add_parser(sub: Any) -> None:
 
 
 def command(args: Any) -> int:
-    from contracts.layout import RunLayout, find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     r = report(run)
