@@ -182,6 +182,7 @@ def add_parser(sub: Any) -> None:
 
 
 def command(args: Any) -> int:
+    from contracts.layout import find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
     r = report(run)
