@@ -12,6 +12,7 @@ from engine.config.schema import Config
 from contracts.errors import BadInput
 from contracts.control import COMMANDS
 from contracts.events import EXIT_BAD_INPUT
+from contracts.layout import RunLayout
 
 EPILOG = """exit codes: 0 finished, 1 failed, 2 bad input (config, arguments, data paths),
 3 stopped with a resumable checkpoint (SIGTERM, Ctrl+C or the stop command).
