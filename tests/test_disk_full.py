@@ -169,3 +169,25 @@ def test_no_space_for_too_long_fails_with_one_paragraph(small_fs: Path, tmp_path
     no_temporaries(run)
     assert latest_of(run) == good
     assert torch.load(good, weights_only=True)["step"] > 0
+
+
+def test_a_stop_while_waiting_for_space_stops_on_the_last_good_checkpoint(small_fs: Path, tmp_path: Path):
+    runs = small_fs / "runs"
+    proc, out = start(tmp_path, runs, "checkpoint.async_save=false")
+    try:
+        run = alive(proc, out, lambda: runs.is_dir() and any(runs.iterdir()) and only_run(runs), "the run")
+        _, good, _ = fill_while_paused(proc, out, run, small_fs)
+        status = alive(proc, out, lambda: (s := status_of(run)).get("state") == "paused"
+                       and "disk full" in str(s.get("reason")) and s, "a pause for the full disk")
+        reply = send_command(status["socket"], "stop")  # tries once more, then stops without it
+        assert reply["ok"] is True and reply["state"] == "stopped", reply
+        assert reply["path"] == str(good) and good.name in reply["reason"], reply
+        assert proc.wait(timeout=120) == 3, out.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    final = status_of(run)
+    assert final["state"] == "stopped" and "could not be written" in final["reason"] and good.name in final["reason"]
+    no_temporaries(run)
+    assert latest_of(run) == good and torch.load(good, weights_only=True)["step"] < status["step"]

@@ -9,6 +9,7 @@ converters and sources (engine.run.assemble) and hands them in: the loop knows n
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -356,6 +357,7 @@ class Trainer:
                     full, last_try = again, time.monotonic()
                     if agreed.reason.stops:  # stop without it: the last good checkpoint stays
                         self.unsaved = full
+                        agreed.pending = agreed.pending + pending  # checkpoint commands: told it failed
                         raise StopRun(agreed) from None
                     if values[4]:
                         raise DiskFullTimeout(self._out_of_space(full, time.monotonic() - start)) from None
@@ -548,4 +550,8 @@ class Trainer:
     def write_status(self, **extra: Any) -> None:
         self.last_status = time.monotonic()
         if self.dist.main:
-            self.run.write_status(**{**self.status(), **extra})
+            try:
+                self.run.write_status(**{**self.status(), **extra})
+            except OSError as exc:  # a full disk: status.json keeps its last version meanwhile
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
