@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib import resources
 
@@ -13,6 +14,7 @@ from contracts.errors import BadInput
 from contracts.layout import RunLayout
 from contracts.control import COMMANDS
 from contracts.events import EXIT_BAD_INPUT
+from contracts.layout import RunLayout
 
 EPILOG = """exit codes: 0 finished, 1 failed, 2 bad input (config, arguments, data paths),
 3 stopped with a resumable checkpoint (SIGTERM, Ctrl+C or the stop command).
@@ -37,6 +39,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="train in the background as its own session (survives logout and SSH drops); "
                         "output goes to the run's engine.log")
     p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of failures the engine explains in a paragraph (a full disk)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--nproc", type=int, metavar="N",
                    help="train data-parallel as N processes on this machine, torchrun underneath "
@@ -278,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_aws_loggers()  # before any AWS client exists: capped, masked (standard library only)
     args = build_parser().parse_args(argv)
+    if getattr(args, "debug", False):
+        os.environ["COCKPIT_DEBUG"] = "1"  # read by the trainer; inherited by --detach and torchrun
     try:
         code = args.func(args)
     except BadInput as exc:

@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY, engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
 from engine.checkpoint.store import load
 from engine.config.loading import load as load_config
-from contracts.control import send_command
+from contracts.control import connect, decode_reply, encode_request, send_command
 from contracts.events import EXIT_FAILED, EXIT_STOPPED
 from engine.train.schedule import lr_at
 
@@ -200,6 +200,55 @@ def test_bad_requests_are_refused_and_training_is_unaffected(live):
     assert live.proc.poll() is None
     for e in later:
         assert implied_peak(e, live.run, total) == pytest.approx(peak, rel=1e-9), "lr changed"
+
+
+def test_a_crowd_of_clients_all_get_status_replies(live):
+    """50 clients at once, 4 status requests each: every one answered, and training goes on.
+    Half the clients do not retry a refused connect, so the listen backlog alone must hold the
+    crowd (a backlog of 16 refused about two requests in three with EAGAIN); the other half are
+    ours (send_command, which retries a full backlog briefly)."""
+    import threading
+
+    def without_retry() -> dict:
+        with connect(live.sock, timeout=30, retry_s=0) as sock:
+            sock.sendall(encode_request("status"))
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return decode_reply(buf)
+
+    clients, each = 50, 4
+    barrier, lock = threading.Barrier(clients), threading.Lock()
+    replies: list[dict] = []
+    failures: list[str] = []
+
+    def client(retrying: bool) -> None:
+        barrier.wait()
+        for _ in range(each):
+            try:
+                reply = send_command(live.sock, "status", timeout=30) if retrying else without_retry()
+            except OSError as exc:
+                reply = None
+                with lock:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+            if reply is not None:
+                with lock:
+                    replies.append(reply)
+
+    threads = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures, f"{len(failures)} of {clients * each} failed, e.g. {failures[:3]}"
+    assert len(replies) == clients * each
+    assert all(r["ok"] is True and r["state"] in TRAINING for r in replies), [r for r in replies if not r["ok"]][:3]
+    step = max(r["step"] for r in replies)
+    wait_steps_past(live, step, count=2)
+    assert live.proc.poll() is None
 
 
 def test_pause_stops_steps_and_continue_resumes(live):

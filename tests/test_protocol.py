@@ -228,3 +228,79 @@ def test_replies_round_trip_and_stay_valid_json():
     for bad in (b'{"step": 1}\n', b"[true]\n"):
         with pytest.raises(ProtocolError, match="malformed reply"):
             decode_reply(bad)
+
+
+# ---- connecting: a full backlog is retried, a missing socket is not ---------------------------
+
+
+def _full_listener(folder: Path):
+    """A Unix socket whose listen backlog is full: bound with listen(0), nothing accepted, and
+    filled with connections until one more is refused (EAGAIN)."""
+    import socket
+
+    path = str(folder / "busy.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(0)
+    fillers = []
+    for _ in range(16):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            return server, path, fillers
+        fillers.append(s)
+    raise AssertionError("listen(0) never filled up")
+
+
+def test_connect_retries_a_listener_whose_backlog_is_full():
+    import tempfile
+    import threading
+    import time
+
+    from contracts.control import connect
+
+    with tempfile.TemporaryDirectory(prefix="ck-") as folder:  # short: Unix socket paths are <108 bytes
+        server, path, fillers = _full_listener(Path(folder))
+        with pytest.raises(BlockingIOError):  # without retrying, the full backlog refuses at once
+            connect(path, timeout=5, retry_s=0)
+        accepted, done = [], threading.Event()
+
+        def accept_later():
+            time.sleep(0.3)
+            server.settimeout(0.1)
+            while not done.is_set():
+                try:
+                    accepted.append(server.accept()[0])
+                except OSError:
+                    continue
+
+        thread = threading.Thread(target=accept_later, daemon=True)
+        thread.start()
+        start = time.monotonic()
+        try:
+            with connect(path, timeout=5) as sock:
+                waited = time.monotonic() - start
+                sock.sendall(b"hello\n")
+            assert 0.2 <= waited < 3.0, waited
+        finally:
+            done.set()
+            thread.join(timeout=5)
+            for s in fillers + accepted:
+                s.close()
+            server.close()
+
+
+def test_connect_to_a_missing_socket_fails_at_once(tmp_path):
+    import time
+
+    from contracts.control import connect, send_command
+
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError):
+        connect(str(tmp_path / "no-engine.sock"), timeout=5)
+    with pytest.raises(FileNotFoundError):
+        send_command(str(tmp_path / "no-engine.sock"), "status")
+    assert time.monotonic() - start < 0.5  # no retrying: there is no engine to wait for

@@ -11,7 +11,9 @@ from cockpit.sanitize import clean
 
 
 class RunBanner(Static):
-    """One line (more for a failure's last traceback lines) naming the run and its state."""
+    """One line naming the run and its state (more for a failure's last traceback lines, or
+    for why the engine paused itself: a full disk names its folder, free space, the
+    checkpoint's size and the last good checkpoint)."""
 
     #: What the banner says before any run is followed.
     NO_RUN = "no run selected: press l for the runs list, n for a new run"
@@ -29,12 +31,14 @@ class RunBanner(Static):
             # each part ends with its own separator (a part starting with spaces reads as none
             # in some SVG renderers: "FINISHEDstep 60")
             line.append(clean(state).upper()[:20] + "  ", style="bold")
-            if h.reason:
+            if h.reason and state != "paused":
                 line.append(f"({clean(str(h.reason))[:200]})  ")
             if step is not None:
                 line.append(f"step {int(step)}")
                 if isinstance(epoch, (int, float)):
                     line.append(f"  epoch {int(epoch) + 1}")
+        if state == "paused" and h.reason:  # why the engine paused by itself (a full disk): in full
+            line.append("\n " + clean(str(h.reason))[:600], style="bold")
         if state == "failed" and h.error.get("traceback"):
             tail = str(h.error["traceback"]).strip().splitlines()[-3:]
             line.append("\n " + "\n ".join(clean(x)[:200] for x in tail))

@@ -78,6 +78,11 @@ class CheckpointStore:
         """Any rank: write its shard atomically into the temporary directory."""
         return write_atomic(tmp / SHARD.format(rank), lambda f: torch.save(state, f))
 
+    @staticmethod
+    def discard(tmp: Path) -> None:
+        """Remove a temporary directory of shards whose save failed."""
+        _remove(tmp)
+
     def commit_shards(self, tmp: Path, step: int, best: bool, start: float) -> Saved:
         """Rank 0, once every rank has written: rename the directory into place (complete or
         absent, as for a single file), then update the pointers and prune."""
@@ -108,6 +113,13 @@ class CheckpointStore:
         """The file a pointer (latest, best) names, if readable."""
         try:
             return json.loads((self.folder / name).read_text())["file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def pointer_step(self, name: str) -> int | None:
+        """The step a pointer (latest, best) names, if readable."""
+        try:
+            return int(json.loads((self.folder / name).read_text())["step"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

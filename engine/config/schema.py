@@ -241,6 +241,9 @@ class CheckpointConfig(Section):
     best_metric: Optional[Literal["val_accuracy", "val_loss"]] = Field(
         "val_accuracy", description="Also keep the best checkpoint by this metric"
     )
+    disk_full_wait_s: float = Field(
+        600.0, ge=0, description="A checkpoint the disk has no room for pauses training and is retried; "
+        "after this many seconds without room the run stops (exit 1), the last good checkpoint intact")
     s3_uri: Optional[str] = Field(
         None, description="Mirror the run to s3://bucket/prefix/<run-id>/ (checkpoints uploaded in the "
         "background, config.toml, events.jsonl); resume pulls from it when the local copy is missing or older")

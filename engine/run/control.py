@@ -19,6 +19,13 @@ from contracts.control import MAX_REQUEST_BYTES, ProtocolError, decode_request, 
 
 #: How long a client waits for the loop to act before it is told the engine is busy.
 REPLY_TIMEOUT_S = 300.0
+#: Connections the kernel queues before `accept`: as many as it allows (Linux clamps this to
+#: net.core.somaxconn, 4096 by default). A queued connection costs only a small kernel buffer,
+#: and a crowd (several cockpits polling status, a sweep worker, scripts) arrives at once while
+#: the accept thread may be waiting for the GIL behind a training step; 16 refused about two
+#: requests in three from 50 simultaneous clients that do not retry. Our clients also retry a
+#: full backlog briefly (contracts.control.connect).
+BACKLOG = socket.SOMAXCONN
 
 
 @dataclass
@@ -57,7 +64,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        self.sock.listen(16)
+        self.sock.listen(BACKLOG)
         threading.Thread(target=self._accept, name="control", daemon=True).start()
 
     def _accept(self) -> None:

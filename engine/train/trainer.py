@@ -9,6 +9,7 @@ converters and sources (engine.run.assemble) and hands them in: the loop knows n
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -24,6 +25,7 @@ from contracts.events import EXIT_FAILED
 from contracts.layout import RunLayout
 from contracts.stops import OUTCOMES, Pause, Plan, Reason, Source, StopRun
 from engine.checkpoint.saver import Checkpointer
+from engine.checkpoint.space import DiskFull, DiskFullTimeout, free_bytes, human
 from engine.checkpoint.store import CheckpointStore
 from engine.config.schema import Config
 from engine.data.loaders import build_loaders
@@ -42,6 +44,17 @@ from engine.train.schedule import highest_if_set, lr_at, peak_for, warmup_warnin
 from engine.train.state import Position, RunResult, restore, snapshot
 from engine.train.step import StepMeter, Stepper, compiled
 from engine.train.task import build_task
+
+
+#: While paused for disk space: retry a checkpoint at least this often, whatever the free space says.
+DISK_FULL_RETRY_S = 30.0
+#: Retry at once when this much more than the checkpoint's size is free.
+DISK_FULL_MARGIN = 1 << 20
+
+
+def debugging() -> bool:
+    """`--debug`: failures the engine explains still show their traceback."""
+    return os.environ.get("COCKPIT_DEBUG", "") not in ("", "0")
 
 
 class Trainer:
@@ -86,6 +99,8 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.meter: StepMeter | None = None
         self.unanswered: list[Pending] = []
+        self.state_reason: str | None = None  # why the run is in its state (a pause for a full disk)
+        self.unsaved: DiskFull | None = None  # a stop whose checkpoint the disk had no room for
         self.doctor = Doctor()
         self.peak = t.peak_tflops or (
             peak_tflops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None)
@@ -188,7 +203,9 @@ class Trainer:
         c = self.cfg.checkpoint
         if c.every_steps and self.pos.step % c.every_steps == 0:
             self.save("periodic")
-        self.checkpoints.check()
+        full = self.checkpoints.check()
+        if full is not None:  # a background write found the disk full: write this step instead
+            self.save("periodic", wait=True)
         self.obey()
         if time.monotonic() - self.last_status >= self.cfg.logging.status_every_s:
             self.write_status()
@@ -258,9 +275,14 @@ class Trainer:
 
     # ---- checkpoints and divergence ---------------------------------------------------
 
-    def save(self, reason: str, best: bool = False, pending: list[Pending] = ()) -> None:
+    def save(self, reason: str, best: bool = False, pending: list[Pending] = (), wait: bool = False,
+             patient: bool = True) -> None:
         """Checkpoint now, on every rank at the same step, never from non-finite training
-        (a second save at the same step only moves `best` and answers `pending`)."""
+        (a second save at the same step only moves `best` and answers `pending`).
+
+        A disk with no room for it pauses training here until the checkpoint is written
+        (`patient`; otherwise DiskFull is raised). `wait` (the same on every rank) writes it
+        on this thread even with checkpoint.async_save."""
         new = self.pos.step != self.checkpoints.last_step
         if new:
             self.guard.before_save(self.meter.pending_loss() if self.meter else None, self.pos.step)
@@ -271,10 +293,96 @@ class Trainer:
         if new:
             for source in self.sources:
                 source.saved()  # checkpoint.every_minutes counts from the start of a save
-        reply = self.checkpoints.save(self.pos.step, reason, self.snapshot, best, pending)
+        try:
+            reply = self.checkpoints.save(self.pos.step, reason, self.snapshot, best, pending, wait)
+        except DiskFull as full:
+            if not patient:
+                if entering:
+                    self.set_state(previous)
+                raise
+            reply, previous = self._wait_for_space(full, reason, best, pending, previous)
+            entering = True
         if entering:
             self.set_state(previous)
         reply()  # a written checkpoint is answered once the state is back
+
+    def _wait_for_space(self, full: DiskFull, reason: str, best: bool, pending: list[Pending],
+                        then: str) -> tuple[Any, str]:
+        """The disk had no room for this step's checkpoint: pause (state `paused`, the reason
+        naming the folder, the free space, the size and the last good checkpoint), retry when
+        space was freed (and every DISK_FULL_RETRY_S anyway: quotas do not show in the free
+        space), and return (the reply, the state to go back to) once it is written. Commands
+        are obeyed meanwhile; a stop tries once more and stops without it if it still does not
+        fit; after checkpoint.disk_full_wait_s the run fails (DiskFullTimeout)."""
+        c, step, start = self.cfg.checkpoint, self.pos.step, time.monotonic()
+        pending, last_try = list(pending), start
+        self.set_state("paused", reason=full.reason)
+        self.tele.emit("log", level="warning", message=(
+            f"{full.reason}. Training is paused at step {step} and continues by itself once the checkpoint "
+            f"is written; it stops (exit 1) after checkpoint.disk_full_wait_s = {c.disk_full_wait_s:g} s "
+            "without room. Nothing is lost meanwhile."))
+        while True:
+            plan = Plan()
+            for source in self.sources:
+                plan = plan.fold(source.poll())
+            if not plan.reason.stops and not plan.pending:
+                plan = plan.fold(self._wait(0.5))
+            now, retry, out_of_time = time.monotonic(), 0.0, 0.0
+            if self.dist.main:
+                free = free_bytes(self.checkpoints.store.folder)
+                room = free is None or full.needed is None or free >= full.needed + DISK_FULL_MARGIN
+                asked = plan.reason == Reason.CHECKPOINT_COMMAND
+                retry = float(room or asked or now - last_try >= DISK_FULL_RETRY_S)
+                out_of_time = float(now - start >= c.disk_full_wait_s)
+            self.unanswered = plan.pending + pending
+            values = self.dist.agree_max(plan.vector() + [retry, out_of_time])
+            agreed = plan.agreed(values[:3])
+            by_cmd: dict[str, list[Pending]] = {}
+            for p in agreed.pending:
+                by_cmd.setdefault(p.cmd, []).append(p)
+            if agreed.lr >= 0:
+                self._set_lr(agreed.lr, by_cmd.get("set", []))
+            if agreed.pause == Pause.PAUSE:
+                then = "paused"
+            elif agreed.pause == Pause.CONTINUE and then == "paused":
+                then = "running"
+            for p in by_cmd.get("pause", []) + by_cmd.get("continue", []):
+                p.answer(state="paused", step=step, reason=full.reason,
+                         after=then)  # after: the state once the checkpoint is written
+            pending += by_cmd.get("checkpoint", [])  # answered by the retry's checkpoint
+            if agreed.reason.stops or values[3] or values[4]:
+                try:
+                    reply = self.checkpoints.save(step, reason, self.snapshot, best, pending, wait=True)
+                except DiskFull as again:
+                    full, last_try = again, time.monotonic()
+                    if agreed.reason.stops:  # stop without it: the last good checkpoint stays
+                        self.unsaved = full
+                        agreed.pending = agreed.pending + pending  # checkpoint commands: told it failed
+                        raise StopRun(agreed) from None
+                    if values[4]:
+                        raise DiskFullTimeout(self._out_of_space(full, time.monotonic() - start)) from None
+                    if full.reason != self.state_reason:  # the free space changed: say so
+                        self.set_state("paused", reason=full.reason)
+                    continue
+                self.tele.emit("log", level="info", message=(
+                    f"checkpoint of step {step} written after {time.monotonic() - start:.0f} s waiting "
+                    "for disk space; training continues"))
+                if agreed.reason.stops:
+                    self.set_state(then)
+                    reply()
+                    raise StopRun(agreed)
+                return reply, then
+            if time.monotonic() - self.last_status >= self.cfg.logging.status_every_s:
+                self.write_status()
+
+    def _out_of_space(self, full: DiskFull, waited: float) -> str:
+        """The one-paragraph message of a run that waited for disk space in vain."""
+        last = full.last_good or "none (no checkpoint of this run was ever written)"
+        return (f"the checkpoint of step {full.step} could not be written: {full.folder} has "
+                f"{human(full.free)} free and the checkpoint needs about {human(full.needed)}, and no space "
+                f"was freed in {waited:.0f} s (checkpoint.disk_full_wait_s = {self.cfg.checkpoint.disk_full_wait_s:g}). "
+                f"Training stopped at step {full.step}; the last good checkpoint is {last}, intact: free some "
+                f"space, then continue with `cockpit-engine resume {self.run.path}`.")
 
     # ---- commands, signals, stop reasons ------------------------------------------------
 
@@ -349,7 +457,12 @@ class Trainer:
         if stops:
             self.set_state("stopping", reason=plan.why)
         checkpoint_asked = [p for p in plan.pending if p.cmd == "checkpoint"]  # answered by this save
-        self.save("stop" if stops else "final", pending=checkpoint_asked)
+        try:
+            self._last_save(stops, checkpoint_asked)
+        except StopRun as stop:  # a stop while the final checkpoint waited for disk space
+            return self._finish(stop.plan)
+        if self.unsaved is not None:
+            return self._stopped_unsaved(plan)
         self.checkpoints.flush()
         if not stops:
             verdict = check_replicas(self.model, self.dist)
@@ -369,27 +482,60 @@ class Trainer:
         self.dist.barrier()
         return RunResult(code, state, self.pos.step, plan.why, self.metrics, self.pos.best)
 
+    def _last_save(self, stops: bool, pending: list[Pending]) -> None:
+        """The final or stop checkpoint. A stop does not wait for disk space: it tries (a
+        background write that failed, once more) and, without room, stops without it."""
+        if self.unsaved is not None:  # the stop's save was tried while waiting for space
+            return
+        reason = "stop" if stops else "final"
+        try:
+            self.save(reason, pending=pending, patient=not stops)
+            if self.checkpoints.settle() is not None:  # the background write found the disk full
+                self.save(reason, wait=True, patient=not stops)
+        except DiskFull as full:
+            self.unsaved = full
+
+    def _stopped_unsaved(self, plan: Plan) -> RunResult:
+        """A stop whose checkpoint the disk had no room for: the last good one is what remains."""
+        full = self.unsaved
+        state, code = OUTCOMES[plan.reason] if full.last_good else ("failed", EXIT_FAILED)
+        why = (f"{plan.why}; the checkpoint of step {full.step} could not be written (disk full: "
+               f"{human(full.free)} free in {full.folder}), so the last good checkpoint is "
+               f"{full.last_good or 'none'}: a resume continues from there")
+        latest = self.checkpoints.latest()
+        for p in plan.pending:
+            if p.cmd == "checkpoint":
+                p.answer(False, error=why)
+            elif p.cmd in ("stop", "prune"):
+                p.answer(state=state, step=self.pos.step, path=str(latest) if latest else None, reason=why)
+        self.set_state(state, reason=why, exit_code=code)
+        self.dist.barrier()
+        return RunResult(code, state, self.pos.step, why, self.metrics, self.pos.best)
+
     def _fail(self, exc: BaseException) -> RunResult:
         """Report a failure (traceback in the events and engine.log): state failed, exit 1."""
+        # an explained failure (its message says it all) shows no traceback unless --debug
+        trace = "" if getattr(exc, "explained", False) and not debugging() else traceback.format_exc()
         if not self.dist.main:  # only rank 0 writes events: the others say it on stderr
-            print(f"cockpit-engine: rank {self.dist.rank} failed: {traceback.format_exc()}",
+            print(f"cockpit-engine: rank {self.dist.rank} failed: {trace or exc}",
                   file=sys.stderr, flush=True)
-        reason = str(exc) if isinstance(exc, Diverged) else f"{type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, Diverged) or not trace else f"{type(exc).__name__}: {exc}"
         if self.dist.active and collective_failure(exc):
             reason = ("another rank died or stopped answering (collectives give up after "
                       f"distributed.timeout_s = {self.cfg.distributed.timeout_s:g} s): {reason}")
         for p in self.unanswered:  # commands taken off the socket before the failure
             if not p.done.is_set():
                 p.answer(False, error=f"the run failed: {reason}")
-        self.tele.emit("error", message=reason, traceback=traceback.format_exc())
-        self.set_state("failed", reason=reason)
+        self.tele.emit("error", message=reason, **({"traceback": trace} if trace else {}))
+        self.set_state("failed", reason=reason, exit_code=EXIT_FAILED)
         return RunResult(EXIT_FAILED, "failed", self.pos.step, reason, self.metrics, self.pos.best)
 
     # ---- state ------------------------------------------------------------------------
 
     def set_state(self, state: str, **extra: Any) -> None:
-        """Record a state change in the events and status.json."""
-        self.state = state
+        """Record a state change in the events and status.json (its reason stays in status.json
+        for as long as the state lasts)."""
+        self.state, self.state_reason = state, extra.get("reason")
         self.tele.emit("state", state=state, step=self.pos.step, **extra)
         self.write_status(**extra)
 
@@ -398,9 +544,14 @@ class Trainer:
         return {"state": self.state, "step": self.pos.step, "epoch": self.pos.epoch,
                 "total_steps": self.total_steps, "loss": self.last_loss, "lr": self.current_lr(),
                 "run_id": self.run.path.name, "socket": str(self.socket) if self.socket else None,
-                "world_size": self.dist.world, **({"rank_pids": self.rank_pids} if self.rank_pids else {})}
+                "world_size": self.dist.world, **({"rank_pids": self.rank_pids} if self.rank_pids else {}),
+                **({"reason": self.state_reason} if self.state_reason else {})}
 
     def write_status(self, **extra: Any) -> None:
         self.last_status = time.monotonic()
         if self.dist.main:
-            self.run.write_status(**self.status(), **extra)
+            try:
+                self.run.write_status(**{**self.status(), **extra})
+            except OSError as exc:  # a full disk: status.json keeps its last version meanwhile
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
