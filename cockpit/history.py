@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cockpit.series import Series
-from cockpit.step_fold import MAX_PARTS, STEP_NUMBERS, STEP_SERIES, fold, from_events
+from cockpit.step_fold import fold, from_events
 from cockpit.step_fold import number as _number, numbers_only as _numbers_only
-
-__all__ = ["MAX_CHECKPOINTS", "MAX_PARTS", "STEP_NUMBERS", "STEP_SERIES", "RunHistory", "Series"]
 
 #: Checkpoint events remembered (plus the newest best): far more than any keep_last.
 MAX_CHECKPOINTS = 64
