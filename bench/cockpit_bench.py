@@ -142,7 +142,7 @@ if mode in ("link", "link-no-steps.f64"):  # what the cockpit does: steps.f64 wh
     from cockpit.link import RunLink     # orjson and runs of step events folded in bulk
     import cockpit.series_file
     if mode != "link":
-        cockpit.series_file.replay = lambda link: None
+        cockpit.series_file.replay = lambda run: None
     link = RunLink(run)
     link.poll()
     seen = link.history.events_seen
@@ -151,7 +151,7 @@ else:
     from cockpit.history import RunHistory
     from contracts.events import decode_event
     if mode == "json-apply":  # before the speed-up: json.loads and apply() one event at a time
-        follower._decode = decode_event
+        follower.decode_line = decode_event
     h, f, seen = RunHistory(), follower.EventFollower(run / "events.jsonl"), 0
     while events := f.read():
         seen += len(events)

@@ -49,7 +49,11 @@ class EventFollower:
         self.partial = lines.pop()
         if len(self.partial) > MAX_LINE:
             self.partial = b""
-        return [e for e in (_decode(line) for line in lines if line) if e is not None]
+        return [e for e in (decode_line(line) for line in lines if line) if e is not None]
+
+    def go_on_from(self, offset: int, inode: int | None) -> None:
+        """Read next from `offset` of the file with this inode (what a replay folded ends there)."""
+        self.offset, self.partial, self.inode = offset, b"", inode
 
     @property
     def caught_up(self) -> bool:
@@ -60,7 +64,7 @@ class EventFollower:
             return True
 
 
-def _decode(line: bytes) -> dict[str, Any] | None:
+def decode_line(line: bytes) -> dict[str, Any] | None:
     """contracts.events.decode_event, with orjson where it is installed.
 
     orjson refuses what json accepts (NaN literals, integers past 64 bits): such a line goes to

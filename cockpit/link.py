@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from contracts.layout import RunLayout
+from cockpit import series_file
 from cockpit.follower import EventFollower
 from cockpit.history import RunHistory
 from cockpit.runs import pid_alive, read_status
@@ -33,9 +34,12 @@ class RunLink:
         """Fold in whatever is new; returns the event types seen (empty: nothing new)."""
         kinds: set[str] = set()
         if self.follower.offset == 0 and not self.history.events_seen:
-            from cockpit.series_file import replay  # the engine's steps.f64, when it matches the events
-
-            kinds |= replay(self) or set()  # folds a history of its own, then swaps it in under the lock
+            replayed = series_file.replay(self.run)  # the engine's steps.f64, when it matches the events
+            if replayed is not None:  # folded off the lock (the screen draws meanwhile), swapped in under it
+                with self.lock:
+                    self.history = replayed.history
+                    self.follower.go_on_from(replayed.offset, replayed.inode)
+                kinds |= replayed.kinds
         while True:
             events = self.follower.read()
             if not events:

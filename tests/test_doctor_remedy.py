@@ -78,7 +78,7 @@ def test_resume_with_a_new_num_workers_is_exact_and_recorded(tmp_path: Path, mon
 
     monkeypatch.setattr(series_file, "MIN_RECORDS", 1)
     link = RunLink(run_a)
-    assert series_file.replay(link) is not None
+    assert series_file.replay(run_a) is not None
     link.poll()
     assert_same(link.history, plain_fold(run_a / "events.jsonl"))
 

@@ -146,7 +146,7 @@ def test_the_series_file_replays_the_same_history_and_following_goes_on(tmp_path
     engine_session(path, events[cut:cut + 5000])  # a resumed session appends (after ending that line)
     assert (tmp_path / "steps.f64").stat().st_size > 0 and json.loads((tmp_path / "steps.json").read_text())["parts"]
     link = RunLink(tmp_path)
-    assert series_file.replay(RunLink(tmp_path)) is not None  # the file matches: it is used
+    assert series_file.replay(tmp_path) is not None  # the file matches: it is used
     link.poll()
     engine_session(path, events[cut + 5000:])  # following after the replay
     link.poll()
@@ -161,13 +161,30 @@ def test_a_series_file_that_does_not_match_the_events_is_not_trusted(tmp_path: P
     engine_session(path, events)
     kept = path.read_bytes()
     path.write_bytes(kept[: len(kept) // 2])  # events.jsonl shorter than the records say
-    assert series_file.replay(RunLink(tmp_path)) is None
+    assert series_file.replay(tmp_path) is None
     assert kept.count(b'"type":"step","step":10000,') == 1
     path.write_bytes(kept.replace(b'"step":10000,', b'"step":10009,'))  # same length, another last step
-    assert series_file.replay(RunLink(tmp_path)) is None
+    assert series_file.replay(tmp_path) is None
     path.write_bytes(kept)
     (tmp_path / "steps.json").write_text('{"version": 2}')
-    assert series_file.replay(RunLink(tmp_path)) is None
+    assert series_file.replay(tmp_path) is None
     link = RunLink(tmp_path)
     link.poll()
     assert_same(link.history, plain_fold(path))
+
+
+def test_every_step_series_of_the_history_is_a_column_of_steps_f64():
+    """A step series the history folds but steps.f64 does not record would make the fast replay
+    drop it: the history's declaration is checked against contracts.steps.COLUMNS on import."""
+    import pytest
+
+    from cockpit import step_fold
+    from contracts.steps import COLUMNS
+
+    assert {key for _, key in step_fold.STEP_SERIES} <= set(COLUMNS)
+    assert all(isinstance(getattr(RunHistory(), attr), Series) for attr, _ in step_fold.STEP_SERIES)
+    step_fold.check_columns()
+    with pytest.raises(RuntimeError, match="steps_per_s"):  # a series added without its column
+        step_fold.check_columns((*step_fold.STEP_SERIES, ("speed", "steps_per_s")))
+    with pytest.raises(RuntimeError, match="accuracy"):  # a column dropped from the file
+        step_fold.check_columns(columns=[c for c in COLUMNS if c != "accuracy"])

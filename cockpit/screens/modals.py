@@ -1,6 +1,13 @@
-"""Modal screens: help, stop confirmation, the doctor's remedy, new-run prompt, quantization mode and report, spot launch."""
+"""Modal screens: help, stop confirmation, the doctor's remedy, new-run prompt, quantization mode and
+report, spot launch, and the trials screen's forms (launch trials, promote the best trial).
+
+A form that asks for several values dismisses with one of the typed answers below (None: cancelled).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
@@ -9,6 +16,36 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
+
+from cockpit.sweeps import TrialRow, fmt_value
+
+
+@dataclass(frozen=True)
+class SpotLaunch:
+    """SpotLaunchScreen's answer: what `cockpit-engine cloud launch --spot` needs (blank: its default)."""
+
+    config: str
+    instance_type: str
+    s3_uri: str
+    region: str = ""
+    ami: str = ""
+
+
+@dataclass(frozen=True)
+class SweepLaunch:
+    """LaunchTrialsScreen's answer: `cockpit-engine sweep CONFIG --trials N --parallel K`."""
+
+    config: str
+    trials: int
+    parallel: int
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """PromoteScreen's answer: where the promoted run's config goes, and its epochs."""
+
+    config: Path
+    epochs: int
 
 
 class HelpScreen(ModalScreen[None]):
@@ -161,7 +198,7 @@ class ReportScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class SpotLaunchScreen(ModalScreen[dict | None]):
+class SpotLaunchScreen(ModalScreen[SpotLaunch | None]):
     """Ask for what `cockpit-engine cloud launch --spot` needs: config, instance type, S3 location."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="launch-cancel")]
@@ -187,8 +224,76 @@ class SpotLaunchScreen(ModalScreen[dict | None]):
         if missing:
             self.query_one(f"#{missing[0]}", Input).focus()
             return
-        self.dismiss({"config": values["launch-config"], "instance_type": values["launch-type"],
-                      "s3_uri": values["launch-s3"], "region": values["launch-region"], "ami": values["launch-ami"]})
+        self.dismiss(SpotLaunch(values["launch-config"], values["launch-type"], values["launch-s3"],
+                                values["launch-region"], values["launch-ami"]))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class LaunchTrialsScreen(ModalScreen[SweepLaunch | None]):
+    """Ask for a sweep config, the number of trials and how many run at once."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="sweep-launch-cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="sweep-box"):
+            yield Label("Launch trials of a sweep config (cockpit-engine sweep ... --detach). "
+                        "Enter in the last field launches, Esc cancels.", markup=False)
+            yield Input(placeholder="sweep config file, e.g. sweep.toml", id="sweep-config")
+            yield Input(value="8", placeholder="number of trials", id="sweep-trials")
+            yield Input(value="1", placeholder="trials at once (parallel)", id="sweep-parallel")
+            yield Label("", id="sweep-error", markup=False)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        config = self.query_one("#sweep-config", Input).value.strip()
+        if not config:
+            self.query_one("#sweep-config", Input).focus()
+            return
+        numbers: dict[str, int] = {}
+        for field, what in (("sweep-trials", "trials"), ("sweep-parallel", "parallel")):
+            raw = self.query_one(f"#{field}", Input).value.strip()
+            if not raw.isdigit() or int(raw) < 1:
+                self.query_one("#sweep-error", Label).update(f"{what}: expected a whole number of 1 or more")
+                self.query_one(f"#{field}", Input).focus()
+                return
+            numbers[what] = int(raw)
+        self.dismiss(SweepLaunch(config, numbers["trials"], numbers["parallel"]))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class PromoteScreen(ModalScreen[Promotion | None]):
+    """The new-run form, prefilled for the best trial: where its config goes and its epochs."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="promote-cancel")]
+
+    def __init__(self, trial: TrialRow, metric: str, path: Path, epochs: int):
+        super().__init__()
+        self.trial, self.metric, self.path, self.epochs = trial, metric, path, epochs
+
+    def compose(self) -> ComposeResult:
+        params = ", ".join(f"{k}={fmt_value(v)}" for k, v in sorted(self.trial.params.items()))
+        with Vertical(id="promote-box"):
+            yield Label(f"Promote trial {self.trial.number} ({self.metric} {fmt_value(self.trial.value)}): "
+                        f"a new full run with {params or 'its parameters'}. Enter starts it, Esc cancels.",
+                        markup=False)
+            yield Input(value=str(self.path), placeholder="config file to write", id="promote-config")
+            yield Input(value=str(self.epochs), placeholder="epochs", id="promote-epochs")
+            yield Label("", id="promote-error", markup=False)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        path = self.query_one("#promote-config", Input).value.strip()
+        raw = self.query_one("#promote-epochs", Input).value.strip()
+        if not path:
+            self.query_one("#promote-config", Input).focus()
+            return
+        if not raw.isdigit() or int(raw) < 1:
+            self.query_one("#promote-error", Label).update("epochs: expected a whole number of 1 or more")
+            self.query_one("#promote-epochs", Input).focus()
+            return
+        self.dismiss(Promotion(Path(path), int(raw)))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

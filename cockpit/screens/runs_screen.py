@@ -18,7 +18,7 @@ from contracts.layout import RunLayout
 from cockpit import launcher
 from cockpit.messages import RunChosen
 from cockpit.sanitize import clean
-from cockpit.screens.modals import QuantizeScreen, ReportScreen, SpotLaunchScreen
+from cockpit.screens.modals import QuantizeScreen, ReportScreen, SpotLaunch, SpotLaunchScreen
 from cockpit.screens.sized import SizedScreen
 from cockpit.widgets.runs_list import RunsList
 
@@ -152,16 +152,16 @@ class RunsScreen(SizedScreen):
 
     def action_spot_launch(self) -> None:
         """Ask for a config, an instance type and an S3 location, then launch in a worker."""
-        def chosen(answer: dict | None) -> None:
+        def chosen(answer: SpotLaunch | None) -> None:
             if answer is None:
                 return
 
             def work() -> None:
-                result = launcher.cloud_launch(answer["config"], answer["instance_type"], answer["s3_uri"],
-                                               answer["region"], answer["ami"])
+                result = launcher.cloud_launch(answer.config, answer.instance_type, answer.s3_uri,
+                                               answer.region, answer.ami)
                 self.app.call_from_thread(self._launched_spot, result)
 
-            self.notify(f"launching a {answer['instance_type']} spot instance...", markup=False, timeout=10)
+            self.notify(f"launching a {answer.instance_type} spot instance...", markup=False, timeout=10)
             self.run_worker(work, thread=True, group="cloud", name="cloud launch")
 
         self.app.push_screen(SpotLaunchScreen(os.environ.get("COCKPIT_S3", "")), chosen)

@@ -17,93 +17,22 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.widgets import DataTable, Footer, Static
 
-from cockpit import launcher
-from cockpit.link import RunLink
 from cockpit.messages import RunChosen
 from cockpit.sanitize import clean
-from cockpit.screens.modals import ConfirmStop
 from cockpit.screens.sized import SizedScreen
-from cockpit.sweeps import (StudySummary, StudyView, SweepReader, TrialRow, base_config, base_epochs, fmt_value,
-                            mask_url, promoted_config, promoted_path, storage_url, write_promoted)
+from cockpit.screens.trials_control import TrialsControl
+from cockpit.sweeps import StudySummary, StudyView, SweepReader, TrialRow, fmt_value, mask_url, storage_url
 from cockpit.widgets.trials_table import BestChartPane, ImportancePane, TrialsTable, sort_keys
 
 #: Seconds between two reads of the storage while the screen is shown.
 REFRESH_S = 2.0
 
 
-class LaunchTrialsScreen(ModalScreen[dict | None]):
-    """Ask for a sweep config, the number of trials and how many run at once."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="sweep-launch-cancel")]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="sweep-box"):
-            yield Label("Launch trials of a sweep config (cockpit-engine sweep ... --detach). "
-                        "Enter in the last field launches, Esc cancels.", markup=False)
-            yield Input(placeholder="sweep config file, e.g. sweep.toml", id="sweep-config")
-            yield Input(value="8", placeholder="number of trials", id="sweep-trials")
-            yield Input(value="1", placeholder="trials at once (parallel)", id="sweep-parallel")
-            yield Label("", id="sweep-error", markup=False)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        config = self.query_one("#sweep-config", Input).value.strip()
-        if not config:
-            self.query_one("#sweep-config", Input).focus()
-            return
-        numbers = {}
-        for field, what in (("sweep-trials", "trials"), ("sweep-parallel", "parallel")):
-            raw = self.query_one(f"#{field}", Input).value.strip()
-            if not raw.isdigit() or int(raw) < 1:
-                self.query_one("#sweep-error", Label).update(f"{what}: expected a whole number of 1 or more")
-                self.query_one(f"#{field}", Input).focus()
-                return
-            numbers[what] = int(raw)
-        self.dismiss({"config": config, **numbers})
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class PromoteScreen(ModalScreen[dict | None]):
-    """The new-run form, prefilled for the best trial: where its config goes and its epochs."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="promote-cancel")]
-
-    def __init__(self, trial: TrialRow, metric: str, path: Path, epochs: int):
-        super().__init__()
-        self.trial, self.metric, self.path, self.epochs = trial, metric, path, epochs
-
-    def compose(self) -> ComposeResult:
-        params = ", ".join(f"{k}={fmt_value(v)}" for k, v in sorted(self.trial.params.items()))
-        with Vertical(id="promote-box"):
-            yield Label(f"Promote trial {self.trial.number} ({self.metric} {fmt_value(self.trial.value)}): "
-                        f"a new full run with {params or 'its parameters'}. Enter starts it, Esc cancels.",
-                        markup=False)
-            yield Input(value=str(self.path), placeholder="config file to write", id="promote-config")
-            yield Input(value=str(self.epochs), placeholder="epochs", id="promote-epochs")
-            yield Label("", id="promote-error", markup=False)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        path = self.query_one("#promote-config", Input).value.strip()
-        raw = self.query_one("#promote-epochs", Input).value.strip()
-        if not path:
-            self.query_one("#promote-config", Input).focus()
-            return
-        if not raw.isdigit() or int(raw) < 1:
-            self.query_one("#promote-error", Label).update("epochs: expected a whole number of 1 or more")
-            self.query_one("#promote-epochs", Input).focus()
-            return
-        self.dismiss({"config": path, "epochs": int(raw)})
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class TrialsScreen(SizedScreen):
-    """The studies in the sweep storage, and the chosen study's trials, best one starred."""
+class TrialsScreen(TrialsControl, SizedScreen):
+    """The studies in the sweep storage, and the chosen study's trials, best one starred; the keys
+    that act on trials are TrialsControl's."""
 
     BINDINGS = [
         Binding("escape", "back", "Back", id="trials-back", tooltip="Back to the run being followed"),
@@ -258,121 +187,3 @@ class TrialsScreen(SizedScreen):
         self.sort = keys[(keys.index(self.sort) + 1) % len(keys)] if self.sort in keys else keys[0]
         self.query_one(TrialsTable).show(self.view, self.sort)
         self.show_title()
-
-    def _running_trial(self, what: str) -> TrialRow | None:
-        trial = self.highlighted()
-        if trial is None:
-            self.notify("no trial highlighted", severity="warning")
-            return None
-        if trial.state != "running" or not trial.run_dir:
-            self.notify(f"trial {trial.number} is {trial.state}: only a running trial can be {what}",
-                        severity="warning", markup=False)
-            return None
-        return trial
-
-    def _send(self, trial: TrialRow, cmd: str) -> None:
-        def work() -> None:
-            reply = RunLink(Path(trial.run_dir)).send(cmd)
-            self.app.call_from_thread(self._answered, trial, cmd, reply)
-
-        self.run_worker(work, thread=True, group="trial-commands", name=f"{cmd} trial {trial.number}")
-
-    def _answered(self, trial: TrialRow, cmd: str, reply: dict) -> None:
-        if not reply.get("ok"):
-            self.notify(f"{cmd} trial {trial.number}: {clean(str(reply.get('error', 'failed')))}",
-                        severity="error", markup=False)
-            return
-        done = "pruned" if cmd == "prune" else reply.get("state", "stopped")
-        self.notify(f"trial {trial.number} {done} at step {reply.get('step')}; checkpoint {reply.get('path')}",
-                    markup=False)
-        self.reread(force=True)
-
-    def action_prune(self) -> None:
-        """Prune the highlighted running trial through its engine's control socket."""
-        trial = self._running_trial("pruned")
-        if trial is not None:
-            self.notify(f"pruning trial {trial.number}...", timeout=3)
-            self._send(trial, "prune")
-
-    def action_stop(self) -> None:
-        """Stop the highlighted running trial (checkpoint first), once the user says yes."""
-        trial = self._running_trial("stopped")
-        if trial is None:
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._send(trial, "stop")
-
-        self.app.push_screen(ConfirmStop(trial.run_id or Path(trial.run_dir).name), answered)
-
-    def action_launch(self) -> None:
-        """Ask for a sweep config, N trials and K at once; start a detached worker in a thread."""
-        def chosen(answer: dict | None) -> None:
-            if answer is None:
-                return
-
-            def work() -> None:
-                result = launcher.start_sweep(answer["config"], self.runs_root, answer["trials"], answer["parallel"],
-                                              storage=self.reader.url if self.url != storage_url(self.runs_root)
-                                              else None)
-                self.app.call_from_thread(self._launched, answer, result)
-
-            self.notify(f"starting a sweep worker for {answer['config']}...", markup=False, timeout=5)
-            self.run_worker(work, thread=True, group="sweep-launch", name="launch sweep")
-
-        self.app.push_screen(LaunchTrialsScreen(), chosen)
-
-    def _launched(self, answer: dict, result: launcher.Launch) -> None:
-        if result.code != 0:
-            self.notify(f"the sweep worker did not start (exit {result.code}):\n{clean(result.message)}",
-                        severity="error", markup=False, timeout=20)
-            return
-        self.notify(clean(result.message), markup=False, timeout=10)
-        words = result.message.split("started sweep worker ", 1)
-        if len(words) == 2 and words[1].split():
-            self.study = words[1].split()[0]  # show the study the worker runs
-        self.reread(force=True)
-
-    def action_promote(self) -> None:
-        """The new-run form prefilled for the best trial; a config written next to the study."""
-        view = self.view
-        if view is None or view.best is None:
-            self.notify("no complete trial to promote yet", severity="warning")
-            return
-        best = view.best
-        try:
-            base = base_config(best)
-        except ValueError as exc:
-            self.notify(f"cannot promote trial {best.number}: {clean(str(exc))}", severity="error", markup=False)
-            return
-        default = promoted_path(self.runs_root, view.name)
-
-        def chosen(answer: dict | None) -> None:
-            if answer is not None:
-                self.promote(view.name, best, base, Path(answer["config"]), answer["epochs"])
-
-        self.app.push_screen(PromoteScreen(best, view.metric, default, 2 * base_epochs(base)), chosen)
-
-    def promote(self, study: str, best: TrialRow, base: dict, path: Path, epochs: int) -> None:
-        cfg = promoted_config(base, best.params, epochs)
-
-        def work() -> None:
-            try:
-                written = write_promoted(self.runs_root, study, cfg, path)
-            except OSError as exc:
-                self.app.call_from_thread(self.notify, f"cannot write {path}: {exc}", severity="error", markup=False)
-                return
-            result = launcher.start_run(written, self.runs_root)
-            self.app.call_from_thread(self._promoted, written, result)
-
-        self.notify(f"promoting trial {best.number}: {epochs} epochs, config {path}", markup=False, timeout=5)
-        self.run_worker(work, thread=True, group="promote", name="promote")
-
-    def _promoted(self, config: Path, result: launcher.Launch) -> None:
-        if result.code == 0 and result.run is not None:
-            self.notify(f"promoted run {result.run.name} started from {config}", markup=False)
-            self.post_message(RunChosen(result.run))
-        else:
-            self.notify(f"the promoted run did not start (exit {result.code}):\n{clean(result.message)}",
-                        severity="error", markup=False, timeout=20)

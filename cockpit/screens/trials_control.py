@@ -1,0 +1,146 @@
+"""The trials screen's keys that act on trials: prune, stop, launch trials, promote the best; and their replies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cockpit import launcher
+from cockpit.link import RunLink
+from cockpit.messages import RunChosen
+from cockpit.sanitize import clean
+from cockpit.screens.modals import ConfirmStop, LaunchTrialsScreen, PromoteScreen, Promotion, SweepLaunch
+from cockpit.sweeps import (StudyView, SweepReader, TrialRow, base_config, base_epochs, promoted_config,
+                            promoted_path, storage_url, write_promoted)
+
+
+class TrialsControl:
+    """Actions on the trials of the shown study (mixed into TrialsScreen, which binds the keys).
+
+    The screen provides `view` (the study shown, or None), `study`, `runs_root`, `url` and `reader`
+    (the sweep storage), `highlighted()` (the trial under the cursor) and `reread(force)`; commands
+    and launches run in worker threads and come back through `call_from_thread`.
+    """
+
+    view: StudyView | None
+    study: str | None
+    runs_root: Path
+    url: str
+    reader: SweepReader
+
+    def _running_trial(self, what: str) -> TrialRow | None:
+        trial = self.highlighted()
+        if trial is None:
+            self.notify("no trial highlighted", severity="warning")
+            return None
+        if trial.state != "running" or not trial.run_dir:
+            self.notify(f"trial {trial.number} is {trial.state}: only a running trial can be {what}",
+                        severity="warning", markup=False)
+            return None
+        return trial
+
+    def _send(self, trial: TrialRow, cmd: str) -> None:
+        def work() -> None:
+            reply = RunLink(Path(trial.run_dir)).send(cmd)
+            self.app.call_from_thread(self._answered, trial, cmd, reply)
+
+        self.run_worker(work, thread=True, group="trial-commands", name=f"{cmd} trial {trial.number}")
+
+    def _answered(self, trial: TrialRow, cmd: str, reply: dict) -> None:
+        if not reply.get("ok"):
+            self.notify(f"{cmd} trial {trial.number}: {clean(str(reply.get('error', 'failed')))}",
+                        severity="error", markup=False)
+            return
+        done = "pruned" if cmd == "prune" else reply.get("state", "stopped")
+        self.notify(f"trial {trial.number} {done} at step {reply.get('step')}; checkpoint {reply.get('path')}",
+                    markup=False)
+        self.reread(force=True)
+
+    def action_prune(self) -> None:
+        """Prune the highlighted running trial through its engine's control socket."""
+        trial = self._running_trial("pruned")
+        if trial is not None:
+            self.notify(f"pruning trial {trial.number}...", timeout=3)
+            self._send(trial, "prune")
+
+    def action_stop(self) -> None:
+        """Stop the highlighted running trial (checkpoint first), once the user says yes."""
+        trial = self._running_trial("stopped")
+        if trial is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._send(trial, "stop")
+
+        self.app.push_screen(ConfirmStop(trial.run_id or Path(trial.run_dir).name), answered)
+
+    def action_launch(self) -> None:
+        """Ask for a sweep config, N trials and K at once; start a detached worker in a thread."""
+        def chosen(answer: SweepLaunch | None) -> None:
+            if answer is None:
+                return
+
+            def work() -> None:
+                result = launcher.start_sweep(answer.config, self.runs_root, answer.trials, answer.parallel,
+                                              storage=self.reader.url if self.url != storage_url(self.runs_root)
+                                              else None)
+                self.app.call_from_thread(self._launched, answer, result)
+
+            self.notify(f"starting a sweep worker for {answer.config}...", markup=False, timeout=5)
+            self.run_worker(work, thread=True, group="sweep-launch", name="launch sweep")
+
+        self.app.push_screen(LaunchTrialsScreen(), chosen)
+
+    def _launched(self, answer: SweepLaunch, result: launcher.Launch) -> None:
+        if result.code != 0:
+            self.notify(f"the sweep worker did not start (exit {result.code}):\n{clean(result.message)}",
+                        severity="error", markup=False, timeout=20)
+            return
+        self.notify(clean(result.message), markup=False, timeout=10)
+        words = result.message.split("started sweep worker ", 1)
+        if len(words) == 2 and words[1].split():
+            self.study = words[1].split()[0]  # show the study the worker runs
+        self.reread(force=True)
+
+    def action_promote(self) -> None:
+        """The new-run form prefilled for the best trial; a config written next to the study."""
+        view = self.view
+        if view is None or view.best is None:
+            self.notify("no complete trial to promote yet", severity="warning")
+            return
+        best = view.best
+        try:
+            base = base_config(best)
+        except ValueError as exc:
+            self.notify(f"cannot promote trial {best.number}: {clean(str(exc))}", severity="error", markup=False)
+            return
+        default = promoted_path(self.runs_root, view.name)
+
+        def chosen(answer: Promotion | None) -> None:
+            if answer is not None:
+                self.promote(view.name, best, base, answer.config, answer.epochs)
+
+        self.app.push_screen(PromoteScreen(best, view.metric, default, 2 * base_epochs(base)), chosen)
+
+    def promote(self, study: str, best: TrialRow, base: dict, path: Path, epochs: int) -> None:
+        cfg = promoted_config(base, best.params, epochs)
+
+        def work() -> None:
+            try:
+                written = write_promoted(self.runs_root, study, cfg, path)
+            except OSError as exc:
+                self.app.call_from_thread(self.notify, f"cannot write {path}: {exc}", severity="error", markup=False)
+                return
+            result = launcher.start_run(written, self.runs_root)
+            self.app.call_from_thread(self._promoted, written, result)
+
+        self.notify(f"promoting trial {best.number}: {epochs} epochs, config {path}", markup=False, timeout=5)
+        self.run_worker(work, thread=True, group="promote", name="promote")
+
+    def _promoted(self, config: Path, result: launcher.Launch) -> None:
+        if result.code == 0 and result.run is not None:
+            self.notify(f"promoted run {result.run.name} started from {config}", markup=False)
+            self.post_message(RunChosen(result.run))
+        else:
+            self.notify(f"the promoted run did not start (exit {result.code}):\n{clean(result.message)}",
+                        severity="error", markup=False, timeout=20)
