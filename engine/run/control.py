@@ -11,11 +11,10 @@ import os
 import queue
 import socket
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from contracts.control import MAX_REQUEST_BYTES, ProtocolError, decode_request, encode_reply
+from contracts.control import MAX_REQUEST_BYTES, Pending, ProtocolError, decode_request, encode_reply
 
 #: How long a client waits for the loop to act before it is told the engine is busy.
 REPLY_TIMEOUT_S = 300.0
@@ -26,24 +25,6 @@ REPLY_TIMEOUT_S = 300.0
 #: requests in three from 50 simultaneous clients that do not retry. Our clients also retry a
 #: full backlog briefly (contracts.control.connect).
 BACKLOG = socket.SOMAXCONN
-
-
-@dataclass
-class Pending:
-    """A command waiting for the loop, and the reply the loop gives it."""
-
-    request: dict[str, Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    reply: dict[str, Any] | None = None
-
-    @property
-    def cmd(self) -> str:
-        return self.request["cmd"]
-
-    def answer(self, ok: bool = True, **fields: Any) -> None:
-        """Send the reply back to the waiting client."""
-        self.reply = {"ok": ok, **fields}
-        self.done.set()
 
 
 class ControlServer:

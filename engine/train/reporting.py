@@ -1,0 +1,52 @@
+"""The loop's step events and the doctor's verdicts, on logging steps.
+
+A mixin of the Trainer (engine.train.trainer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.telemetry.doctor import suggest
+from engine.telemetry.flops import memory_fields, step_flops
+from engine.train.step import StepMeter
+
+
+class Reporting:
+    """One step event per logging step, and the doctor's verdict when it changes."""
+
+    def log_step(self, meter: StepMeter) -> None:
+        """One step event; reading the loss here is the only host-device sync of the step."""
+        report = meter.report(self.dist)
+        self.pos.samples += report["samples"]
+        self.pos.train_seconds += report["wall_s"]
+        self.last_loss = report["loss"]
+        self.guard.loss(report["loss"], self.pos.step)
+        elapsed = self.pos.train_seconds
+        eta = elapsed / max(1, self.pos.step) * (self.total_steps - self.pos.step) if elapsed else None
+        self.tele.emit(
+            "step", step=self.pos.step, epoch=self.pos.epoch, batch=self.pos.batch,
+            batches_per_epoch=self.batches, loss=report["loss"], losses=report["losses"], lr=report["lr"],
+            **({"accuracy": report["accuracy"]} if report.get("accuracy") is not None else {}),
+            samples_per_s=report["samples_per_s"], steps_per_s=report["steps_per_s"], eta_s=eta,
+            train_s=elapsed, time_data_s=report["data"], time_h2d_s=report["h2d"],
+            time_compute_s=report["compute"], time_optim_s=report["optim"], time_comm_s=report["comm"],
+            skipped_steps=self.pos.skipped, **step_flops(self.flops, report["samples_per_s"] / self.dist.world, self.peak),
+            **memory_fields(self.device), **({"world_size": self.dist.world} if self.dist.active else {}),
+        )
+        self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"])
+        verdict = self.doctor.changed()
+        if verdict is not None:
+            named = self._doctor_value(verdict.bound)
+            if named is not None:
+                verdict.field, verdict.current, verdict.value = named
+            self.tele.emit("doctor", step=self.pos.step, bound=verdict.bound, share=verdict.share,
+                           field=verdict.field, remedy=verdict.remedy, message=verdict.message(),
+                           **({"value": verdict.value, "current": verdict.current} if named else {}))
+
+    def _doctor_value(self, bound: str):
+        """(field, current, new) the doctor can name for this verdict (doctor.suggest), or None."""
+        d, gpu = self.cfg.data, self.device.type == "cuda"
+        peak = memory_fields(self.device).get("mem_peak_bytes")
+        total = torch.cuda.get_device_properties(self.device).total_memory if gpu else None
+        return suggest(bound, d.num_workers, d.pin_memory, self.cfg.train.batch_size, gpu, peak, total)
