@@ -57,3 +57,16 @@ def test_engine_packages_cost_nothing_to_import():
     inits = sorted((ROOT / "engine").rglob("__init__.py"))
     assert len(inits) >= 9, inits
     assert all(p.read_text().strip() == "" for p in inits), [p for p in inits if p.read_text().strip()]
+
+
+def test_config_is_the_ground_floor():
+    """engine/config/ imports nothing of the engine above it (the standard library, pydantic,
+    engine.errors and itself), and data, which sits below model, never imports model."""
+    config = [m for m in modules_of(engine) if m.startswith("engine.config.")]
+    assert "engine.config.schema" in config and "engine.config.importing" in config
+    loaded = {m for m in imported_after(config) if m.split(".")[0] == "engine"}
+    above = {m for m in loaded if m not in ("engine", "engine.errors", "engine.config")
+             and not m.startswith("engine.config.")}
+    assert not above, f"engine/config/ imports {sorted(above)}"
+    data = " ".join(p.read_text() for p in (ROOT / "engine" / "data").glob("*.py"))
+    assert "engine.model" not in data, "engine/data/ must not import engine/model/"

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.config.importing import import_factory
 from engine.config.schema import Config
 from engine.data.sources import DataSpec, as_tensor
-from engine.model.factory import import_factory
 from engine.errors import BadInput
 
 

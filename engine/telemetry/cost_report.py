@@ -8,11 +8,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from engine.config.price_table import load_table
 from engine.errors import BadInput
 from engine.telemetry.cost import RunShape
 from engine.telemetry.cost_ledger import _num, events_backwards, last_session
 from engine.telemetry.flops import peak_tflops
-from engine.telemetry.price_table import load_table
 
 #: The MFU assumed for the estimate where the run measured none (no known peak for its device).
 ASSUMED_MFU = 0.4
