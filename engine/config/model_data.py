@@ -97,7 +97,10 @@ class DataConfig(Section):
     factory_args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for a dataset factory"
     )
-    num_workers: Int = Field(0, ge=0, description="DataLoader worker processes (0: load in the trainer)")
+    num_workers: Int = Field(
+        0, ge=0, description="DataLoader worker processes per training process (0: load in the trainer); "
+        "the machine that trains refuses more than 4 per CPU in all (past that they only contend, and "
+        "thousands bring it down) and warns above 1 per CPU")
     pin_memory: bool = Field(False, description="Page-locked host batches for faster GPU copies")
     persistent_workers: bool = Field(
         False, description="Keep workers alive between epochs (needs num_workers > 0)"
