@@ -8,7 +8,8 @@ second and before anything is written.
 
 The sections live by theme in model_data, training, operations and sweep; they are re-exported
 here, so `from engine.config.schema import DataConfig` keeps working. engine/config/ imports
-only the standard library, pydantic, engine.errors and itself: everything else builds on it.
+only the standard library, pydantic (and tomli_w to write TOML), engine.errors and itself:
+the rest of the engine builds on it.
 """
 
 from __future__ import annotations
