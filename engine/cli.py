@@ -11,7 +11,6 @@ from importlib import resources
 from engine.config import loading as config_mod
 from engine.config.schema import Config
 from contracts.errors import BadInput
-from contracts.layout import RunLayout
 from contracts.control import COMMANDS
 from contracts.events import EXIT_BAD_INPUT
 from contracts.layout import RunLayout
@@ -54,7 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cockpit-engine", description="Train PyTorch models headless, with exact checkpoint and resume.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_training(sub)  # run, demo, resume
+    _add_send(sub)
+    _add_quantize(sub)
+    _add_plugged_in(sub)  # cost, cloud, sweep: each command module adds its own
+    p = sub.add_parser("example-config", help="print a complete, commented example config")
+    p.add_argument("--markdown", action="store_true", help="print the field reference as a Markdown table")
+    p.set_defaults(func=cmd_example)
+    return parser
 
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    """The commands that train here: run, demo, resume."""
     sub_kw = {"epilog": EPILOG, "formatter_class": argparse.RawDescriptionHelpFormatter}
     p = sub.add_parser("run", help="start a new run from a TOML config", **sub_kw)
     p.add_argument("config", help="path of the TOML config file")
@@ -78,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_resume)
 
+
+def _add_send(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("send", help="send a control command to a running engine")
     p.add_argument("run", help="run directory, or run id under the runs directory")
     p.add_argument("cmd", choices=COMMANDS, help="the command")
@@ -85,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="root of run directories")
     p.set_defaults(func=cmd_send)
 
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quantize", help="an int8 model of a finished run, measured against the float one",
         description="Quantize a run's best checkpoint (else its latest) to int8 and write "
@@ -107,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="root of run directories")
     p.set_defaults(func=cmd_quantize)
 
+
+def _add_plugged_in(sub: argparse._SubParsersAction) -> None:
     from engine.telemetry.cost_report import add_parser as add_cost
 
     add_cost(sub)  # cost RUN [--json]
@@ -118,11 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.sweep.command import add_parser as add_sweep
 
     add_sweep(sub)  # sweep CONFIG: an Optuna sweep worker, each trial a run
-
-    p = sub.add_parser("example-config", help="print a complete, commented example config")
-    p.add_argument("--markdown", action="store_true", help="print the field reference as a Markdown table")
-    p.set_defaults(func=cmd_example)
-    return parser
 
 
 QUANTIZE_EPILOG = """exit codes: 0 done, 2 bad input (no checkpoint, a mode the model does not suit,
@@ -175,7 +186,7 @@ def _launch_sets(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     args.set = args.set + _launch_sets(args)
-    cfg = config_mod.load(args.config, args.set)
+    cfg = _fits_machine(config_mod.load(args.config, args.set), args.config, args.set)
     return _start(cfg, args, [args.config])
 
 
@@ -183,16 +194,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.set = args.set + _launch_sets(args)
     raw = config_mod.tomllib.loads(resources.files("engine").joinpath("demo.toml").read_text())
     cfg = config_mod.validate(config_mod.apply_overrides(raw, args.set), "demo config")
-    return _start(cfg, args, [])
+    return _start(_fits_machine(cfg, "demo config", args.set), args, [])
+
+
+def _fits_machine(cfg: Config, source: str, sets: list[str]) -> Config:
+    """Refuse what this machine cannot run (before any process or run directory exists); print
+    the warnings for what it runs poorly, once (our torchrun launcher did; else rank 0)."""
+    from engine.config import machine
+    from engine.run.launch import LAUNCHER_ENV
+
+    overridden = tuple(".".join(config_mod.parse_override(s)[0]) for s in sets)
+    warnings = machine.check(cfg, source, overridden)
+    if os.environ.get("RANK", "0") == "0" and LAUNCHER_ENV not in os.environ:
+        for message in warnings:
+            print(f"cockpit-engine: warning: {message}", file=sys.stderr, flush=True)
+    return cfg
 
 
 def _start(cfg: Config, args: argparse.Namespace, positional: list[str]) -> int:
-    from contracts.layout import new_run_id, runs_root
+    from contracts.layout import runs_root
+    from engine.run.rundir import new_run_id
 
     root = runs_root(args.runs_dir, cfg.logging.runs_dir)
     multi = _needs_launcher(cfg)
     if args.detach or multi:
-        run_id = args.run_id or new_run_id(cfg.logging.run_name or cfg.model.name)
+        run_id = args.run_id or new_run_id(cfg)
         if (root / run_id).exists():
             raise BadInput(f"--run-id {run_id!r}: {root / run_id} already exists; pick another id")
         argv = [args.command, *positional, "--run-id", run_id, "--runs-dir", str(root)]
@@ -241,6 +267,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     args.set = args.set + s3_sets
     args.set = args.set + _launch_sets(args)
     cfg = config_mod.load(RunLayout(run).config, args.set)  # refuse bad overrides before torch loads
+    _fits_machine(cfg, str(RunLayout(run).config), args.set)
     argv = ["resume", str(run), *[f"--set={s}" for s in args.set]]
     if args.detach:
         return _spawn(argv, run)
@@ -278,7 +305,7 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.cloud.redact import quiet_aws_loggers
+    from engine.telemetry.redact import quiet_aws_loggers
 
     quiet_aws_loggers()  # before any AWS client exists: capped, masked (standard library only)
     args = build_parser().parse_args(argv)

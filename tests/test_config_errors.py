@@ -4,6 +4,7 @@ and nothing written (no run directory, no change to an existing run)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
@@ -13,6 +14,10 @@ import pytest
 
 from conftest import engine_env, run_engine, run_engines
 from engine.config.loading import to_toml, validate
+
+
+#: This machine's CPUs, as the engine counts them: data.num_workers is judged against them.
+CPUS = os.cpu_count() or 1
 
 
 @dataclass
@@ -74,6 +79,10 @@ EARLY = [
     Case("set-into-a-value", "[optim]\nlr = 0.1\n", ["--set 'optim.lr.max=1'", "lr is a value, not a section"],
          sets=["optim.lr.max=1"]),
     Case("set-a-section-to-a-value", "", ["optim = 0.1", "valid dictionary"], sets=["optim=0.1"]),
+    Case("num-workers-beyond-the-machine", "[data]\nnum_workers = 100000\n",
+         ["data.num_workers = 100000", f"it has {CPUS} CPUs", f"at most {4 * CPUS} workers (4 per CPU)"]),
+    Case("num-workers-just-past-the-limit-via-set", "",
+         [f"--set: data.num_workers = {4 * CPUS + 1}", f"it has {CPUS} CPUs"], sets=[f"data.num_workers={4 * CPUS + 1}"]),
     Case("every-problem-is-listed", '[optim]\nlr = 0\n[train]\nbatch_size = 0\n',
          ["optim.lr = 0", "train.batch_size = 0"]),
 ]
@@ -195,3 +204,30 @@ def test_resume_of_something_that_is_not_a_run(tmp_path: Path):
     done = run_engine("resume", "no-such-run", "--runs-dir", str(tmp_path / "runs"))
     assert_refused(done, ["run 'no-such-run'", "no run directory with a config.toml"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_with_more_workers_than_the_machine_runs_is_refused_and_changes_nothing(tmp_path: Path):
+    run = killed_run(tmp_path, None)
+    before = snapshot(run)
+    done = run_engine("resume", str(run), "--set", "data.num_workers=100000")
+    assert_refused(done, ["--set: data.num_workers = 100000", f"it has {CPUS} CPUs"])
+    assert snapshot(run) == before
+
+
+def test_num_workers_above_the_cpu_count_warns_and_at_it_is_silent(tmp_path: Path):
+    jobs = {}
+    for name, workers in (("above", CPUS + 1), ("at", CPUS)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.toml").write_text(TINY_RUN.replace("[data]\n", f"[data]\nnum_workers = {workers}\n"))
+        jobs[name] = {"args": ["run", str(tmp_path / name / "run.toml"), "--runs-dir", str(tmp_path / name / "runs")]}
+    done = run_engines(jobs)
+    for name in jobs:
+        assert done[name].returncode == 0, f"{name}: exit {done[name].returncode}\n{done[name].stderr}"
+    assert (f"cockpit-engine: warning: data.num_workers = {CPUS + 1}: more DataLoader workers than this "
+            f"machine's {CPUS} CPUs") in done["above"].stderr
+    assert done["above"].stderr.count("warning: data.num_workers") == 1
+    assert "data.num_workers" not in done["at"].stderr
+    # the run's own record says it too (engine.log and a log event), so the cockpit shows it
+    logs = {name: (next((tmp_path / name / "runs").iterdir()) / "engine.log").read_text() for name in jobs}
+    assert f"data.num_workers = {CPUS + 1}: more DataLoader workers" in logs["above"]
+    assert "data.num_workers" not in logs["at"]

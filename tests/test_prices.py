@@ -13,9 +13,9 @@ from botocore.stub import ANY, Stubber
 
 from engine.cloud.facts import InstanceFacts
 from engine.config.loading import validate
+from engine.config.price_table import load_table
 from contracts.errors import BadInput
 from engine.telemetry.flops import peak_tflops
-from engine.telemetry.price_table import load_table
 from engine.telemetry.prices import (
     LookupFailed, PriceFeed, ec2_lookups, on_demand_price, price_source_for, spot_price)
 

@@ -79,3 +79,16 @@ def test_the_layers_written_in_pyproject_hold():
     assert exe, "import-linter is in the test extra: pip install -e '.[test]'"
     out = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_config_is_the_ground_floor():
+    """engine/config/ imports nothing of the engine above it (the standard library, pydantic,
+    tomli_w, contracts and itself), and data, which sits below model, never imports model."""
+    config = [m for m in modules_of(engine) if m.startswith("engine.config.")]
+    assert "engine.config.schema" in config and "engine.config.importing" in config
+    loaded = {m for m in imported_after(config) if m.split(".")[0] == "engine"}
+    above = {m for m in loaded if m not in ("engine", "engine.config")
+             and not m.startswith("engine.config.")}
+    assert not above, f"engine/config/ imports {sorted(above)}"
+    data = " ".join(p.read_text() for p in (ROOT / "engine" / "data").glob("*.py"))
+    assert "engine.model" not in data, "engine/data/ must not import engine/model/"

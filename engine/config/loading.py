@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from engine.config.schema import Config, _suggest
+from engine.config.base import suggest
+from engine.config.schema import Config
 from contracts.errors import BadInput
 
 
@@ -34,7 +35,7 @@ def _format_error(err: dict[str, Any], source: str) -> str:
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         known = parent.model_fields if parent else {}
-        hint = _suggest(str(loc[-1]), known) or f"; known keys: {', '.join(known)}"
+        hint = suggest(str(loc[-1]), known) or f"; known keys: {', '.join(known)}"
         return f"{source}: {path} = {err['input']!r}: unknown key{hint}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "int_type" and isinstance(err["input"], float):

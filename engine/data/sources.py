@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from engine.config.importing import import_factory
 from engine.config.schema import Config
-from engine.model.factory import import_factory
 from contracts.errors import BadInput
 
 # Per-channel statistics of the built-in sets (for normalization).

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from contracts.layout import RunLayout
+from engine.config.importing import import_factory
 from engine.config.schema import Config
 from engine.data.sources import DataSpec, as_tensor
-from engine.model.factory import import_factory
 from contracts.errors import BadInput
+from contracts.layout import RunLayout
 
 
 class SmallCNN(nn.Module):

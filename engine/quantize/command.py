@@ -23,11 +23,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from contracts.layout import RunLayout
 from contracts.atomic import write_atomic, write_json_atomic
 from engine.checkpoint.store import best_or_latest, load
 from engine.config.schema import Config
 from contracts.errors import BadInput
+from contracts.layout import RunLayout
 from engine.quantize.support import require_torchao
 
 ARTIFACTS = {"static": "static-int8.pt2", "dynamic": "dynamic-int8.pt2", "qat-convert": "qat-int8.pt2"}
@@ -178,12 +178,7 @@ def quantize(run: Path, mode: str, calibration_batches: int = 16, compile_too: b
 
     path, state = _checkpoint(run)
     cfg = Config.model_validate(state["config"])
-    if cfg.quantize.qat and mode != "qat-convert":
-        raise BadInput(f"--mode {mode}: run {str(run)!r} was trained with quantization-aware training "
-                       "(quantize.qat = true); convert it with --mode qat-convert")
-    if mode == "qat-convert" and not cfg.quantize.qat:
-        raise BadInput(f"--mode qat-convert: run {str(run)!r} was not trained with quantize.qat = true; use "
-                       "--mode static (conv nets) or --mode dynamic (Linear layers), or fine-tune it with QAT first")
+    _check_mode(cfg, mode, run)
     spec = build_spec(cfg)
     example = example_input(spec)
     float_model, qat = _models(cfg, spec, state, mode, example, what)
@@ -208,22 +203,41 @@ def quantize(run: Path, mode: str, calibration_batches: int = 16, compile_too: b
                         {"float": Normalized(float_model, *norm).eval(), "int8": result.program.module()},
                         val, batch, repeats, compile_too)
     f, q = measured["float"], measured["int8"]
-    report = {
+    return _write_report(RunLayout(run).quantized, mode, f, q, {
         "run": str(run), "checkpoint": path.name, "step": state["step"], "batch": len(batch),
         "repeats": repeats, "calibration_batches": len(calib) if mode == "static" else None,
         "input": f"float images in [0, 1], shape (N, {', '.join(str(d) for d in example.shape[1:])}); "
                  "normalization is inside the model",
         "machine": machine(),
         "float": {k: v for k, v in f.items() if k != "_data"} | {"file": FLOAT},
-        mode: {k: v for k, v in q.items() if k != "_data"} | {
-            "file": ARTIFACTS[mode], "layers_quantized": result.quantized, "layers_float": result.float,
-            "size_ratio": q["bytes"] / f["bytes"], "weights_ratio": q["weights_bytes"] / max(1, f["weights_bytes"]),
-            "accuracy_change": q["val_accuracy"] - f["val_accuracy"],
-            # the float model's latencies timed beside this one (the "float" entry is the latest run's)
-            **{f"float_{k}": f[k] for k in ("eager_ms", "compiled_ms") if k in f},
-            **{f"speedup_{k[:-3]}": f[k] / q[k] for k in ("eager_ms", "compiled_ms") if k in f}},
-    }
-    folder = RunLayout(run).quantized
+        mode: _mode_entry(mode, f, q, result),
+    })
+
+
+def _check_mode(cfg: Config, mode: str, run: Path) -> None:
+    """A QAT run is converted with qat-convert, and only a QAT run is."""
+    if cfg.quantize.qat and mode != "qat-convert":
+        raise BadInput(f"--mode {mode}: run {str(run)!r} was trained with quantization-aware training "
+                       "(quantize.qat = true); convert it with --mode qat-convert")
+    if mode == "qat-convert" and not cfg.quantize.qat:
+        raise BadInput(f"--mode qat-convert: run {str(run)!r} was not trained with quantize.qat = true; use "
+                       "--mode static (conv nets) or --mode dynamic (Linear layers), or fine-tune it with QAT first")
+
+
+def _mode_entry(mode: str, f: dict[str, Any], q: dict[str, Any], result: Any) -> dict[str, Any]:
+    """The int8 model's measurements, and how they compare with the float model's (f)."""
+    return {k: v for k, v in q.items() if k != "_data"} | {
+        "file": ARTIFACTS[mode], "layers_quantized": result.quantized, "layers_float": result.float,
+        "size_ratio": q["bytes"] / f["bytes"], "weights_ratio": q["weights_bytes"] / max(1, f["weights_bytes"]),
+        "accuracy_change": q["val_accuracy"] - f["val_accuracy"],
+        # the float model's latencies timed beside this one (the "float" entry is the latest run's)
+        **{f"float_{k}": f[k] for k in ("eager_ms", "compiled_ms") if k in f},
+        **{f"speedup_{k[:-3]}": f[k] / q[k] for k in ("eager_ms", "compiled_ms") if k in f}}
+
+
+def _write_report(folder: Path, mode: str, f: dict[str, Any], q: dict[str, Any],
+                  report: dict[str, Any]) -> dict[str, Any]:
+    """Both programs and the report (merged into the last one when it is of the same checkpoint)."""
     folder.mkdir(exist_ok=True)
     previous = _read_report(folder / "quantize.json")
     merged = previous | report if previous.get("checkpoint") == report["checkpoint"] else report

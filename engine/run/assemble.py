@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.stops import Source
+from engine.config import machine
 from engine.config.schema import Config
 from engine.data.sources import DataSpec
 from engine.model.convert import ChannelsLast, ModelConverter
@@ -63,7 +64,11 @@ def sources(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Any,
 def build_trainer(cfg: Config, spec: DataSpec, model: Any, run: RunDir, tele: Telemetry, dist: Dist,
                   resume: dict[str, Any] | None = None, teacher: Teacher | None = None, lease: Any = None
                   ) -> Trainer:
-    """The Trainer for this rank, with its converters and sources."""
+    """The Trainer for this rank, with its converters and sources; what this machine runs poorly
+    (engine.config.machine: more DataLoader workers than CPUs) is said in the run's log too."""
+    if dist.main:
+        for message in machine.check(cfg):
+            tele.emit("log", level="warning", message=message)
     built: list[Trainer] = []
     found, socket = sources(cfg, run, tele, dist, lambda: built[0], lease)
     trainer = Trainer(cfg, spec, model, run, tele, resume=resume, dist=dist, teacher=teacher,

@@ -8,12 +8,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from engine.config.price_table import load_table
 from contracts.errors import BadInput
 from contracts.layout import RunLayout
 from engine.telemetry.cost import RunShape
 from engine.telemetry.cost_ledger import _num, events_backwards, last_session
 from engine.telemetry.flops import peak_tflops
-from engine.telemetry.price_table import load_table
 
 #: The MFU assumed for the estimate where the run measured none (no known peak for its device).
 ASSUMED_MFU = 0.4

@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Protocol
 
 from engine.cloud.facts import InstanceFacts
-from engine.telemetry.price_table import PriceTable, load_table
+from engine.config.price_table import PriceTable, load_table
 
 #: The Pricing API is served only from these regions (any of them answers for every region).
 PRICING_REGIONS = ("us-east-1", "ap-south-1", "eu-central-1")

@@ -1,4 +1,4 @@
-"""User factories named in the config as 'package.module:attr' (models and datasets)."""
+"""User code named in the config as 'package.module:attr' (model, dataset and teacher factories)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import importlib
 from typing import Any
 
 from contracts.errors import BadInput
+
+
+def is_import_path(name: str) -> bool:
+    """Whether name reads as 'package.module:attr' (checked at validation, imported only at build)."""
+    return ":" in name and all(part.isidentifier() for part in name.replace(":", ".").split("."))
 
 
 def import_factory(path: str, field: str) -> Any:

@@ -1,0 +1,129 @@
+"""Where and how a run executes and what it keeps: [distributed], [checkpoint], [logging], [cost], [spot]."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from engine.config.base import Int, Section, suggest
+from engine.config.price_table import load_table
+from engine.config.s3_uri import uri_problem
+
+#: AWS's advice for spot interruption notices: poll every 5 s (the window is two minutes).
+SPOT_POLL_MAX_S = 5.0
+
+
+class DistributedConfig(Section):
+    """Data-parallel training on several processes (torchrun underneath)."""
+
+    nproc: Int = Field(
+        1, ge=1, le=1024,
+        description="Processes on this machine; above 1 the engine starts torchrun (same as --nproc N)")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp (replicated model) or fsdp (FSDP2 fully_shard: sharded model, sharded checkpoints)")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Process-group backend: auto is nccl on GPUs, gloo on the CPU")
+    sync_batchnorm: bool = Field(
+        False, description="DDP on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
+    timeout_s: float = Field(
+        300.0, gt=0, description="A collective waiting longer than this fails every rank (a dead rank never hangs the run)")
+
+
+class CheckpointConfig(Section):
+    """When checkpoints are written and which are kept."""
+
+    every_steps: Optional[Int] = Field(
+        None, ge=1, description="Save every this many optimizer steps (default: off)"
+    )
+    every_minutes: Optional[float] = Field(
+        None, gt=0, description="Save when this many minutes passed since the last save"
+    )
+    on_epoch_end: bool = Field(True, description="Save after each epoch's validation")
+    keep_last: Int = Field(3, ge=2, description="Newest checkpoints kept (at least 2)")
+    async_save: bool = Field(
+        True, description="Write checkpoints on a background thread; the loop only pays for a host copy")
+    best_metric: Optional[Literal["val_accuracy", "val_loss"]] = Field(
+        "val_accuracy", description="Also keep the best checkpoint by this metric"
+    )
+    disk_full_wait_s: float = Field(
+        600.0, ge=0, description="A checkpoint the disk has no room for pauses training and is retried; "
+        "after this many seconds without room the run stops (exit 1), the last good checkpoint intact")
+    s3_uri: Optional[str] = Field(
+        None, description="Mirror the run to s3://bucket/prefix/<run-id>/ (checkpoints uploaded in the "
+        "background, config.toml, events.jsonl); resume pulls from it when the local copy is missing or older")
+    s3_lease_s: float = Field(
+        60.0, ge=5, le=3600, description="The run's lease in S3 lasts this long unless renewed (an engine "
+        "that died frees the run after this)")
+    s3_wait_s: float = Field(
+        100.0, ge=0, description="On exit, wait at most this long for pending S3 uploads")
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> "CheckpointConfig":
+        if self.s3_uri is not None:
+            problem = uri_problem(self.s3_uri)
+            if problem:  # a URI with user info may hold a secret: never echoed
+                shown = self.s3_uri if "@" not in self.s3_uri else "s3://[redacted]@..."
+                raise ValueError(f"s3_uri = {shown!r}: {problem}")
+        return self
+
+
+class LoggingConfig(Section):
+    """Telemetry: events, TensorBoard, the console."""
+
+    runs_dir: Optional[str] = Field(
+        None, description="Root of run directories (else --runs-dir, $COCKPIT_RUNS, ./runs)"
+    )
+    run_name: Optional[str] = Field(None, description="Readable part of the run id")
+    every_steps: Int = Field(
+        10, ge=1, description="Read the loss every this many steps (a host-device sync)"
+    )
+    max_step_events_per_s: float = Field(
+        10.0, gt=0, description="Step events are coalesced to at most this rate"
+    )
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars to tb/")
+    status_every_s: float = Field(2.0, gt=0, description="status.json refresh interval")
+
+
+class CostConfig(Section):
+    """What the run costs."""
+
+    price_per_hour: Optional[float] = Field(
+        None, ge=0, description="Price of this machine per hour, for cost events"
+    )
+    currency: str = Field("USD", description="Currency of price_per_hour")
+    instance_type: Optional[str] = Field(
+        None, description="Price this machine as this EC2 instance type from the shipped on-demand table "
+        "when neither price_per_hour nor the instance metadata gives a price (e.g. 'g5.xlarge')")
+
+    @model_validator(mode="after")
+    def _check_instance_type(self) -> "CostConfig":
+        if self.instance_type is not None:
+            table = load_table()
+            if table.get(self.instance_type) is None:
+                raise ValueError(f"instance_type={self.instance_type!r}: not in the price table "
+                                 f"({table.source}: {', '.join(sorted(table.instances))})"
+                                 f"{suggest(self.instance_type, table.instances)}")
+        return self
+
+
+class SpotConfig(Section):
+    """EC2 spot interruptions: the metadata service's notice stops the run with a checkpoint."""
+
+    enabled: bool = Field(
+        False, description="Watch for interruption notices even where the machine does not say it is "
+        "EC2 (false: watch on EC2 only; nothing is ever sent to the metadata address elsewhere; "
+        "AWS_EC2_METADATA_DISABLED=true turns it off everywhere)")
+    poll_s: float = Field(
+        5.0, gt=0, le=SPOT_POLL_MAX_S,
+        description="Seconds between polls of the notice (AWS advises 5 s or faster: the notice comes "
+        "two minutes before the instance is taken)")
+    endpoint: Optional[str] = Field(
+        None, description="Instance metadata endpoint; default: $AWS_EC2_METADATA_SERVICE_ENDPOINT, "
+        "else http://169.254.169.254 (setting it also turns the watcher on)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SpotConfig":
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint={self.endpoint!r}: expected an http:// or https:// URL")
+        return self
