@@ -164,7 +164,7 @@ if [ "$VENV" = 1 ]; then
     "python-dateutil<3" six pyyaml tqdm urllib3 psutil nvidia-ml-py pytest-timeout 2>&1 | grep -v 'is ignored' || true
   "$V/bin/pip" check || echo "(pip check: a conflict with a package the index gives here is not the image's)"
   PYTHONPATH=$PWD "$V/bin/python" -c "
-import engine.config.schema, engine.protocol, cockpit.app, cockpit.cli
+import engine.config.schema, contracts.events, cockpit.app, cockpit.cli
 import optuna, sqlalchemy, alembic, boto3, orjson, tomli_w, textual, textual_plotext, pydantic
 import pytest_asyncio, syrupy, pytest_textual_snapshot
 print('venv', __import__('sys').version.split()[0] + ': the cockpit and the engine config import; textual',

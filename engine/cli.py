@@ -305,7 +305,7 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.telemetry.redact import quiet_aws_loggers
+    from engine.cloud.redact import quiet_aws_loggers
 
     quiet_aws_loggers()  # before any AWS client exists: capped, masked (standard library only)
     args = build_parser().parse_args(argv)

@@ -8,7 +8,7 @@ second and before anything is written.
 
 The sections live by theme in model_data, training, operations and sweep; they are re-exported
 here, so `from engine.config.schema import DataConfig` keeps working. engine/config/ imports
-only the standard library, pydantic (and tomli_w to write TOML), engine.errors and itself:
+only the standard library, pydantic (and tomli_w to write TOML), contracts and itself:
 the rest of the engine builds on it.
 """
 
