@@ -212,13 +212,12 @@ def _fits_machine(cfg: Config, source: str, sets: list[str]) -> Config:
 
 
 def _start(cfg: Config, args: argparse.Namespace, positional: list[str]) -> int:
-    from contracts.layout import runs_root
-    from engine.run.rundir import new_run_id
+    from contracts.layout import new_run_id, runs_root
 
     root = runs_root(args.runs_dir, cfg.logging.runs_dir)
     multi = _needs_launcher(cfg)
     if args.detach or multi:
-        run_id = args.run_id or new_run_id(cfg)
+        run_id = args.run_id or new_run_id(cfg.logging.run_name or cfg.model.name)
         if (root / run_id).exists():
             raise BadInput(f"--run-id {run_id!r}: {root / run_id} already exists; pick another id")
         argv = [args.command, *positional, "--run-id", run_id, "--runs-dir", str(root)]
