@@ -76,7 +76,7 @@ def start_worker(*args: str, log: Path, env: dict[str, str] | None = None) -> su
                             start_new_session=True)
 
 
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 540) -> str:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
