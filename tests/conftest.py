@@ -56,6 +56,11 @@ OFFLINE_AWS = {
 os.environ.update(OFFLINE_AWS)
 os.environ.pop("AWS_PROFILE", None)
 
+# Under pytest-xdist each worker's own torch (the in-process tests) keeps to one thread, as the
+# engines the tests start do (engine_env): the workers share the cores rather than oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def engine_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine.cli", *args]
