@@ -169,8 +169,9 @@ pack
 GPU_TESTS=(tests/test_gpu.py "tests/test_cli.py::test_gpus_without_cuda_and_a_zero_process_count_are_refused"
            "tests/test_quantize.py::test_versions_are_checked_with_an_install_hint"
            "tests/test_quantize.py::test_bad_quantized_training_configs_exit_2_before_a_run_directory_exists")
-# Plugins named, not auto-loaded: the image's own pytest plugins (xdist, cov, benchmark, ...) stay out.
-PYTEST=(env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$PY" -m pytest -p pytest_timeout -p pytest_asyncio.plugin
+# Plugins named, not auto-loaded: the image's own pytest plugins (xdist, cov, benchmark, ...) stay out,
+# and with them pyproject's `-n auto --dist loadfile` (-o addopts=): these few tests run in one process.
+PYTEST=(env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$PY" -m pytest -o addopts= -p pytest_timeout -p pytest_asyncio.plugin
         -p no:cacheprovider -rfEs -q --timeout 240)
 
 if [ "$SMOKE" = 1 ]; then

@@ -56,6 +56,11 @@ OFFLINE_AWS = {
 os.environ.update(OFFLINE_AWS)
 os.environ.pop("AWS_PROFILE", None)
 
+# Under pytest-xdist each worker's own torch (the in-process tests) keeps to one thread, as the
+# engines the tests start do (engine_env): the workers share the cores rather than oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def engine_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine.cli", *args]
@@ -153,3 +158,17 @@ def no_engine_outlives_the_suite(tmp_path_factory):
                 os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+# The files that take longest (measured with --durations on 2 cores), slowest first. Under
+# pytest-xdist's --dist loadfile a file is one unit of work and units go out in collection order:
+# handing the long ones out first lets the short ones fill in, so the workers finish together.
+SLOWEST_FILES = [
+    "test_sweep.py", "test_distributed.py", "test_quantize.py", "test_distill.py", "test_spot.py",
+    "test_s3.py", "test_doctor.py", "test_resume.py", "test_fsdp.py", "test_control.py",
+]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise

@@ -81,9 +81,14 @@ price_per_hour = 1.006
 poll_s = 0.1
 """
 
-#: Generous bound on "the engine exits within N s of the notice" (it takes about 2 s alone,
-#: most of it leaving the process; the window itself is 120 s).
-EXIT_BOUND_S = 30.0
+#: The engine exits within the notice's window (120 s): the promise a spot instance needs. It takes
+#: about 2 s alone, most of it leaving the process; that abandoning an evaluation is what made it
+#: quick is judged by the events (no eval event), not by the clock.
+EXIT_BOUND_S = 120.0
+
+#: Hang nets for the scenarios' engines (several start at once; on a loaded 2-core machine under
+#: pytest-xdist the run directory can take minutes to appear): never a judgement of speed.
+HANG_S = 400
 
 
 def imds_env(server: ImdsServer) -> dict[str, str]:
@@ -265,10 +270,10 @@ class Scenario:
             started = time.monotonic()
             try:
                 self.run = wait_for(lambda: runs.is_dir() and any(runs.iterdir()) and only_run(runs),
-                                    timeout=120, what="the run directory")
+                                    timeout=HANG_S, what="the run directory")
                 if drive is not None:
                     drive(self, server)
-                self.returncode = proc.wait(timeout=180)
+                self.returncode = proc.wait(timeout=HANG_S)
                 self.exited_at = time.time()
                 self.took_s = time.monotonic() - started
             finally:
@@ -294,7 +299,7 @@ def events_so_far(run: Path) -> list[dict]:
 def notice_at_step(step: int):
     """At `step`: the engine's token stops working (it must renew it), and the notice comes."""
     def drive(sc: Scenario, server: ImdsServer) -> None:
-        wait_for(lambda: status_of(sc.run).get("step", 0) >= step, timeout=120, what=f"step {step}")
+        wait_for(lambda: status_of(sc.run).get("step", 0) >= step, timeout=HANG_S, what=f"step {step}")
         assert any(s == 404 for _, _, s in server.requests("instance-action")), "polled with a token"
         server.expire_tokens()
         server.notice(120)
@@ -303,7 +308,7 @@ def notice_at_step(step: int):
 
 
 def notice_during_evaluation(sc: Scenario, server: ImdsServer) -> None:
-    wait_for(lambda: any(e["type"] == "step" and e["step"] == 4 for e in events_so_far(sc.run)), timeout=120,
+    wait_for(lambda: any(e["type"] == "step" and e["step"] == 4 for e in events_so_far(sc.run)), timeout=HANG_S,
              what="the last step")
     time.sleep(0.5)  # the step boundary has long passed: the engine is evaluating
     server.notice(120)
@@ -311,7 +316,7 @@ def notice_during_evaluation(sc: Scenario, server: ImdsServer) -> None:
 
 
 def rebalance_at_step(sc: Scenario, server: ImdsServer) -> None:
-    wait_for(lambda: status_of(sc.run).get("step", 0) >= 7, timeout=120, what="step 7")
+    wait_for(lambda: status_of(sc.run).get("step", 0) >= 7, timeout=HANG_S, what="step 7")
     server.recommend_rebalance()
 
 

@@ -70,13 +70,13 @@ def load(url: str, study: str):
     return optuna.load_study(study_name=study, storage=url)
 
 
-def start_worker(*args: str, log: Path) -> subprocess.Popen:
+def start_worker(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     out = open(log, "wb")
-    return subprocess.Popen(engine_cmd("sweep", *args), env=engine_env(), stdout=out, stderr=subprocess.STDOUT,
+    return subprocess.Popen(engine_cmd("sweep", *args), env=env or engine_env(), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 540) -> str:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -140,8 +140,45 @@ def test_bad_sweep_configs_exit_2_naming_the_key_and_write_nothing(tmp_path: Pat
 
 # -- a real study, two workers at once on SQLite -----------------------------------------------
 
+PACED_DIGITS = '''
+import time
+from torch.utils.data import Dataset
+import torch
+from engine.data.sources import TensorImages, digits_arrays
+
+class Paced(Dataset):
+    """The digits, each training sample handed over after a short sleep (no CPU)."""
+
+    classes = list(range(10))
+
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return self.inner[i]
+
+def make(delay):
+    images, target = digits_arrays()
+    full = TensorImages(torch.tensor(images, dtype=torch.float32).unsqueeze(1), torch.tensor(target), scale=16.0)
+    train, val = full.split(0.2)
+    return Paced(train, delay), val
+'''
+
+
 def test_a_study_of_eight_trials_by_two_workers_on_sqlite_prunes_and_reports_the_best(tmp_path: Path):
-    cfg = write(tmp_path / "digits.toml", BASE + SPACE)
+    # The digits, paced: each training epoch lasts at least 1437 x 2 ms of sleep (no CPU), so a
+    # pruned trial's last two epochs take 5.7 s or more whatever the load, and the prune command the
+    # worker sends after epoch 1 reaches the engine before its run could finish (the run ends
+    # "pruned", exit 3). On a loaded machine every step is slower, which only widens that margin.
+    write(tmp_path / "pacedigits.py", PACED_DIGITS)
+    env = engine_env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    paced = BASE.replace('name = "digits"', 'name = "pacedigits:make"\nfactory_args = { delay = 0.002 }')
+    cfg = write(tmp_path / "digits.toml", paced + SPACE)
     runs = tmp_path / "runs"
     runs.mkdir()
     url = sqlite_url(runs)
@@ -152,8 +189,8 @@ def test_a_study_of_eight_trials_by_two_workers_on_sqlite_prunes_and_reports_the
     study = optuna.create_study(study_name="digits", storage=url, direction="maximize")
     for lr, width in [(0.1, 4), (0.1, 8), (0.1, 4), (0.1, 8), (1e-6, 4), (1e-6, 8)]:
         study.enqueue_trial({"optim.lr": lr, "model.factory_args.width": width})
-    a = start_worker(str(cfg), "--runs-dir", str(runs), "--parallel", "2", "--json", log=tmp_path / "a.log")
-    b = start_worker(str(cfg), "--runs-dir", str(runs), "--parallel", "2", log=tmp_path / "b.log")
+    a = start_worker(str(cfg), "--runs-dir", str(runs), "--parallel", "2", "--json", log=tmp_path / "a.log", env=env)
+    b = start_worker(str(cfg), "--runs-dir", str(runs), "--parallel", "2", log=tmp_path / "b.log", env=env)
     out_a, out_b = finish(a, tmp_path / "a.log"), finish(b, tmp_path / "b.log")
     assert (a.returncode, b.returncode) == (0, 0), (out_a[-3000:], out_b[-3000:])
     for out in (out_a, out_b):
