@@ -100,9 +100,11 @@ def connect(socket_path: str, timeout: float, retry_s: float = CONNECT_RETRY_S) 
         delay = min(delay * 2, 0.2)
 
 
-def send_command(socket_path: str, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
-    """Send one command over a run's control socket and wait for its reply."""
-    with connect(str(socket_path), timeout) as sock:
+def send_command(socket_path: str, cmd: str, timeout: float = 30.0, retry_s: float = CONNECT_RETRY_S,
+                 **args: Any) -> dict[str, Any]:
+    """Send one command over a run's control socket and wait for its reply (a busy listener is
+    retried for `retry_s`)."""
+    with connect(str(socket_path), timeout, retry_s) as sock:
         sock.sendall(encode_request(cmd, **args))
         buf = b""
         while not buf.endswith(b"\n"):

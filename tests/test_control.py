@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY, engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
 from engine.checkpoint.store import load
 from engine.config.loading import load as load_config
-from contracts.control import connect, decode_reply, encode_request, send_command
+from contracts.control import send_command
 from contracts.events import EXIT_FAILED, EXIT_STOPPED
 from engine.train.schedule import lr_at
 
@@ -210,15 +210,7 @@ def test_a_crowd_of_clients_all_get_status_replies(live):
     import threading
 
     def without_retry() -> dict:
-        with connect(live.sock, timeout=30, retry_s=0) as sock:
-            sock.sendall(encode_request("status"))
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        return decode_reply(buf)
+        return send_command(live.sock, "status", retry_s=0)
 
     clients, each = 50, 4
     barrier, lock = threading.Barrier(clients), threading.Lock()
