@@ -70,8 +70,11 @@ def encode_reply(ok: bool, **fields: Any) -> bytes:
 
 
 def decode_reply(raw: bytes) -> dict[str, Any]:
-    """Parse a reply line."""
-    obj = json.loads(raw)
+    """Parse a reply line (ProtocolError for anything that is not one)."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        obj = None
     if not isinstance(obj, dict) or "ok" not in obj:
         raise ProtocolError(f"malformed reply: {raw[:200]!r}")
     return obj
@@ -112,6 +115,8 @@ def send_command(socket_path: str, cmd: str, timeout: float = 30.0, retry_s: flo
             if not chunk:
                 break
             buf += chunk
+    if not buf:  # the engine exited (or closed the socket) before it answered
+        raise ConnectionResetError(f"{socket_path}: the engine closed the connection without a reply to {cmd!r}")
     return decode_reply(buf)
 
 

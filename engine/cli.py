@@ -290,7 +290,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     extra = {"lr": args.lr} if args.cmd == "set" else {}
     try:
         reply = send_command(socket_path, args.cmd, **extra)
-    except (FileNotFoundError, ConnectionRefusedError):
+    except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError):
         raise BadInput(f"run {str(run)!r}: no engine is listening (state {status.get('state')!r})") from None
     print(json.dumps(reply))
     return 0 if reply.get("ok") else 1

@@ -225,7 +225,7 @@ def test_replies_round_trip_and_stay_valid_json():
     assert decode_reply(raw) == {"ok": True, "step": 12, "loss": "nan", "lr": 0.1}
     error = decode_reply(encode_reply(False, error="unknown command 'x'"))
     assert error == {"ok": False, "error": "unknown command 'x'"}
-    for bad in (b'{"step": 1}\n', b"[true]\n"):
+    for bad in (b'{"step": 1}\n', b"[true]\n", b"not json\n", b""):
         with pytest.raises(ProtocolError, match="malformed reply"):
             decode_reply(bad)
 
@@ -304,3 +304,31 @@ def test_connect_to_a_missing_socket_fails_at_once(tmp_path):
     with pytest.raises(FileNotFoundError):
         send_command(str(tmp_path / "no-engine.sock"), "status")
     assert time.monotonic() - start < 0.5  # no retrying: there is no engine to wait for
+
+
+def test_an_engine_that_closes_without_replying_is_a_connection_error():
+    """An engine that exits between accepting a command and answering it (a sweep's prune racing
+    the run's end) is an OSError for the client, like a missing socket, not a JSON error."""
+    import socket
+    import tempfile
+    import threading
+
+    from contracts.control import send_command
+
+    with tempfile.TemporaryDirectory(prefix="ck-") as folder:
+        path = str(Path(folder) / "c.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(1)
+
+        def accept_and_close():
+            conn, _ = server.accept()
+            conn.recv(4096)
+            conn.close()
+
+        threading.Thread(target=accept_and_close, daemon=True).start()
+        try:
+            with pytest.raises(ConnectionResetError, match="closed the connection without a reply to 'prune'"):
+                send_command(path, "prune", timeout=10)
+        finally:
+            server.close()

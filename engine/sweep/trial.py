@@ -150,8 +150,8 @@ class TrialEngine:
     def _send_prune(self, socket_path: str, why: str) -> None:
         try:
             send_command(socket_path, "prune", timeout=120, reason=why)
-        except OSError:
-            pass  # the run ended first: its state says how
+        except (OSError, ValueError):
+            pass  # the run ended first (or closed the socket before answering): its state says how
 
     def _end(self, code: int) -> Outcome:
         try:
