@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import warm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,15 +76,27 @@ def engine_env() -> dict[str, str]:
 
 def run_engine(*args: str, cwd: Path | None = None, timeout: float = 240,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run cockpit-engine to completion and return the completed process."""
-    return subprocess.run(engine_cmd(*args), cwd=cwd, env=env or engine_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    """Run cockpit-engine to completion (warm: tests/warm.py) and return the completed process."""
+    if warm.cold():
+        return subprocess.run(engine_cmd(*args), cwd=cwd, env=env or engine_env(), capture_output=True,
+                              text=True, timeout=timeout)
+    return warm.run(args, cwd=cwd, env=env or engine_env(), timeout=timeout)
 
 
-def start_engine(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+def popen_engine(args, **popen_kwargs):
+    """`subprocess.Popen(engine_cmd(*args), **popen_kwargs)`, warm unless COCKPIT_TESTS_COLD=1.
+
+    The process has Popen's interface and the engine's own pid; `env` defaults to engine_env().
+    """
+    popen_kwargs.setdefault("env", engine_env())
+    if warm.cold():
+        return subprocess.Popen(engine_cmd(*args), **popen_kwargs)
+    return warm.WarmProcess(args, **popen_kwargs)
+
+
+def start_engine(*args: str, cwd: Path | None = None):
     """Start cockpit-engine in the background."""
-    return subprocess.Popen(engine_cmd(*args), cwd=cwd, env=engine_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return popen_engine(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def only_run(runs: Path) -> Path:
@@ -134,8 +147,7 @@ def run_engines(jobs: dict[str, dict], timeout: float = 240) -> dict[str, subpro
     from concurrent.futures import ThreadPoolExecutor
 
     def one(job: dict) -> subprocess.CompletedProcess:
-        return subprocess.run(engine_cmd(*job["args"]), cwd=job.get("cwd"), env=job.get("env") or engine_env(),
-                              capture_output=True, text=True, timeout=timeout)
+        return run_engine(*job["args"], cwd=job.get("cwd"), env=job.get("env"), timeout=timeout)
 
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         futures = {name: pool.submit(one, job) for name, job in jobs.items()}
@@ -144,7 +156,11 @@ def run_engines(jobs: dict[str, dict], timeout: float = 240) -> dict[str, subpro
 
 @pytest.fixture(scope="session", autouse=True)
 def no_engine_outlives_the_suite(tmp_path_factory):
-    """Safety net: detached engines a failing test left behind are killed at the end."""
+    """Safety net: detached engines a failing test left behind are killed at the end.
+
+    It also starts this worker's warm engine server, whose imports then overlap the first tests.
+    """
+    warm.start_server(engine_env())
     yield
     import signal
 
@@ -154,7 +170,8 @@ def no_engine_outlives_the_suite(tmp_path_factory):
         if status.get("state") in ("stopped", "finished", "failed") or not isinstance(pid, int) or pid <= 0:
             continue
         try:  # only if that pid is still an engine (pids get reused)
-            if b"engine.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"engine.cli" in cmdline or b"warm.py" in cmdline:
                 os.kill(pid, signal.SIGKILL)
         except OSError:
             pass

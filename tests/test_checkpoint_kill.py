@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import TINY, engine_cmd, engine_env, events_of, only_run, status_of, wait_for
+from conftest import popen_engine, TINY, events_of, only_run, status_of, wait_for
 from engine.checkpoint.store import CheckpointStore, load
 from engine.run.rundir import RunDir
 from test_resume import final_state, step_losses
@@ -105,7 +105,7 @@ TOTAL = 90
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "a") as f:
-        return subprocess.Popen(engine_cmd(*args), env=engine_env(), stdout=f, stderr=subprocess.STDOUT)
+        return popen_engine(args, stdout=f, stderr=subprocess.STDOUT)
 
 
 def kill_at(proc: subprocess.Popen, run: Path, step: int, log: Path, rng: random.Random) -> int:

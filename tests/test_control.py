@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
+from conftest import popen_engine, TINY, engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
 from engine.checkpoint.store import load
 from engine.config.loading import load as load_config
 from contracts.control import send_command
@@ -40,7 +40,7 @@ def launch(base: Path, *args: str, env: dict | None = None) -> tuple[subprocess.
     """Start the engine with stdout/stderr in a file (a pipe could fill and stall a long run)."""
     out = base / "engine-output.txt"
     with open(out, "w") as f:
-        proc = subprocess.Popen(engine_cmd(*args), env=env or engine_env(), stdout=f,
+        proc = popen_engine(args, env=env or engine_env(), stdout=f,
                                 stderr=subprocess.STDOUT)
     return proc, out
 

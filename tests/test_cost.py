@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, engine_cmd, engine_env, events_of, only_run, run_engines, status_of, wait_for
+from conftest import popen_engine, TINY, engine_cmd, engine_env, events_of, only_run, run_engines, status_of, wait_for
 from engine.cli import main as cli_main
 from contracts.control import send_command
 from contracts.events import encode_event, make_event
@@ -226,7 +226,7 @@ def test_the_ledger_reads_only_the_newest_session_backwards(tmp_path: Path):
 def launch(base: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     out = base / "engine-output.txt"
     with open(out, "w") as f:
-        proc = subprocess.Popen(engine_cmd(*args), env=engine_env(), stdout=f, stderr=subprocess.STDOUT)
+        proc = popen_engine(args, stdout=f, stderr=subprocess.STDOUT)
     return proc, out
 
 

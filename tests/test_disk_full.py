@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
+from conftest import popen_engine, TINY, events_of, only_run, run_engine, status_of, wait_for
 from contracts.control import send_command
 from contracts.events import EXIT_FAILED, EXIT_FINISHED
 
@@ -48,7 +48,7 @@ def start(base: Path, runs: Path, *sets: str) -> tuple[subprocess.Popen, Path]:
     for s in sets:
         args += ["--set", s]
     with open(out, "w") as f:
-        proc = subprocess.Popen(engine_cmd(*args), env=engine_env(), stdout=f, stderr=subprocess.STDOUT)
+        proc = popen_engine(args, stdout=f, stderr=subprocess.STDOUT)
     return proc, out
 
 

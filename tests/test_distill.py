@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import engine_env, events_of, only_run, run_engine, run_engines, start_engine, status_of, wait_for
+from conftest import events_of, only_run, run_engine, run_engines, start_engine, status_of, wait_for
 from engine.checkpoint.store import load
 from engine.config.loading import validate
 from engine.model.teacher import Teacher, weights_sha256

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import engine_cmd, engine_env, events_of, run_engine, run_engines, status_of, wait_for
+from conftest import popen_engine, engine_env, events_of, run_engine, run_engines, status_of, wait_for
 from engine.checkpoint.store import load as load_checkpoint
 from engine.config.loading import load as load_config
 from engine.data.sampler import EpochSampler
@@ -114,7 +114,7 @@ def launch(base: Path, *args: str, env: dict | None = None, name: str = "engine"
     pipe could fill up and stall a long run)."""
     out = base / f"{name}-output.txt"
     with open(out, "w") as f:
-        proc = subprocess.Popen(engine_cmd(*args), cwd=base, env=env or engine_env(), stdout=f,
+        proc = popen_engine(args, cwd=base, env=env or engine_env(), stdout=f,
                                 stderr=subprocess.STDOUT)
     return Engine(proc, out)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import engine_cmd, engine_env, events_of, run_engine, wait_for
+from conftest import popen_engine, events_of, run_engine, wait_for
 from contracts.control import send_command
 
 CONFIG = """
@@ -57,7 +57,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         assert done.returncode == 0, done.stderr[-3000:]
 
     cut = root / "runs" / "cut"
-    proc = subprocess.Popen(engine_cmd(*base, "--run-id", "cut", FSDP), env=engine_env(),
+    proc = popen_engine([*base, "--run-id", "cut", FSDP],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def status() -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, engine_cmd, engine_env, only_run, status_of
+from conftest import popen_engine, run_engine, TINY, only_run, status_of
 from contracts.events import EXIT_FINISHED, decode_event
 
 ONE_EPOCH = ("--set", "train.epochs=1")
@@ -34,8 +34,7 @@ class Finished:
 
 
 def piped(runs: Path, *args: str) -> Finished:
-    done = subprocess.run(engine_cmd(*args, "--runs-dir", str(runs)), env=engine_env(),
-                          capture_output=True, text=True, timeout=240)
+    done = run_engine(*args, "--runs-dir", str(runs), timeout=240)
     return Finished(done.returncode, done.stdout, done.stderr, runs)
 
 
@@ -43,7 +42,7 @@ def on_terminal(runs: Path, *args: str) -> Finished:
     """Run with stdout and stderr on a pseudo-terminal; return everything it drew."""
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen(engine_cmd(*args, "--runs-dir", str(runs)), env=engine_env(),
+        proc = popen_engine([*args, "--runs-dir", str(runs)],
                                 stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
     finally:
         os.close(slave)

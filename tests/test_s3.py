@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, engine_cmd, events_of, only_run, run_engine, run_engines, status_of, wait_for
+from conftest import popen_engine, TINY, events_of, only_run, run_engine, run_engines, status_of, wait_for
 from engine.checkpoint.store import load
 from contracts.errors import BadInput
 from contracts.events import EXIT_BAD_INPUT, EXIT_FINISHED, EXIT_STOPPED
@@ -129,8 +129,8 @@ def test_a_spot_notice_uploads_the_stop_checkpoint_multipart_and_a_new_instance_
     cut_runs, fresh_runs = tmp_path / "cut", tmp_path / "fresh"
     env = aws_env(moto, **MULTIPART)
     with ImdsServer() as imds:  # the first instance: spot, its metadata service on loopback
-        proc = subprocess.Popen(engine_cmd("run", str(tmp_path / "big.toml"), "--runs-dir", str(cut_runs),
-                                           "--run-id", "spot-1", "--set", f"checkpoint.s3_uri='{uri}'"),
+        proc = popen_engine(["run", str(tmp_path / "big.toml"), "--runs-dir", str(cut_runs),
+                                           "--run-id", "spot-1", "--set", f"checkpoint.s3_uri='{uri}'"],
                                 env={**env, "AWS_EC2_METADATA_DISABLED": "false",
                                      "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -240,9 +240,9 @@ def test_unreachable_s3_exits_2_naming_it_and_a_plain_run_never_imports_boto3(tm
 def test_an_engine_whose_lease_was_taken_over_stops_and_leaves_the_new_owner_alone(tmp_path: Path, moto: str):
     name = bucket("lease-lost")
     (tmp_path / "tiny.toml").write_text(TINY)
-    proc = subprocess.Popen(engine_cmd("run", str(tmp_path / "tiny.toml"), "--runs-dir", str(tmp_path / "runs"),
+    proc = popen_engine(["run", str(tmp_path / "tiny.toml"), "--runs-dir", str(tmp_path / "runs"),
                                        "--run-id", "r", "--set", f"checkpoint.s3_uri='s3://{name}/runs'",
-                                       "--set", "checkpoint.s3_lease_s=5", "--set", "train.epochs=30"),
+                                       "--set", "checkpoint.s3_lease_s=5", "--set", "train.epochs=30"],
                             env=aws_env(moto), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "runs" / "r"
     wait_for(lambda: status_of(run).get("step", 0) >= 10, what="step 10")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cockpit_helpers import until
-from conftest import engine_cmd, engine_env, events_of, only_run, run_engine, status_of, wait_for
+from conftest import popen_engine, engine_env, events_of, only_run, run_engine, status_of, wait_for
 from engine.checkpoint.store import load
 from engine.cloud import detect, imds
 from engine.cloud.facts import InstanceFacts
@@ -263,7 +263,7 @@ class Scenario:
             if silent:  # it accepts every request and never answers, from the start
                 server.silent.set()
             env = imds_env(server) if self.imds else engine_env()
-            proc = subprocess.Popen(engine_cmd("run", str(self.folder / "run.toml"), "--runs-dir", str(runs), *extra),
+            proc = popen_engine(["run", str(self.folder / "run.toml"), "--runs-dir", str(runs), *extra],
                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             drain = threading.Thread(target=lambda: setattr(self, "stderr", proc.stderr.read()), daemon=True)
             drain.start()

@@ -14,13 +14,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from conftest import engine_cmd, engine_env, status_of, wait_for
+from conftest import popen_engine, engine_cmd, engine_env, status_of, wait_for
 
 optuna = pytest.importorskip("optuna")
 
@@ -72,7 +71,7 @@ def load(url: str, study: str):
 
 def start_worker(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     out = open(log, "wb")
-    return subprocess.Popen(engine_cmd("sweep", *args), env=env or engine_env(), stdout=out, stderr=subprocess.STDOUT,
+    return popen_engine(["sweep", *args], env=env or engine_env(), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import (engine_cmd, engine_env, events_of, only_run, run_engine, start_engine, status_of,
+from conftest import (engine_env, popen_engine, events_of, only_run, run_engine, start_engine, status_of,
                       wait_for)
 from engine.config.schema import ScheduleConfig
 from contracts.control import send_command
@@ -62,7 +62,7 @@ def plain_run(tmp_path_factory):
     with the kill-and-resume test (each engine uses one core)."""
     folder = tmp_path_factory.mktemp("plain")
     (folder / "run.toml").write_text(RUN % {"max_steps": 30})
-    proc = subprocess.Popen(engine_cmd("run", str(folder / "run.toml"), "--runs-dir", str(folder / "runs")),
+    proc = popen_engine(["run", str(folder / "run.toml"), "--runs-dir", str(folder / "runs")],
                             env=engine_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     yield proc, folder / "runs"
     if proc.poll() is None:
