@@ -58,7 +58,8 @@ async def test_the_banner_says_why_the_engine_paused_itself(tmp_path: Path):
         lines = banner.text.plain.splitlines()
         assert "PAUSED  step 30" in lines[0]
         assert lines[1].strip() == REASON  # the whole reason: folder, free space, size, last good
-        assert "disk full" in app.query_one(LogPane).text.plain
+        log = app.query_one(LogPane)  # the log pane is refreshed on its own timer, not with the banner
+        await until(pilot, lambda: "disk full" in log.text.plain, what="the warning in the log pane")
 
 
 def test_a_paused_run_without_a_reason_keeps_one_line():
