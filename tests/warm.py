@@ -10,8 +10,9 @@ streams, a session of its own when asked, and its exit code or signal. The test 
 `status.json`'s pid and process-tree checks see the real engine.
 
 What differs from a cold start, and where the suite stays cold: the test process is not the
-engine's parent (`os.waitpid` on it fails; `wait()` asks the server, which is), every child shares
-the server's hash seed, and modules the server imported are already in `sys.modules`. Tests of
+engine's parent (`os.waitpid` on it fails; `wait()` asks the server, which is), `/proc/PID/cmdline`
+and `/proc/PID/environ` show the server's (the environment itself is the child's), every child
+shares the server's hash seed, and modules the server imported are already in `sys.modules`. Tests of
 start-up itself (which modules a command imports, `--help`, exit codes before torch loads) call
 `engine_cmd` and run cold; torchrun's ranks, sweep trials and cockpit-launched engines are started
 by the product and run cold too. `COCKPIT_TESTS_COLD=1` runs every engine cold.
