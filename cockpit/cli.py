@@ -19,6 +19,7 @@ q quit (the engine keeps training), ctrl+p palette.
 examples:
   cockpit                       the runs directory: pick a run to watch
   cockpit demo                  start the demo run (bundled digits) and watch it
+  cockpit demo --gpt            the language-model demo (a transformer on Python's own source)
   cockpit attach RUN            watch a run again, with its whole history
   cockpit run run.toml --gpus 4 start a run on 4 local GPUs (DDP, torchrun underneath) and watch it
   cockpit runs                  list runs without the UI (--json: for scripts)
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "else sqlite:///<runs-dir>/sweeps.db)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("demo", help="start the demo run and attach to it")
+    p.add_argument("--gpt", action="store_true",
+                   help="the language-model demo: a byte-level transformer on Python's own standard library")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a demo config field, e.g. --set train.epochs=100")
     p = sub.add_parser("attach", help="attach to a run (a path or a run id)")
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cockpit: run {args.run!r}: no run directory here or under {str(root)!r}", file=sys.stderr)
             return 2
     elif args.command == "demo":
-        launch = ("demo", args.set)
+        launch = ("demo-gpt" if args.gpt else "demo", args.set)
     elif args.command == "run":
         n = args.gpus if args.gpus is not None else args.nproc
         if n is not None and n < 1:

@@ -30,10 +30,10 @@ def _run(cmd: list[str]) -> Launch:
     return Launch(done.returncode, run, "\n".join(message[-6:]))
 
 
-def start_demo(runs_root: Path, overrides: list[str]) -> Launch:
-    """The built-in demo, detached."""
+def start_demo(runs_root: Path, overrides: list[str], gpt: bool = False) -> Launch:
+    """The built-in demo (or the language-model one), detached."""
     sets = [f"--set={s}" for s in overrides]
-    return _run(_engine("demo", "--detach", "--runs-dir", str(runs_root), *sets))
+    return _run(_engine("demo", *(["--gpt"] if gpt else []), "--detach", "--runs-dir", str(runs_root), *sets))
 
 
 def start_run(config: Path, runs_root: Path, overrides: list[str] = ()) -> Launch:

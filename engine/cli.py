@@ -74,6 +74,9 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="train the built-in demo (bundled digits, no download)", **sub_kw)
     p.add_argument("--run-id", help="name of the run directory")
+    p.add_argument("--gpt", action="store_true",
+                   help="the language-model demo instead: a byte-level transformer on the Python standard "
+                        "library's own source (no download)")
     _common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -192,7 +195,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     args.set = args.set + _launch_sets(args)
-    raw = config_mod.tomllib.loads(resources.files("engine").joinpath("demo.toml").read_text())
+    raw = config_mod.tomllib.loads(resources.files("engine").joinpath(
+        "demo_gpt.toml" if args.gpt else "demo.toml").read_text())
+    if args.gpt:
+        import sysconfig
+
+        raw["data"]["root"] = sysconfig.get_paths()["stdlib"]
     cfg = config_mod.validate(config_mod.apply_overrides(raw, args.set), "demo config")
     return _start(_fits_machine(cfg, "demo config", args.set), args, [])
 

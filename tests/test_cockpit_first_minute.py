@@ -55,7 +55,7 @@ async def test_a_launch_says_what_is_happening_until_the_first_step(tmp_path: Pa
                                       + encode_event(make_event("step", t=2.0, step=3, epoch=0, loss=2.3)))
     release = threading.Event()
 
-    def start_demo(runs_root: Path, overrides: list[str]) -> launcher.Launch:
+    def start_demo(runs_root: Path, overrides: list[str], gpt: bool = False) -> launcher.Launch:
         release.wait(20)  # the engine is still importing torch
         return launcher.Launch(0, run, "")
 
@@ -83,7 +83,7 @@ async def test_a_launch_says_what_is_happening_until_the_first_step(tmp_path: Pa
 
 
 async def test_a_launch_that_fails_says_so_and_leaves_the_starting_view(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(launcher, "start_demo", lambda root, over: launcher.Launch(2, None, "bad config"))
+    monkeypatch.setattr(launcher, "start_demo", lambda root, over, gpt=False: launcher.Launch(2, None, "bad config"))
     app = CockpitApp(tmp_path / "runs", launch=("demo", []), user=Settings(), poll_gpu=False)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: any("did not start" in str(n.message) for n in app._notifications),

@@ -52,13 +52,14 @@ class RunControl:
     last_checkpoint_press = -10.0
 
     def launch(self, kind: str, args: list[str]) -> None:
-        """Start an engine in a worker (`demo` with --set args, or `run` CONFIG [--set ...]), then attach."""
+        """Start an engine in a worker (`demo` or `demo-gpt` with --set args, or `run` CONFIG [--set ...]), then attach."""
         def work() -> None:
-            result = (launcher.start_demo(self.runs_root, args) if kind == "demo"
+            result = (launcher.start_demo(self.runs_root, args, gpt=kind == "demo-gpt") if kind.startswith("demo")
                       else launcher.start_run(Path(args[0]), self.runs_root, args[1:]))
             self.app.call_from_thread(self._launched, result)
 
-        self.begin_starting("starting the demo run" if kind == "demo" else f"starting a run from {Path(args[0]).name}")
+        self.begin_starting("starting the demo run" if kind.startswith("demo")
+                            else f"starting a run from {Path(args[0]).name}")
         self.run_worker(work, thread=True, group="launch", name="launch")
 
     def _launched(self, result: launcher.Launch) -> None:

@@ -1,6 +1,9 @@
-"""Accuracy: training accuracy at logging steps and validation accuracy per epoch."""
+"""Accuracy: training accuracy at logging steps and validation accuracy per epoch; a language
+model's validation perplexity in the title."""
 
 from __future__ import annotations
+
+import math
 
 from cockpit.history import RunHistory
 from cockpit.widgets.chart import ChartPane
@@ -13,6 +16,10 @@ class AccuracyPane(ChartPane):
     TITLE = "accuracy"
 
     def show(self, h: RunHistory) -> None:
+        metrics = h.last_eval.get("metrics")
+        ppl = metrics.get("perplexity") if isinstance(metrics, dict) else None
+        known = isinstance(ppl, (int, float)) and not isinstance(ppl, bool) and math.isfinite(ppl)
+        self.border_title = f"{self.TITLE} · val perplexity {ppl:,.2f}" if known else self.TITLE
         train, val = h.accuracy.points(), h.val_accuracy.points()
         color = self.chart.theme_color
         self.chart.draw("accuracy", [

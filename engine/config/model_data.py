@@ -10,9 +10,9 @@ from engine.config.base import Int, Section, suggest
 from engine.config.importing import is_import_path
 
 BUILTIN_DATASETS = (
-    "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic",
+    "digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "text",
 )
-DATASETS_WITH_ROOT = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS_WITH_ROOT = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "text")
 
 
 class ModelConfig(Section):
@@ -21,7 +21,9 @@ class ModelConfig(Section):
     name: str = Field(
         "small_cnn",
         description="'small_cnn' (a compact CNN for tiny images; factory_args width, norm, dropout), "
-        "'mlp' (Linear layers; factory_args hidden = [256, 256], dropout), any torchvision "
+        "'mlp' (Linear layers; factory_args hidden = [256, 256], dropout), 'gpt' (a decoder-only "
+        "transformer over bytes, for data.name = 'text'; factory_args layers = 4, dim = 128, heads = 4, "
+        "context = 128, dropout = 0), any torchvision "
         "classification model ('resnet18', 'mobilenet_v3_small', ...), or your own "
         "'package.module:factory' called as factory(num_classes=, in_channels=, **factory_args)",
     )
@@ -76,10 +78,13 @@ class DataConfig(Section):
         description="'digits' (scikit-learn's bundled 8x8 handwritten digits, no download), "
         "'mnist', 'fashion_mnist', 'cifar10', 'cifar100' (torchvision's on-disk layout under "
         "root), 'imagefolder' (root/train/<class>/*, root/val/<class>/*), 'synthetic' "
-        "(random tensors, for benchmarks), or 'package.module:factory' returning "
+        "(random tensors, for benchmarks), 'text' (next-byte prediction over every text file under "
+        "root; the held-out tail validates), or 'package.module:factory' returning "
         "(train_dataset, val_dataset)",
     )
     root: Optional[str] = Field(None, description="Directory of an on-disk dataset")
+    max_bytes: Optional[Int] = Field(
+        None, ge=1, description="text: read at most this many bytes of the corpus (files in path order)")
     download: bool = Field(
         False, description="Let torchvision download a missing dataset into root (off: never)"
     )
@@ -125,6 +130,10 @@ class DataConfig(Section):
         if self.device_resident and self.name in ("imagefolder",) or (self.device_resident and ":" in self.name):
             raise ValueError(f"device_resident=true needs an in-memory dataset (digits, mnist, fashion_mnist, "
                              f"cifar10, cifar100, synthetic), not {self.name!r}")
+        if self.name == "text" and (self.augment.random_crop_padding or self.augment.horizontal_flip):
+            raise ValueError("augment: crops and flips are for images; data.name='text' takes neither")
+        if self.name == "text" and self.device_resident:
+            raise ValueError("device_resident=true is for in-memory image sets, not data.name='text'")
         if self.num_workers == 0 and self.persistent_workers:
             raise ValueError("persistent_workers=true needs num_workers > 0: raise data.num_workers")
         if self.num_workers == 0 and self.prefetch_factor is not None:

@@ -23,6 +23,7 @@ class Prepared(Dataset):
     def __init__(self, base: Dataset, spec: DataSpec, aug: AugmentConfig, seed: int, train: bool):
         self.base, self.aug, self.seed, self.train = base, aug, seed, train
         self.random = train and (aug.random_crop_padding > 0 or aug.horizontal_flip)
+        self.tokens = spec.kind == "tokens"
 
     def __len__(self) -> int:
         return len(self.base)
@@ -30,6 +31,8 @@ class Prepared(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, i = key
         x, y = self.base[i]
+        if self.tokens:  # token windows and their targets, as they are
+            return x, y
         x = as_tensor(x)
         if self.random:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 2**24 + i)

@@ -45,6 +45,8 @@ class DataSpec:
     in_channels: int
     mean: list[float]
     std: list[float]
+    #: "images" (float CHW samples, class labels) or "tokens" (token windows and their next tokens)
+    kind: str = "images"
 
 
 class TensorImages(Dataset):
@@ -241,6 +243,11 @@ def as_tensor(x: Any) -> torch.Tensor:
 
 def build_spec(cfg: Config) -> DataSpec:
     """Load the configured dataset (BadInput for missing paths or broken factories)."""
+    if cfg.data.name == "text":
+        from engine.data.text import VOCAB, context_of, text_sets
+
+        train, val = text_sets(cfg, context_of(cfg))
+        return DataSpec(train, val, VOCAB, 1, [0.0], [1.0], kind="tokens")
     source = SOURCES.get(cfg.data.name, _factory)
     train, val, num_classes = source(cfg)
     if len(train) == 0 or len(val) == 0:

@@ -112,9 +112,16 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     num_classes = cfg.model.num_classes or spec.num_classes
     in_channels = cfg.model.in_channels or spec.in_channels
     name = cfg.model.name
-    if name == "small_cnn":
+    if (spec.kind == "tokens") != (name == "gpt") and ":" not in name:
+        raise BadInput(f"model.name = {name!r} with data.name = {cfg.data.name!r}: 'gpt' trains on token windows "
+                       "(data.name = 'text'); the image models train on images")
+    if name == "gpt":
+        from engine.model.gpt import build_gpt
+
+        model: nn.Module = build_gpt(num_classes, cfg.model.factory_args)
+    elif name == "small_cnn":
         try:
-            model: nn.Module = SmallCNN(num_classes, in_channels, **cfg.model.factory_args)
+            model = SmallCNN(num_classes, in_channels, **cfg.model.factory_args)
         except TypeError as exc:
             raise BadInput(f"model.factory_args = {cfg.model.factory_args!r}: small_cnn takes width, norm "
                            f"and dropout ({exc})") from None

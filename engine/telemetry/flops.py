@@ -18,7 +18,7 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def flops_per_sample(model, sample_shape: tuple[int, ...]) -> float | None:
+def flops_per_sample(model, sample_shape: tuple[int, ...], dtype=None) -> float | None:
     """FLOPs of one forward and backward pass per sample, counted by torch on a meta-device copy.
 
     The copy lives on the meta device: no memory, no compute, and no RNG draws, so counting
@@ -32,7 +32,7 @@ def flops_per_sample(model, sample_shape: tuple[int, ...]) -> float | None:
     try:
         with torch.random.fork_rng(devices=[]):
             meta = copy.deepcopy(model).to("meta")
-            x = torch.empty((2, *sample_shape), device="meta")
+            x = torch.zeros((2, *sample_shape), device="meta", dtype=dtype)
             with FlopCounterMode(display=False) as counter:
                 meta(x).float().sum().backward()
         return counter.get_total_flops() / 2

@@ -50,7 +50,9 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, ta
     # .item() here is a host-device sync, once per evaluation
     reduced = reduce([float(sums[n].item()) for n in names] + [float(total)])
     count = reduced[-1]
-    return {n: v / count for n, v in zip(names, reduced[:-1])}
+    metrics = {n: v / count for n, v in zip(names, reduced[:-1])}
+    derive = getattr(task, "derive", None)  # metrics made from the means (a language model's perplexity)
+    return derive(metrics) if derive else metrics
 
 
 @dataclass

@@ -79,12 +79,13 @@ class StepMeter:
         self.samples += n
 
     def add_correct(self, logits: torch.Tensor | None, y: torch.Tensor) -> None:
-        """Count one micro-batch's correct predictions, as a device tensor (class labels only)."""
-        if logits is None or logits.dim() != 2 or y.dim() != 1 or len(logits) != len(y):
+        """Count one micro-batch's correct predictions, as a device tensor: one per class label, or
+        one per token (logits (B, T, vocab) against targets (B, T))."""
+        if logits is None or y.is_floating_point() or logits.dim() != y.dim() + 1 or logits.shape[:-1] != y.shape:
             return
-        correct = (logits.detach().argmax(1) == y).sum()
+        correct = (logits.detach().argmax(-1) == y).sum()
         self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
-        self.counted += len(y)
+        self.counted += y.numel()
 
     def pending_loss(self) -> float | None:
         """The summed loss not yet reported (a host-device sync; used before a save)."""

@@ -8,11 +8,14 @@ writes as ``loss/<part>``. A new objective is a new task, not a branch in the lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from contracts.errors import BadInput
 
 
 @dataclass
@@ -43,6 +46,33 @@ class Classification:
         """Validation sums over a batch (device tensors): summed loss and correct answers."""
         return {"loss": nn.functional.cross_entropy(logits.float(), y, reduction="sum"),
                 "accuracy": (logits.argmax(1) == y).sum()}
+
+
+class NextToken(Classification):
+    """Cross-entropy of next-token logits (B, T, vocab) against targets (B, T), averaged over tokens.
+
+    Validation reports the mean loss per token, token accuracy and perplexity (exp of the loss;
+    windows all have the same length, so a per-window mean summed over windows is a per-token mean).
+    """
+
+    name = "next_token"
+
+    def __call__(self, model: Callable[[torch.Tensor], torch.Tensor], batch: tuple[Any, Any]) -> StepOutput:
+        x, y = batch
+        logits = model(x)
+        loss = self.loss_fn(logits.flatten(0, 1), y.flatten())
+        return StepOutput(loss, {"ce": loss.detach()}, logits)
+
+    @staticmethod
+    def metric_sums(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        per_token = nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        return {"loss": per_token.view_as(y).mean(1).sum(),
+                "accuracy": (logits.argmax(-1) == y).float().mean(1).sum()}
+
+    @staticmethod
+    def derive(metrics: dict[str, float]) -> dict[str, float]:
+        """Perplexity from the mean loss (exp of the mean, not the mean of exps)."""
+        return {**metrics, "perplexity": math.exp(min(metrics["loss"], 700.0))}
 
 
 class Distillation(Classification):
@@ -81,6 +111,10 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 
 def build_task(cfg: Any, teacher: nn.Module | None = None) -> Classification:
     """The task a config asks for: classification, or distillation from `teacher`."""
+    if cfg.data.name == "text":
+        if cfg.distill.enabled:
+            raise BadInput("distill.enabled = true with data.name = 'text': distillation is for classifiers")
+        return NextToken(cfg.train.label_smoothing)
     if cfg.distill.enabled:
         if teacher is None:
             raise ValueError("distill.enabled = true: the teacher must be built first (load_teacher)")

@@ -66,7 +66,7 @@ class Trainer(Reporting, Saving, Obeying):
         for line in summaries(self.converters):
             self.tele.emit("log", level="info", message=line)
         sample = spec.train[0][0]
-        self.flops = flops_per_sample(model, tuple(sample.shape)) if hasattr(sample, "shape") else None
+        self.flops = flops_per_sample(model, tuple(sample.shape), sample.dtype if spec.kind == "tokens" else None) if hasattr(sample, "shape") else None
         self.net = wrap(model, self.dist, self.device, cfg.distributed.sync_batchnorm)
         self.model = self.net.model
         self.forward = compiled(self.net.forward, t.compile, t.compile_mode, self.tele.emit)
