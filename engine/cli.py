@@ -242,7 +242,11 @@ def _needs_launcher(cfg: Config) -> bool:
     """More than one process asked for, and torchrun has not started us yet."""
     from engine.parallel.dist import under_torchrun
 
-    return cfg.distributed.nproc > 1 and not under_torchrun()
+    d = cfg.distributed
+    if d.tensor_parallel > 1 and d.nproc == 1 and not under_torchrun():
+        raise BadInput(f"distributed.tensor_parallel = {d.tensor_parallel}: needs that many processes or a "
+                       "multiple; set distributed.nproc (or --nproc) or start the engine with torchrun")
+    return d.nproc > 1 and not under_torchrun()
 
 
 def _torchrun(cfg: Config, argv: list[str], args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ SPOT_POLL_MAX_S = 5.0
 
 
 class DistributedConfig(Section):
-    """Data-parallel training on several processes (torchrun underneath)."""
+    """Data- and tensor-parallel training on several processes (torchrun underneath)."""
 
     nproc: Int = Field(
         1, ge=1, le=1024,
@@ -28,6 +28,22 @@ class DistributedConfig(Section):
         False, description="DDP on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
     timeout_s: float = Field(
         300.0, gt=0, description="A collective waiting longer than this fails every rank (a dead rank never hangs the run)")
+    tensor_parallel: Int = Field(
+        1, ge=1, description="Shard each transformer block's linears over this many ranks (torch's "
+        "ColwiseParallel/RowwiseParallel); the processes are tensor_parallel x D, the D groups data-parallel "
+        "(with strategy = 'fsdp' when D > 1)")
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> "DistributedConfig":
+        t = self.tensor_parallel
+        if t > 1 and self.nproc > 1 and self.nproc % t:
+            raise ValueError(f"tensor_parallel = {t}: must divide nproc = {self.nproc} "
+                             "(the processes are tensor_parallel x data-parallel groups)")
+        if t > 1 and self.nproc > t and self.strategy == "ddp":
+            raise ValueError(f"strategy = 'ddp' with tensor_parallel = {t} and nproc = {self.nproc}: the "
+                             f"{self.nproc // t} data-parallel groups need strategy = 'fsdp' (FSDP2 over the "
+                             "mesh's data-parallel dimension, as torchtitan composes them)")
+        return self
 
 
 class CheckpointConfig(Section):

@@ -60,6 +60,18 @@ class Config(Section):
             raise ValueError("quantize.qat = true with train.compile = true: torch.compile fails on PT2E's fused "
                              "fake-quantization op (its meta kernel gets the observer shapes wrong); train QAT "
                              "uncompiled (the int8 model it converts to is compiled for inference)")
+        if d.tensor_parallel > 1:
+            self._check_tensor_parallel()
         if self.sweep.space:
             check_space(self)
         return self
+
+    def _check_tensor_parallel(self) -> None:
+        t, name = self.distributed.tensor_parallel, self.model.name
+        if name != "gpt" and ":" not in name:
+            raise ValueError(f"distributed.tensor_parallel = {t}: model.name = {name!r} has no tensor-parallel plan "
+                             "(the built-in 'gpt' has one; a factory's model can define tp_plan())")
+        heads = self.model.factory_args.get("heads", 4) if name == "gpt" else None
+        if isinstance(heads, int) and heads % t:
+            raise ValueError(f"distributed.tensor_parallel = {t}: must divide model.factory_args.heads = {heads} "
+                             "(each rank holds whole attention heads)")

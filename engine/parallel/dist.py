@@ -45,6 +45,17 @@ class Dist:
     strategy: str = "ddp"
     backend: str | None = None
     control: Any = None  # a Gloo group for agreement (the default group when it is Gloo)
+    tp: int = 1  # tensor-parallel ranks per group (the mesh's inner dimension)
+    mesh: Any = None  # the ("dp", "tp") DeviceMesh when tp > 1
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's data-parallel group: the ranks of one tensor-parallel group read the same batches."""
+        return self.rank // self.tp
+
+    @property
+    def dp_world(self) -> int:
+        return self.world // self.tp
 
     @property
     def main(self) -> bool:
@@ -56,13 +67,13 @@ class Dist:
 
     @property
     def sharded(self) -> bool:
-        """FSDP across ranks: a sharded model, and checkpoints with one file per rank."""
-        return self.active and self.strategy == "fsdp"
+        """FSDP or tensor parallel across ranks: a sharded model, checkpoints with one file per rank."""
+        return self.active and (self.strategy == "fsdp" or self.tp > 1)
 
     @property
     def replicated(self) -> bool:
         """DDP across ranks: every rank holds the whole model."""
-        return self.active and self.strategy == "ddp"
+        return self.active and self.strategy == "ddp" and self.tp == 1
 
     # ---- agreement and reduction (host values, CPU group: no device sync) -----------
 
@@ -135,8 +146,13 @@ def setup(cfg: Config) -> Dist:
     """Join the process group when started by torchrun; a single process otherwise."""
     d = cfg.distributed
     if not under_torchrun():
+        if d.tensor_parallel > 1:
+            raise BadInput(f"distributed.tensor_parallel = {d.tensor_parallel}: needs that many processes or a "
+                           "multiple; set distributed.nproc (or --nproc) or start the engine with torchrun")
         return Dist(strategy=d.strategy)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world % d.tensor_parallel:
+        raise BadInput(f"distributed.tensor_parallel = {d.tensor_parallel}: must divide the {world} processes")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     wants_gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
     backend = d.backend if d.backend != "auto" else ("nccl" if wants_gpu else "gloo")
@@ -153,7 +169,13 @@ def setup(cfg: Config) -> Dist:
         kwargs["device_id"] = torch.device("cuda", local_rank)
     dist.init_process_group(**kwargs)
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
-    return Dist(rank, world, local_rank, d.strategy, backend, control)
+    mesh = None
+    if d.tensor_parallel > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cuda" if backend == "nccl" else "cpu", (world // d.tensor_parallel, d.tensor_parallel),
+                                mesh_dim_names=("dp", "tp"))
+    return Dist(rank, world, local_rank, d.strategy, backend, control, d.tensor_parallel, mesh)
 
 
 def device_for(name: str, dist: "Dist | None" = None) -> torch.device:

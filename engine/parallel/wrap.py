@@ -39,7 +39,8 @@ class Wrapped:
         if not self.dist.active:
             return nullcontext()
         if self.dist.sharded:
-            self.model.set_requires_gradient_sync(sync)
+            if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP (tensor parallel alone has no sync)
+                self.model.set_requires_gradient_sync(sync)
             return nullcontext()
         return nullcontext() if sync else self.forward.no_sync()
 
@@ -49,13 +50,18 @@ def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: boo
     comm = CommClock()
     if not dist.active:
         return Wrapped(model, model, comm, dist)
-    if dist.sharded:
+    if dist.tp > 1:
+        from engine.parallel.tensor import parallelize
+
+        parallelize(model, dist.mesh["tp"], dist.tp)
+    if dist.sharded and dist.dp_world > 1:
         from torch.distributed.fsdp import fully_shard
 
-        for child in model.children():  # each parameterized block is a unit; then the root
-            if any(p.requires_grad for p in child.parameters()):
-                fully_shard(child)
-        fully_shard(model)
+        mesh = {"mesh": dist.mesh["dp"]} if dist.mesh is not None else {}
+        for unit in _units(model):  # each parameterized block is a unit; then the root
+            fully_shard(unit, **mesh)
+        fully_shard(model, **mesh)
+    if dist.sharded:
         return Wrapped(model, model, comm, dist)
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
@@ -73,6 +79,16 @@ def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: boo
 
     ddp.register_comm_hook(None, timed_allreduce)
     return Wrapped(model, ddp, comm, dist)
+
+
+def _units(model: nn.Module):
+    """FSDP's units: the model's parameterized children, and the members of a container of blocks
+    (a transformer's ModuleDict of layers has no forward of its own)."""
+    for child in model.children():
+        members = child.children() if isinstance(child, (nn.ModuleDict, nn.ModuleList)) else [child]
+        for unit in members:
+            if any(p.requires_grad for p in unit.parameters()):
+                yield unit
 
 
 def grad_scaler(enabled: bool, dist: Dist, device: torch.device) -> Any:

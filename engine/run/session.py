@@ -75,8 +75,8 @@ def prepare(cfg: Config, dist: Dist | None = None) -> tuple[DataSpec, torch.nn.M
         from engine.quantize.training import check
 
         check(cfg, model, spec)
-    if dist is not None and dist.rank:
-        torch.manual_seed(cfg.train.seed + dist.rank)
+    if dist is not None and dist.dp_rank:
+        torch.manual_seed(cfg.train.seed + dist.dp_rank)  # a tensor-parallel group shares its dropout
     return spec, model
 
 
@@ -266,7 +266,13 @@ def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str], 
         state, path = found
         written_by = state.get("world_size", 1)
         sharded = dist.sharded
-        if written_by != dist.world:
+        written_tp = state.get("tensor_parallel", 1)
+        if written_tp != dist.tp:
+            error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written with "
+                     f"distributed.tensor_parallel = {written_tp} x {written_by // written_tp} data-parallel; this "
+                     f"resume has tensor_parallel = {dist.tp} x {dist.dp_world}; resume with the same layout "
+                     "(resharding is not supported); nothing was changed")
+        elif written_by != dist.world:
             error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written by {written_by} "
                      f"process(es) and this resume has {dist.world}; resume with --nproc {written_by} "
                      f"(distributed.nproc = {written_by}). With another number each process would see "

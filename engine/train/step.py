@@ -109,6 +109,7 @@ class StepMeter:
             [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm,
              correct, self.counted, *parts])
         n = max(1, batches)  # per micro-batch, averaged over the ranks
+        samples /= dist.tp  # a tensor-parallel group's ranks all count the same samples
         out = {"loss": loss_sum / n, "lr": self.lr, "samples": int(samples), "wall_s": wall,
                "samples_per_s": samples / wall if wall > 0 else 0.0,
                "steps_per_s": self.steps / wall if wall > 0 else 0.0, "data": data / n, "h2d": h2d / n,

@@ -76,7 +76,7 @@ class Trainer(Reporting, Saving, Obeying):
         self.task = build_task(cfg, teacher.model.to(self.device) if teacher else None)
         self.stepper = Stepper(self.net, self.forward, self.optimizer, self.scaler, self.task, self.device,
                                t.precision, t.grad_accum_steps, t.grad_clip_norm)
-        self.data = build_loaders(cfg, spec, self.dist.rank, self.dist.world, self.device)
+        self.data = build_loaders(cfg, spec, self.dist.dp_rank, self.dist.dp_world, self.device)
         self.sampler, self.loader, self.batches = self.data.sampler, self.data.train, self.data.batches
         self.steps_per_epoch = math.ceil(self.batches / t.grad_accum_steps)
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
