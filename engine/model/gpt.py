@@ -78,6 +78,24 @@ class GPT(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
+    def tp_plan(self, tp: int) -> dict:
+        """Megatron's split for `tp` ranks (engine/parallel/tensor.py applies it): q, k, v and the
+        MLP's first linear by output features, the attention output and the MLP's second by input."""
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+        first = next(iter(self.blocks.values()))
+        heads = first.attn.q.out_features // first.attn.head_dim
+        if heads % tp:
+            raise BadInput(f"distributed.tensor_parallel = {tp}: must divide model.factory_args.heads = {heads} "
+                           "(each rank holds whole attention heads)")
+        plan: dict = {}
+        for name in self.blocks:
+            block = f"blocks.{name}"
+            plan.update({f"{block}.attn.q": ColwiseParallel(), f"{block}.attn.k": ColwiseParallel(),
+                         f"{block}.attn.v": ColwiseParallel(), f"{block}.attn.out": RowwiseParallel(),
+                         f"{block}.mlp.up": ColwiseParallel(), f"{block}.mlp.down": RowwiseParallel()})
+        return plan
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = tokens
         if self.embed is not None:

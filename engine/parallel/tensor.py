@@ -8,9 +8,9 @@ second linear by input features, whose partial results one all-reduce sums. Ever
 (embeddings, norms, the head) is replicated, and its gradients agree on every rank of a group
 because the sharded layers' backward all-reduces their input gradients.
 
-The built-in gpt has a plan; a user's model can bring its own by defining
-`tp_plan(self) -> dict[str, ParallelStyle]` (module names to styles, as `parallelize_module`
-takes them).
+A model brings its plan as a method, `tp_plan(self, tp) -> dict[str, ParallelStyle]` (module
+names to styles, as `parallelize_module` takes them; BadInput where `tp` cannot split it): the
+built-in gpt has one (engine/model/gpt.py), and a user's factory can return a model with its own.
 """
 
 from __future__ import annotations
@@ -23,29 +23,12 @@ from contracts.errors import BadInput
 
 
 def plan_for(model: nn.Module, tp: int) -> dict[str, Any]:
-    """The tensor-parallel plan of `model` over `tp` ranks (BadInput when it has none or cannot split)."""
+    """The tensor-parallel plan of `model` over `tp` ranks: its own `tp_plan(tp)` (BadInput when it has none)."""
     own = getattr(model, "tp_plan", None)
-    if callable(own):
-        return own()
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
-    from engine.model.gpt import GPT
-
-    if not isinstance(model, GPT):
+    if not callable(own):
         raise BadInput(f"distributed.tensor_parallel = {tp}: {type(model).__name__} has no tensor-parallel plan "
-                       "(the built-in 'gpt' has one; a model of your own can define tp_plan())")
-    first = next(iter(model.blocks.values()))
-    heads = first.attn.q.out_features // first.attn.head_dim
-    if heads % tp:
-        raise BadInput(f"distributed.tensor_parallel = {tp}: must divide model.factory_args.heads = {heads} "
-                       "(each rank holds whole attention heads)")
-    plan: dict[str, Any] = {}
-    for name in model.blocks:
-        block = f"blocks.{name}"
-        plan.update({f"{block}.attn.q": ColwiseParallel(), f"{block}.attn.k": ColwiseParallel(),
-                     f"{block}.attn.v": ColwiseParallel(), f"{block}.attn.out": RowwiseParallel(),
-                     f"{block}.mlp.up": ColwiseParallel(), f"{block}.mlp.down": RowwiseParallel()})
-    return plan
+                       "(the built-in 'gpt' has one; a model of your own can define tp_plan(tp))")
+    return own(tp)
 
 
 def parallelize(model: nn.Module, mesh: Any, tp: int) -> nn.Module:
