@@ -3,8 +3,8 @@
 Agreement with one process is judged by outcome, not bit for bit: a row-wise split sums its
 halves' partial products in another order (one all-reduce), and FSDP's data-parallel ranks
 reduce-scatter their gradients, so float32 rounding differs from the single process's and grows
-a little with every AdamW step. Measured on 94 steps: weights within 9e-6, validation loss within
-1.2e-4 of its value; the tests allow 1e-4 and 2e-3 relative.
+a little with every AdamW step. Measured on 94 steps (two epochs): weights within 9e-6,
+validation loss within 1.2e-4 of its value; the tests run one epoch and allow 1e-4 and 2e-3.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from test_resume import final_state, step_losses
 
 pytestmark = pytest.mark.timeout(600)
 
+TP_RUN = GPT_RUN.replace("epochs = 2", "epochs = 1")  # 47 steps: enough to see the rounding drift
 TP2 = ("--nproc", "2", "--set", "distributed.tensor_parallel=2")
 TP2_D2 = ("--nproc", "4", "--set", "distributed.tensor_parallel=2", "--set", "distributed.strategy='fsdp'",
           "--set", "train.batch_size=16")  # 2 data-parallel groups of 16: the global batch of 32
@@ -32,7 +33,7 @@ TP2_D2 = ("--nproc", "4", "--set", "distributed.tensor_parallel=2", "--set", "di
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("tp")
-    (base / "gpt.toml").write_text(GPT_RUN)
+    (base / "gpt.toml").write_text(TP_RUN)
     common = ["run", str(base / "gpt.toml"), "--runs-dir", str(base / "runs")]
     done = run_engines({"tp2_d2": {"args": [*common, "--run-id", "tp2_d2", *TP2_D2]},
                         "tp2": {"args": [*common, "--run-id", "tp2", *TP2]},
@@ -80,12 +81,12 @@ def test_tensor_parallel_composed_with_fsdp_on_four_ranks_agrees_with_one_proces
 
 
 def test_a_tensor_parallel_run_stopped_mid_epoch_resumes_bit_exactly_and_refuses_another_layout(tmp_path, runs):
-    (tmp_path / "gpt.toml").write_text(GPT_RUN)
+    (tmp_path / "gpt.toml").write_text(TP_RUN)
     folder = tmp_path / "runs"
     proc = popen_engine(["run", str(tmp_path / "gpt.toml"), "--runs-dir", str(folder), "--run-id", "cut", *TP2],
                         stdout=open(tmp_path / "out.log", "wb"), stderr=open(tmp_path / "err.log", "wb"))
     run = folder / "cut"
-    wait_for(lambda: status_of(run).get("step", 0) >= random.randint(15, 60), timeout=300, what="a step mid-run")
+    wait_for(lambda: status_of(run).get("step", 0) >= random.randint(12, 35), timeout=300, what="a step mid-run")
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=300) == EXIT_STOPPED, (tmp_path / "err.log").read_text()[-3000:]
 
