@@ -240,12 +240,11 @@ def _start(cfg: Config, args: argparse.Namespace, positional: list[str]) -> int:
 
 def _needs_launcher(cfg: Config) -> bool:
     """More than one process asked for, and torchrun has not started us yet."""
-    from engine.parallel.dist import under_torchrun
+    from engine.parallel.dist import one_process_error, under_torchrun
 
     d = cfg.distributed
-    if d.tensor_parallel > 1 and d.nproc == 1 and not under_torchrun():
-        raise BadInput(f"distributed.tensor_parallel = {d.tensor_parallel}: needs that many processes or a "
-                       "multiple; set distributed.nproc (or --nproc) or start the engine with torchrun")
+    if max(d.tensor_parallel, d.pipeline_stages) > 1 and d.nproc == 1 and not under_torchrun():
+        raise BadInput(one_process_error(d))
     return d.nproc > 1 and not under_torchrun()
 
 

@@ -33,8 +33,31 @@ class DistributedConfig(Section):
         "ColwiseParallel/RowwiseParallel); the processes are tensor_parallel x D, the D groups data-parallel "
         "(with strategy = 'fsdp' when D > 1)")
 
+    pipeline_stages: Int = Field(
+        1, ge=1, description="Cut the model into this many stages, one per rank (torch.distributed.pipelining); "
+        "the processes are pipeline_stages x D, the D groups data-parallel (strategy = 'fsdp' when D > 1)")
+    pipeline_split: list[str] = Field(
+        default_factory=list, description="Module names where stages 2, 3, ... start (['blocks.2']); "
+        "default: balanced by parameter count")
+    microbatches: Optional[Int] = Field(
+        None, ge=1, description="Pipeline: microbatches per batch (must divide train.batch_size); default: "
+        "2 x pipeline_stages where that divides it, else pipeline_stages")
+    pipeline_schedule: Literal["gpipe", "1f1b"] = Field(
+        "1f1b", description="Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (interleaved: "
+        "less activation memory)")
+
     @model_validator(mode="after")
     def _check_layout(self) -> "DistributedConfig":
+        p = self.pipeline_stages
+        if p > 1 and self.tensor_parallel > 1:
+            raise ValueError(f"pipeline_stages = {p} with tensor_parallel = {self.tensor_parallel}: one or the "
+                             "other for now (a 3-D mesh is not built yet)")
+        if p > 1 and self.nproc > 1 and self.nproc % p:
+            raise ValueError(f"pipeline_stages = {p}: must divide nproc = {self.nproc} "
+                             "(the processes are pipeline_stages x data-parallel groups)")
+        if p > 1 and self.nproc > p and self.strategy == "ddp":
+            raise ValueError(f"strategy = 'ddp' with pipeline_stages = {p} and nproc = {self.nproc}: the "
+                             f"{self.nproc // p} data-parallel groups need strategy = 'fsdp'")
         t = self.tensor_parallel
         if t > 1 and self.nproc > 1 and self.nproc % t:
             raise ValueError(f"tensor_parallel = {t}: must divide nproc = {self.nproc} "

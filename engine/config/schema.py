@@ -62,9 +62,27 @@ class Config(Section):
                              "uncompiled (the int8 model it converts to is compiled for inference)")
         if d.tensor_parallel > 1:
             self._check_tensor_parallel()
+        if d.pipeline_stages > 1:
+            self._check_pipeline()
         if self.sweep.space:
             check_space(self)
         return self
+
+    def _check_pipeline(self) -> None:
+        d, t = self.distributed, self.train
+        p, m = d.pipeline_stages, d.microbatches
+        if m is not None and t.batch_size % m:
+            raise ValueError(f"distributed.microbatches = {m}: must divide train.batch_size = {t.batch_size}")
+        if m is None and t.batch_size % p:
+            raise ValueError(f"train.batch_size = {t.batch_size}: a {p}-stage pipeline splits it into at least "
+                             f"{p} microbatches; make it a multiple of {p} or set distributed.microbatches")
+        for field, value, ok in (("train.grad_accum_steps", t.grad_accum_steps, 1), ("train.precision", t.precision, "fp32"),
+                                 ("train.compile", t.compile, False), ("train.grad_clip_norm", t.grad_clip_norm, None)):
+            if value != ok and not (field == "train.precision" and value == "bf16"):
+                raise ValueError(f"{field} = {value!r} with distributed.pipeline_stages = {p}: not supported in a "
+                                 "pipeline yet")
+        if self.distill.enabled:
+            raise ValueError(f"distill.enabled = true with distributed.pipeline_stages = {p}: not supported")
 
     def _check_tensor_parallel(self) -> None:
         t, name = self.distributed.tensor_parallel, self.model.name

@@ -40,7 +40,8 @@ class Prepared(Dataset):
         return x, int(y)
 
 
-def make_loader(ds: Dataset, cfg: Config, batch_size: int, sampler: EpochSampler) -> DataLoader:
+def make_loader(ds: Dataset, cfg: Config, batch_size: int, sampler: EpochSampler,
+                drop_last: bool = False) -> DataLoader:
     """A DataLoader over (epoch, index) keys with the configured worker settings."""
     d = cfg.data
     extra: dict[str, Any] = {}
@@ -52,7 +53,7 @@ def make_loader(ds: Dataset, cfg: Config, batch_size: int, sampler: EpochSampler
     # RNG, and a resumed run (which starts its iterator mid-epoch) would drift from the
     # uninterrupted one.
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=d.num_workers,
-                      pin_memory=d.pin_memory, generator=torch.Generator(), **extra)
+                      pin_memory=d.pin_memory, generator=torch.Generator(), drop_last=drop_last, **extra)
 
 
 class DeviceLoader:
@@ -112,13 +113,15 @@ class Loaders:
 def build_loaders(cfg: Config, spec: DataSpec, rank: int, world: int, device: torch.device) -> Loaders:
     """The training and validation loaders of one rank, sharded like DistributedSampler."""
     train = Prepared(spec.train, spec, cfg.data.augment, cfg.train.seed, train=True)
+    pipeline = cfg.distributed.pipeline_stages > 1
     val = Prepared(spec.val, spec, cfg.data.augment, cfg.train.seed, train=False)
     sampler = EpochSampler(len(train), cfg.train.seed, shuffle=True, rank=rank, world=world)
     if cfg.data.device_resident:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
         loader: Any = DeviceLoader(spec.train, spec, cfg, sampler, device, dtype)
     else:
-        loader = make_loader(train, cfg, cfg.train.batch_size, sampler)
+        # A pipeline's stages exchange activations of one fixed shape: every training batch is full.
+        loader = make_loader(train, cfg, cfg.train.batch_size, sampler, drop_last=pipeline)
     eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size
     # Validation is sharded too, padded so that every rank runs as many batches (FSDP
     # gathers weights in each forward); the padding is masked out of the metrics.
@@ -127,4 +130,5 @@ def build_loaders(cfg: Config, spec: DataSpec, rank: int, world: int, device: to
     return Loaders(sampler, loader, make_loader(val, cfg, eval_bs, val_sampler), len(range(rank, len(val), world)),
                    Normalizer(spec, normalize, device),
                    Normalizer(spec, normalize and not cfg.data.device_resident, device),
-                   batches_per_epoch(sampler.per_rank(), cfg.train.batch_size))
+                   (sampler.per_rank() // cfg.train.batch_size if pipeline
+                    else batches_per_epoch(sampler.per_rank(), cfg.train.batch_size)))

@@ -46,16 +46,27 @@ class Dist:
     backend: str | None = None
     control: Any = None  # a Gloo group for agreement (the default group when it is Gloo)
     tp: int = 1  # tensor-parallel ranks per group (the mesh's inner dimension)
-    mesh: Any = None  # the ("dp", "tp") DeviceMesh when tp > 1
+    mesh: Any = None  # the ("dp", "tp") or ("dp", "pp") DeviceMesh when tp or pp > 1
+    pp: int = 1  # pipeline stages per group
+
+    @property
+    def model_parallel(self) -> int:
+        """Ranks that hold parts of one model and read the same batches (a tensor- or pipeline-parallel group)."""
+        return self.tp * self.pp
 
     @property
     def dp_rank(self) -> int:
-        """This rank's data-parallel group: the ranks of one tensor-parallel group read the same batches."""
-        return self.rank // self.tp
+        """This rank's data-parallel group."""
+        return self.rank // self.model_parallel
 
     @property
     def dp_world(self) -> int:
-        return self.world // self.tp
+        return self.world // self.model_parallel
+
+    @property
+    def pp_rank(self) -> int:
+        """This rank's pipeline stage."""
+        return self.rank % self.pp
 
     @property
     def main(self) -> bool:
@@ -68,12 +79,12 @@ class Dist:
     @property
     def sharded(self) -> bool:
         """FSDP or tensor parallel across ranks: a sharded model, checkpoints with one file per rank."""
-        return self.active and (self.strategy == "fsdp" or self.tp > 1)
+        return self.active and (self.strategy == "fsdp" or self.model_parallel > 1)
 
     @property
     def replicated(self) -> bool:
         """DDP across ranks: every rank holds the whole model."""
-        return self.active and self.strategy == "ddp" and self.tp == 1
+        return self.active and self.strategy == "ddp" and self.model_parallel == 1
 
     # ---- agreement and reduction (host values, CPU group: no device sync) -----------
 
@@ -142,17 +153,29 @@ def _load(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def one_process_error(d: Any) -> str:
+    """The message for a model-parallel layout asked of a single process."""
+    field, n = ("tensor_parallel", d.tensor_parallel) if d.tensor_parallel > 1 else ("pipeline_stages", d.pipeline_stages)
+    return (f"distributed.{field} = {n}: needs that many processes or a multiple; set distributed.nproc "
+            "(or --nproc) or start the engine with torchrun")
+
+
 def setup(cfg: Config) -> Dist:
     """Join the process group when started by torchrun; a single process otherwise."""
     d = cfg.distributed
     if not under_torchrun():
-        if d.tensor_parallel > 1:
-            raise BadInput(f"distributed.tensor_parallel = {d.tensor_parallel}: needs that many processes or a "
-                           "multiple; set distributed.nproc (or --nproc) or start the engine with torchrun")
+        if d.tensor_parallel > 1 or d.pipeline_stages > 1:
+            raise BadInput(one_process_error(d))
         return Dist(strategy=d.strategy)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world % d.tensor_parallel:
         raise BadInput(f"distributed.tensor_parallel = {d.tensor_parallel}: must divide the {world} processes")
+    if world % d.pipeline_stages:
+        raise BadInput(f"distributed.pipeline_stages = {d.pipeline_stages}: must divide the {world} processes")
+    if d.pipeline_stages > 1:
+        from engine.parallel.pipeline import check_torch
+
+        check_torch()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     wants_gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
     backend = d.backend if d.backend != "auto" else ("nccl" if wants_gpu else "gloo")
@@ -170,12 +193,13 @@ def setup(cfg: Config) -> Dist:
     dist.init_process_group(**kwargs)
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     mesh = None
-    if d.tensor_parallel > 1:
+    inner = ("tp", d.tensor_parallel) if d.tensor_parallel > 1 else ("pp", d.pipeline_stages)
+    if inner[1] > 1:
         from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh("cuda" if backend == "nccl" else "cpu", (world // d.tensor_parallel, d.tensor_parallel),
-                                mesh_dim_names=("dp", "tp"))
-    return Dist(rank, world, local_rank, d.strategy, backend, control, d.tensor_parallel, mesh)
+        mesh = init_device_mesh("cuda" if backend == "nccl" else "cpu", (world // inner[1], inner[1]),
+                                mesh_dim_names=("dp", inner[0]))
+    return Dist(rank, world, local_rank, d.strategy, backend, control, d.tensor_parallel, mesh, d.pipeline_stages)
 
 
 def device_for(name: str, dist: "Dist | None" = None) -> torch.device:

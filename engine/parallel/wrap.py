@@ -33,6 +33,7 @@ class Wrapped:
     forward: nn.Module
     comm: CommClock
     dist: Dist
+    pipeline: Any = None  # this rank's stage and schedule (engine.parallel.pipeline.Pipeline)
 
     def grad_sync(self, sync: bool) -> Any:
         """Skip the cross-rank gradient reduction on accumulation micro-batches."""
@@ -45,11 +46,18 @@ class Wrapped:
         return nullcontext() if sync else self.forward.no_sync()
 
 
-def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: bool = False) -> Wrapped:
-    """DDP or FSDP2 under torchrun; the bare model in a single process."""
+def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: bool = False,
+         pipeline: Any = None) -> Wrapped:
+    """DDP, FSDP2, tensor or pipeline parallel under torchrun; the bare model in a single process.
+    `pipeline`: ([distributed] section, train.batch_size, loss function), for pipeline_stages > 1."""
     comm = CommClock()
     if not dist.active:
         return Wrapped(model, model, comm, dist)
+    if dist.pp > 1:
+        from engine.parallel.pipeline import stage_module
+
+        d, _, _ = pipeline
+        model = stage_module(model, dist.pp_rank, dist.pp, d.pipeline_split).to(device)
     if dist.tp > 1:
         from engine.parallel.tensor import parallelize
 
@@ -61,6 +69,15 @@ def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: boo
         for unit in _units(model):  # each parameterized block is a unit; then the root
             fully_shard(unit, **mesh)
         fully_shard(model, **mesh)
+    if dist.pp > 1:
+        from engine.parallel.pipeline import Pipeline
+
+        d, batch, loss_fn = pipeline
+        p = d.pipeline_stages
+        micro = d.microbatches or (2 * p if batch % (2 * p) == 0 else p)
+        stages = Pipeline(model, dist.pp_rank, p, device, dist.mesh["pp"].get_group(), micro,
+                          d.pipeline_schedule, loss_fn)
+        return Wrapped(model, stages, comm, dist, stages)
     if dist.sharded:
         return Wrapped(model, model, comm, dist)
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook

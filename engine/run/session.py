@@ -75,9 +75,29 @@ def prepare(cfg: Config, dist: Dist | None = None) -> tuple[DataSpec, torch.nn.M
         from engine.quantize.training import check
 
         check(cfg, model, spec)
+    check_splittable(cfg, model)  # before any run directory exists
     if dist is not None and dist.dp_rank:
         torch.manual_seed(cfg.train.seed + dist.dp_rank)  # a tensor-parallel group shares its dropout
     return spec, model
+
+
+def _layout(tp: int, pp: int, world: int) -> str:
+    """A model-parallel layout in words: "tensor_parallel = 2 x 2 data-parallel"."""
+    field, n = ("pipeline_stages", pp) if pp > 1 and tp == 1 else ("tensor_parallel", tp)
+    return f"{field} = {n} x {max(1, world // (tp * pp))} data-parallel"
+
+
+def check_splittable(cfg: Config, model: torch.nn.Module) -> None:
+    """A model-parallel layout the model cannot take is bad input, found before anything is written."""
+    d = cfg.distributed
+    if d.pipeline_stages > 1:
+        from engine.parallel.pipeline import bounds
+
+        bounds(model, d.pipeline_stages, d.pipeline_split)
+    if d.tensor_parallel > 1:
+        from engine.parallel.tensor import plan_for
+
+        plan_for(model, d.tensor_parallel)
 
 
 def console_mode(json_mode: bool, detached: bool) -> str:
@@ -266,12 +286,11 @@ def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str], 
         state, path = found
         written_by = state.get("world_size", 1)
         sharded = dist.sharded
-        written_tp = state.get("tensor_parallel", 1)
-        if written_tp != dist.tp:
-            error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written with "
-                     f"distributed.tensor_parallel = {written_tp} x {written_by // written_tp} data-parallel; this "
-                     f"resume has tensor_parallel = {dist.tp} x {dist.dp_world}; resume with the same layout "
-                     "(resharding is not supported); nothing was changed")
+        written = (state.get("tensor_parallel", 1), state.get("pipeline_stages", 1))
+        if written != (dist.tp, dist.pp):
+            error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written with distributed."
+                     f"{_layout(*written, written_by)}; this resume has {_layout(dist.tp, dist.pp, dist.world)}; "
+                     "resume with the same layout (resharding is not supported); nothing was changed")
         elif written_by != dist.world:
             error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written by {written_by} "
                      f"process(es) and this resume has {dist.world}; resume with --nproc {written_by} "

@@ -41,11 +41,16 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, ta
         x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(x)
+        if logits is None:  # a pipeline stage other than the last: the last one scores the batch
+            between()
+            continue
         keep = len(y) if valid is None else min(len(y), valid - total)  # padding is at the end
         for name, value in task.metric_sums(logits[:keep], y[:keep]).items():
             sums[name] = sums[name] + value if name in sums else value
         total += keep
         between()
+    if not sums:  # (a pipeline stage that scored nothing adds zeros, and no samples)
+        sums = {name: torch.zeros((), device=device) for name in task.metric_names}
     names = list(sums)  # the task's order: every rank builds the same dict
     # .item() here is a host-device sync, once per evaluation
     reduced = reduce([float(sums[n].item()) for n in names] + [float(total)])

@@ -40,6 +40,7 @@ class StepMeter:
         self.correct_sum: torch.Tensor | None = None
         self.counted = 0
         self.batches = self.samples = self.steps = 0
+        self.loss_batches = 0  # micro-batches whose loss this rank knows (a pipeline's last stage only)
         self.lr = 0.0
         self.since = time.perf_counter()
 
@@ -70,8 +71,11 @@ class StepMeter:
             self.data += time.perf_counter() - t0
             yield batch
 
-    def add_loss(self, loss: torch.Tensor, n: int, parts: dict[str, torch.Tensor] | None = None) -> None:
-        """Add one micro-batch's (detached) loss and parts, as device tensors."""
+    def add_loss(self, loss: torch.Tensor, n: int, parts: dict[str, torch.Tensor] | None = None,
+                 known: bool = True) -> None:
+        """Add one micro-batch's (detached) loss and parts, as device tensors (`known` = False: a
+        pipeline stage that does not see the loss adds zeros, so the ranks' sums line up)."""
+        self.loss_batches += int(known)
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         for name, value in (parts or {}).items():
             self.part_sums[name] = value if name not in self.part_sums else self.part_sums[name] + value
@@ -105,16 +109,17 @@ class StepMeter:
             loss_sum, parts, correct = float("nan"), [float("nan")] * len(names), 0.0
         for kind, start, end in self.spans:  # complete: the .item() above waited for them
             setattr(self, kind, getattr(self, kind) + start.elapsed_time(end) / 1000)
-        loss_sum, batches, samples, data, h2d, compute, optim, comm, correct, counted, *parts = dist.sum(
+        loss_sum, batches, samples, data, h2d, compute, optim, comm, correct, counted, known, *parts = dist.sum(
             [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm,
-             correct, self.counted, *parts])
+             correct, self.counted, self.loss_batches, *parts])
         n = max(1, batches)  # per micro-batch, averaged over the ranks
-        samples /= dist.tp  # a tensor-parallel group's ranks all count the same samples
-        out = {"loss": loss_sum / n, "lr": self.lr, "samples": int(samples), "wall_s": wall,
+        samples /= dist.model_parallel  # a tensor- or pipeline-parallel group's ranks count the same samples
+        k = max(1, known)
+        out = {"loss": loss_sum / k, "lr": self.lr, "samples": int(samples), "wall_s": wall,
                "samples_per_s": samples / wall if wall > 0 else 0.0,
                "steps_per_s": self.steps / wall if wall > 0 else 0.0, "data": data / n, "h2d": h2d / n,
                "compute": compute / n, "optim": optim / n, "comm": comm / n,
-               "losses": {name: value / n for name, value in zip(names, parts)},
+               "losses": {name: value / k for name, value in zip(names, parts)},
                "accuracy": correct / counted if counted else None}
         self.__init__(self.device)
         return out
@@ -130,9 +135,11 @@ class Stepper:
         self.accum, self.clip = accum, clip
 
     def micro_step(self, x: torch.Tensor, y: torch.Tensor, meter: StepMeter, prepare: Any,
-                   sync: bool = True) -> StepOutput:
+                   sync: bool = True) -> StepOutput | None:
         """Forward and backward for one micro-batch; gradients accumulate. Under DDP/FSDP the
         gradients are reduced across ranks only on the step's last micro-batch (`sync`)."""
+        if self.net.pipeline is not None:
+            return self.pipeline_step(x, y, meter, prepare)
         mark0 = meter.mark()
         x = prepare(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
@@ -155,6 +162,30 @@ class Stepper:
         else:
             meter.compute += t_end - mark1 - waited
         return out
+
+    def pipeline_step(self, x: torch.Tensor, y: torch.Tensor, meter: StepMeter, prepare: Any) -> None:
+        """The batch through this rank's pipeline stage: the schedule runs every microbatch's
+        forward and backward, exchanging activations and gradients with the neighbouring stages."""
+        mark0 = meter.mark()
+        x, y = prepare(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+        mark1 = meter.mark()
+        meter.span("h2d", mark0, mark1)
+        pipe = self.net.pipeline
+        t0 = time.perf_counter()
+        with autocast(self.device, self.precision):
+            losses, logits = pipe.step(x, y)
+        if pipe.last:
+            loss = torch.stack([part.detach().float() for part in losses]).mean()
+            meter.add_loss(loss, len(y), {"ce": loss})
+            meter.add_correct(logits, y)
+        else:
+            zero = torch.zeros((), device=self.device)
+            meter.add_loss(zero, len(y), {"ce": zero}, known=False)
+        if meter.events:
+            meter.span("compute", mark1, meter.mark())
+        else:
+            meter.compute += time.perf_counter() - t0
+        return None
 
     def optimizer_step(self, meter: StepMeter, lr: float) -> bool:
         """Unscale, clip, step, update the scaler, zero the gradients; False when fp16's

@@ -31,9 +31,14 @@ class Classification:
     """Cross-entropy on class labels (with optional label smoothing); one part, ``ce``."""
 
     name = "classification"
+    metric_names = ("loss", "accuracy")
 
     def __init__(self, label_smoothing: float = 0.0):
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def pipeline_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss a pipeline's last stage computes from its output (the schedule calls it)."""
+        return self.loss_fn(logits, y)
 
     def __call__(self, model: Callable[[torch.Tensor], torch.Tensor], batch: tuple[Any, Any]) -> StepOutput:
         x, y = batch
@@ -56,6 +61,9 @@ class NextToken(Classification):
     """
 
     name = "next_token"
+
+    def pipeline_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(logits.flatten(0, 1), y.flatten())
 
     def __call__(self, model: Callable[[torch.Tensor], torch.Tensor], batch: tuple[Any, Any]) -> StepOutput:
         x, y = batch

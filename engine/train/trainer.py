@@ -67,13 +67,14 @@ class Trainer(Reporting, Saving, Obeying):
             self.tele.emit("log", level="info", message=line)
         sample = spec.train[0][0]
         self.flops = flops_per_sample(model, tuple(sample.shape), sample.dtype if spec.kind == "tokens" else None) if hasattr(sample, "shape") else None
-        self.net = wrap(model, self.dist, self.device, cfg.distributed.sync_batchnorm)
+        self.teacher = teacher
+        self.task = build_task(cfg, teacher.model.to(self.device) if teacher else None)
+        self.net = wrap(model, self.dist, self.device, cfg.distributed.sync_batchnorm,
+                        pipeline=(cfg.distributed, t.batch_size, self.task.pipeline_loss))
         self.model = self.net.model
         self.forward = compiled(self.net.forward, t.compile, t.compile_mode, self.tele.emit)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = grad_scaler(t.precision == "fp16", self.dist, self.device)
-        self.teacher = teacher
-        self.task = build_task(cfg, teacher.model.to(self.device) if teacher else None)
         self.stepper = Stepper(self.net, self.forward, self.optimizer, self.scaler, self.task, self.device,
                                t.precision, t.grad_accum_steps, t.grad_clip_norm)
         self.data = build_loaders(cfg, spec, self.dist.dp_rank, self.dist.dp_world, self.device)

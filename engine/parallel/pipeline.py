@@ -1,0 +1,137 @@
+"""Pipeline parallel: the model cut into stages, one per rank of the mesh's "pp" dimension.
+
+torch's own machinery does the work (`torch.distributed.pipelining`): each rank builds the
+whole model, keeps its stage's part (the layout torchtitan uses: a transformer's blocks are a
+ModuleDict keyed by index, and the embeddings sit on the first stage, the final norm and head on
+the last), and wraps it in a `PipelineStage`; a `ScheduleGPipe` or `Schedule1F1B` splits each
+batch into `microbatches`, sends activations forward and gradients back between neighbours,
+and scales the gradients by 1 / microbatches, so a step's gradient is the batch's mean as in
+one process. Evaluation runs the same schedule forward only (`schedule.eval`).
+
+Stages are cut at module names (`pipeline_split = ["blocks.2"]`: the second stage starts
+there) or, by default, balanced by parameter count. A model can be split when it is the
+built-in gpt (a ModuleDict of blocks) or an `nn.Sequential`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from itertools import accumulate
+from typing import Any
+
+import torch
+from torch import nn
+
+from contracts.errors import BadInput
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def _parts(model: nn.Module) -> tuple[str, list[tuple[str, nn.Module]]]:
+    """The model's cuttable sequence: (prefix, [(name, module)]), or BadInput saying why not."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.ModuleDict):
+        return "blocks.", list(blocks.items())
+    if isinstance(model, nn.Sequential):
+        return "", list(model.named_children())
+    raise BadInput(f"distributed.pipeline_stages: {type(model).__name__} cannot be split into stages (a pipeline "
+                   "needs the built-in gpt, whose blocks are a ModuleDict, or an nn.Sequential)")
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def bounds(model: nn.Module, stages: int, split: list[str]) -> list[int]:
+    """Indices into the cuttable sequence where each stage starts, and its end."""
+    prefix, parts = _parts(model)
+    names = [prefix + n for n in dict(parts)]
+    if stages > len(parts):
+        raise BadInput(f"distributed.pipeline_stages = {stages}: more stages than the model's {len(parts)} "
+                       f"{'blocks' if prefix else 'layers'}")
+    if split:
+        if len(split) != stages - 1:
+            raise BadInput(f"distributed.pipeline_split = {split!r}: {stages} stages need {stages - 1} split "
+                           "points (the module each later stage starts at)")
+        missing = [s for s in split if s not in names]
+        if missing:
+            raise BadInput(f"distributed.pipeline_split = {split!r}: {missing[0]!r} names no module to split at "
+                           f"(the model's are {', '.join(names[:8])}{' ...' if len(names) > 8 else ''})")
+        starts = [names.index(s) for s in split]
+        if starts != sorted(set(starts)) or starts[0] == 0:
+            raise BadInput(f"distributed.pipeline_split = {split!r}: split points must be in model order, "
+                           "after the first module")
+        return [0, *starts, len(parts)]
+    weights = list(accumulate(_params(m) for _, m in parts))
+    cuts = [0]
+    for k in range(1, stages):  # stage k starts where the parameters so far pass k / stages of them
+        start = next(j + 1 for j, w in enumerate(weights) if w >= weights[-1] * k / stages)
+        cuts.append(min(max(start, cuts[-1] + 1), len(parts) - (stages - k)))
+    return [*cuts, len(parts)]
+
+
+def stage_module(model: nn.Module, stage: int, stages: int, split: list[str]) -> nn.Module:
+    """This stage's part of `model` (a copy; module names as in the whole model)."""
+    prefix, parts = _parts(model)
+    b = bounds(model, stages, split)
+    keep = {name for name, _ in parts[b[stage]:b[stage + 1]]}
+    if not prefix:
+        return nn.Sequential(OrderedDict((n, copy.deepcopy(m)) for n, m in parts if n in keep))
+    part = copy.deepcopy(model)
+    for name in [n for n, _ in parts if n not in keep]:
+        del part.blocks[name]
+    if stage > 0:
+        part.embed = part.pos = None
+    if stage < stages - 1:
+        part.norm = part.head = None
+    return part
+
+
+def check_torch() -> None:
+    from torch.distributed.pipelining import schedules
+
+    if not hasattr(schedules.PipelineScheduleSingle, "eval"):
+        raise BadInput(f"distributed.pipeline_stages: needs a torch whose pipeline schedules evaluate forward only "
+                       f"(PipelineScheduleSingle.eval); this is torch {torch.__version__}")
+
+
+class Pipeline:
+    """One rank's stage and schedule; `step` trains on a batch, `__call__` evaluates one."""
+
+    def __init__(self, module: nn.Module, stage: int, stages: int, device: torch.device, group: Any,
+                 microbatches: int, schedule: str, loss_fn: Any):
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        self.first, self.last = stage == 0, stage == stages - 1
+        self.microbatches = microbatches
+        self.batch: int | None = None  # the training batch size: every batch through the stages has it
+        self.target: torch.Tensor | None = None
+        self.stage = PipelineStage(module, stage, stages, device, group=group)
+        kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
+        self.schedule = kind(self.stage, n_microbatches=microbatches, loss_fn=loss_fn)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Forward and backward over the batch's microbatches: the last stage's losses and logits."""
+        losses: list[torch.Tensor] = []
+        self.batch = self.batch or len(x)
+        self.target = torch.zeros_like(y)  # what evaluation hands the loss it does not read
+        out = self._run(self.schedule.step, x, y, losses)
+        return losses, out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Forward only: the logits on the last stage, None elsewhere. A batch shorter than the
+        training batch is padded with copies of its last sample (their logits are dropped): the
+        stages' buffers have the training shape."""
+        n, full = len(x), self.batch or len(x)
+        if n < full:
+            x = torch.cat([x, x[-1:].expand(full - n, *x.shape[1:])])
+        out = self._run(self.schedule.eval, x, self.target[:full], [])
+        return None if out is None else out[:n]
+
+    def _run(self, fn: Any, x: torch.Tensor, y: torch.Tensor | None, losses: list | None) -> Any:
+        args = (x,) if self.first else ()
+        if self.last and y is not None:
+            return fn(*args, target=y, losses=losses)
+        out = fn(*args)
+        return out if self.last else None
