@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import events_of, only_run, popen_engine, run_engine, run_engines, status_of, wait_for
+from conftest import events_of, popen_engine, run_engine, run_engines, status_of, wait_for
 from contracts.events import EXIT_BAD_INPUT, EXIT_STOPPED
 from test_gpt import GPT_RUN
 from test_resume import final_state, step_losses
