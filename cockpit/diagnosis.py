@@ -18,11 +18,12 @@ class Split:
     compute: float
     optim: float
     comm: float
+    bubble: float = 0.0  # a pipeline's stages waiting for each other
 
 
 def split(step_event: dict[str, Any]) -> Split | None:
     """The step-time split from a step event, or None if it carries no timings."""
-    keys = ("time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s")
+    keys = ("time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s", "time_bubble_s")
     data, h2d, *rest = (float(v) if isinstance(v := step_event.get(k), (int, float)) else 0.0 for k in keys)
     values = [data + h2d, *rest]  # the copy to the device is part of feeding the model
     total = sum(values)
@@ -39,6 +40,8 @@ def diagnose(s: Split | None) -> str:
         return f"input-bound: {s.data:.0%} of each step waits for data"
     if s.comm >= 0.3:
         return f"communication-bound: {s.comm:.0%} communicating"
+    if s.bubble >= 0.3:
+        return f"bubble-bound: {s.bubble:.0%} of each step a pipeline stage waits; raise distributed.microbatches"
     return f"compute-bound: {s.compute + s.optim:.0%} computing"
 
 

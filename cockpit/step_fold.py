@@ -33,7 +33,7 @@ DECAY, GAIN = 0.9, 0.1
 #: Fields the panes format as numbers (a malformed event must not take the cockpit down).
 STEP_NUMBERS = ("step", "epoch", "batch", "batches_per_epoch", "loss", "lr", "samples_per_s", "steps_per_s",
                 "eta_s", "time_data_s", "time_h2d_s", "time_compute_s", "time_optim_s", "time_comm_s",
-                "accuracy", "tflops", "mfu")
+                "time_bubble_s", "accuracy", "tflops", "mfu")
 #: The history's step series: its attribute and the step event's field, a column of steps.f64. A new
 #: step series is one line here and one in contracts.steps.COLUMNS (checked below).
 STEP_SERIES = (("loss", "loss"), ("lr", "lr"), ("throughput", "samples_per_s"), ("accuracy", "accuracy"))

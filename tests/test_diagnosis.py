@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cockpit.diagnosis import LOW_UTIL_SECONDS, LowUtilWatch, diagnose, low_util_advice, split
 
 
@@ -44,3 +46,11 @@ def test_advice_names_the_cause_and_the_config_field():
     assert "data.num_workers" in low_util_advice(split(step(0.5, 0.1)), 0.6)
     assert "data.pin_memory" in low_util_advice(split(step(0.5, 0.1)), 0.6)
     assert "train.batch_size" in low_util_advice(split(step(0.0001, 0.005)), 0.005)
+
+
+def test_a_pipelines_idle_stages_are_their_own_part_of_the_step():
+    s = split({"time_data_s": 0.0, "time_compute_s": 0.5, "time_optim_s": 0.1, "time_comm_s": 0.0,
+               "time_bubble_s": 0.4})
+    assert s.bubble == pytest.approx(0.4) and s.compute == pytest.approx(0.5)
+    assert diagnose(s).startswith("bubble-bound: 40%") and "distributed.microbatches" in diagnose(s)
+    assert split({"time_compute_s": 1.0}).bubble == 0.0  # runs without a pipeline

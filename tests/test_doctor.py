@@ -90,6 +90,15 @@ def test_doctor_speaks_only_when_the_verdict_changes():
     assert verdict.bound == "input" and verdict.share == 0.75
 
 
+def test_a_pipeline_that_mostly_waits_is_bubble_bound_and_the_remedy_is_more_microbatches():
+    doc = Doctor(window=4)
+    for _ in range(4):
+        doc.add(0.1, 1.0, 0.0, 0.9)  # data, busy compute, communication, idle stages
+    verdict = doc.changed()
+    assert verdict.bound == "bubble" and verdict.share == 0.45 and verdict.field == "distributed.microbatches"
+    assert "1f1b" in verdict.remedy
+
+
 def test_flops_counting_matches_a_linear_layer_and_leaves_rng_alone():
     import torch
 

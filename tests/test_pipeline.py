@@ -64,6 +64,19 @@ def test_a_two_stage_pipeline_trains_to_the_single_process_weights(runs):
     assert all(0 <= e["accuracy"] <= 1 for e in steps)
 
 
+def test_step_events_carry_the_bubble_each_stages_times_and_every_ranks_peak_memory(runs):
+    steps = [e for e in events_of(runs["pp2"]) if e["type"] == "step"]
+    for e in steps:
+        assert e["pipeline_bubble_ideal"] == pytest.approx(1 / 5)  # P = 2, M = 4: (P - 1) / (M + P - 1)
+        assert 0 <= e["pipeline_bubble"] < 1 and e["time_bubble_s"] >= 0
+        assert len(e["stage_forward_s"]) == len(e["stage_backward_s"]) == 2
+        assert all(t > 0 for t in e["stage_forward_s"] + e["stage_backward_s"])
+        assert len(e["mem_peak_ranks_bytes"]) == 2 and all(b > 0 for b in e["mem_peak_ranks_bytes"])
+    assert "time_bubble_s" not in [e for e in events_of(runs["one"]) if e["type"] == "step"][-1]
+    wide = [e for e in events_of(runs["pp2_d2"]) if e["type"] == "step"][-1]
+    assert wide["pipeline_bubble_ideal"] == pytest.approx(1 / 5) and len(wide["mem_peak_ranks_bytes"]) == 4
+
+
 def test_a_pipeline_composed_with_fsdp_on_four_ranks_agrees_with_one_process(runs):
     ranks = shards(runs["pp2_d2"])
     assert len(ranks) == 4 and {r["pipeline_stages"] for r in ranks} == {2}

@@ -11,7 +11,8 @@ from cockpit.widgets.pane import TextPane
 
 #: The bar's parts: label, the theme variable naming its colour, and the colour without one.
 PARTS = (("data", "steptime-data", "yellow"), ("compute", "steptime-compute", "green"),
-         ("optim", "steptime-optim", "blue"), ("comm", "steptime-comm", "magenta"))
+         ("optim", "steptime-optim", "blue"), ("comm", "steptime-comm", "magenta"),
+         ("bubble", "steptime-bubble", "red"))
 
 
 class StepTimePane(TextPane):
@@ -40,11 +41,12 @@ class StepTimePane(TextPane):
         s, verdict = self.shown
         width, colours = 32, self.app.theme_variables
         t = Text()
-        for (label, variable, fallback), share in zip(PARTS, (s.data, s.compute, s.optim, s.comm)):
+        for (label, variable, fallback), share in zip(PARTS, (s.data, s.compute, s.optim, s.comm, s.bubble)):
             t.append(("█" * round(width * share))[:width], style=colours.get(variable, fallback))
         t.append("\n")
         t.append(f"data {s.data:.0%} compute {s.compute:.0%} optim {s.optim:.0%}"
-                 + (f" comm {s.comm:.0%}" if s.comm >= 0.005 else ""), style="dim")
+                 + (f" comm {s.comm:.0%}" if s.comm >= 0.005 else "")
+                 + (f" bubble {s.bubble:.0%}" if s.bubble >= 0.005 else ""), style="dim")
         if verdict.get("bound") and verdict.get("field"):
             t.append(f"\n{clean(str(verdict['bound']))}-bound: {float(verdict.get('share', 0)):.0%}; "
                      f"change {clean(str(verdict['field']))}")

@@ -16,6 +16,7 @@ built-in gpt (a ModuleDict of blocks) or an `nn.Sequential`.
 from __future__ import annotations
 
 import copy
+import time
 from collections import OrderedDict
 from itertools import accumulate
 from typing import Any
@@ -88,6 +89,50 @@ def stage_module(model: nn.Module, stage: int, stages: int, split: list[str]) ->
     return part
 
 
+class StageClock:
+    """This stage's busy time, from torch's module and autograd hooks: forward (pre/post hooks
+    on the stage), backward (from the moment its output's gradient arrives to the moment every
+    parameter of the stage has its gradient). The rest of a schedule's step is the bubble:
+    waiting for a neighbour's activations or gradients."""
+
+    def __init__(self, module: nn.Module):
+        self.forward = self.backward = 0.0
+        self._started = 0.0
+        self._pending: list[float] = []  # backward start times, in microbatch order
+        module.register_forward_pre_hook(self._pre)
+        module.register_forward_hook(self._post)
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            torch.autograd.graph.register_multi_grad_hook(params, self._backward_done, mode="all")
+
+    def _pre(self, _module, _args) -> None:
+        self._started = time.perf_counter()
+
+    def _post(self, _module, _args, out) -> None:
+        self.forward += time.perf_counter() - self._started
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(self._backward_begins)
+
+    def _backward_begins(self, _grad) -> None:
+        self._pending.append(time.perf_counter())
+
+    def _backward_done(self, _grads) -> None:
+        if self._pending:
+            self.backward += time.perf_counter() - self._pending.pop(0)
+
+    def take(self) -> tuple[float, float]:
+        """(forward, backward) seconds since the last take."""
+        times = (self.forward, self.backward)
+        self.forward = self.backward = 0.0
+        self._pending.clear()
+        return times
+
+
+def ideal_bubble(stages: int, microbatches: int) -> float:
+    """The idle share of a GPipe or 1F1B step with equal stages: (P - 1) / (M + P - 1)."""
+    return (stages - 1) / (microbatches + stages - 1)
+
+
 def check_torch() -> None:
     from torch.distributed.pipelining import schedules
 
@@ -104,7 +149,8 @@ class Pipeline:
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         self.first, self.last = stage == 0, stage == stages - 1
-        self.microbatches = microbatches
+        self.index, self.stages, self.microbatches = stage, stages, microbatches
+        self.clock = StageClock(module)
         self.batch: int | None = None  # the training batch size: every batch through the stages has it
         self.target: torch.Tensor | None = None
         self.stage = PipelineStage(module, stage, stages, device, group=group)

@@ -20,6 +20,8 @@ REMEDIES = {
                       "gradients are synchronized less often"),
     "compute": ("train.precision", "use train.precision = 'bf16' (or 'fp16'), train.channels_last = true "
                 "for conv nets, and train.compile = true"),
+    "bubble": ("distributed.microbatches", "raise distributed.microbatches (a P-stage pipeline idles about "
+               "(P - 1) / (microbatches + P - 1) of each step) and use distributed.pipeline_schedule = '1f1b'"),
 }
 
 
@@ -27,7 +29,7 @@ REMEDIES = {
 class Diagnosis:
     """One verdict."""
 
-    bound: str          # input, communication or compute
+    bound: str          # input, communication, bubble (a pipeline's idle stages) or compute
     share: float        # share of the step spent in that part
     field: str          # the config field to change
     remedy: str
@@ -79,23 +81,25 @@ class Doctor:
     """Keeps the last `window` steps' timings and gives a verdict when it changes."""
 
     def __init__(self, window: int = 50):
-        self.parts: deque[tuple[float, float, float]] = deque(maxlen=window)
+        self.parts: deque[tuple[float, float, float, float]] = deque(maxlen=window)
         self.last: str | None = None
 
-    def add(self, data_s: float, compute_s: float, comm_s: float) -> None:
+    def add(self, data_s: float, compute_s: float, comm_s: float, bubble_s: float = 0.0) -> None:
         """One step's (or one logging interval's average) timings."""
-        self.parts.append((data_s, compute_s, comm_s))
+        self.parts.append((data_s, compute_s, comm_s, bubble_s))
 
     def diagnose(self) -> Diagnosis | None:
         """The current verdict over the window (None before any timing)."""
-        data, compute, comm = (sum(p[i] for p in self.parts) for i in range(3))
-        total = data + compute + comm
+        data, compute, comm, bubble = (sum(p[i] for p in self.parts) for i in range(4))
+        total = data + compute + comm + bubble
         if total <= 0:
             return None
         if data / total >= THRESHOLD:
             bound, share = "input", data / total
         elif comm / total >= THRESHOLD:
             bound, share = "communication", comm / total
+        elif bubble / total >= THRESHOLD:
+            bound, share = "bubble", bubble / total
         else:
             bound, share = "compute", compute / total
         field, remedy = REMEDIES[bound]

@@ -48,6 +48,19 @@ def step_flops(flops: float | None, samples_per_s: float, peak: float | None) ->
     return {"tflops": achieved, **({"mfu": achieved / peak} if peak else {})}
 
 
+def peak_bytes(device) -> int:
+    """This process's peak memory: the CUDA allocator's peak on a GPU, else the peak resident set."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
 def memory_fields(device) -> dict[str, int]:
     """Peak device memory so far (CUDA's allocator counter: no synchronization)."""
     if device.type != "cuda":

@@ -33,8 +33,11 @@ class Reporting:
             time_compute_s=report["compute"], time_optim_s=report["optim"], time_comm_s=report["comm"],
             skipped_steps=self.pos.skipped, **step_flops(self.flops, report["samples_per_s"] / self.dist.world, self.peak),
             **memory_fields(self.device), **({"world_size": self.dist.world} if self.dist.active else {}),
+            **self._pipeline_fields(report),
+            **({"mem_peak_ranks_bytes": report["mem_peak_ranks"]} if "mem_peak_ranks" in report else {}),
         )
-        self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"])
+        self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"],
+                        report.get("bubble", 0.0))
         verdict = self.doctor.changed()
         if verdict is not None:
             named = self._doctor_value(verdict.bound)
@@ -44,8 +47,25 @@ class Reporting:
                            field=verdict.field, remedy=verdict.remedy, message=verdict.message(),
                            **({"value": verdict.value, "current": verdict.current} if named else {}))
 
+    def _pipeline_fields(self, report: dict) -> dict:
+        """A pipeline's idle time and its share of the schedule, beside the ideal share, and each
+        stage's forward and backward seconds per micro-batch."""
+        if "bubble" not in report:
+            return {}
+        from engine.parallel.pipeline import ideal_bubble
+
+        pipe = self.net.pipeline
+        busy = report["compute"] + report["bubble"]
+        return {"time_bubble_s": report["bubble"], "pipeline_bubble": report["bubble"] / busy if busy else 0.0,
+                "pipeline_bubble_ideal": ideal_bubble(pipe.stages, pipe.microbatches),
+                "stage_forward_s": report["stage_forward"], "stage_backward_s": report["stage_backward"]}
+
     def _doctor_value(self, bound: str):
         """(field, current, new) the doctor can name for this verdict (doctor.suggest), or None."""
+        if bound == "bubble":
+            pipe, batch = self.net.pipeline, self.cfg.train.batch_size
+            more = pipe.microbatches * 2
+            return ("distributed.microbatches", pipe.microbatches, more) if batch % more == 0 else None
         d, gpu = self.cfg.data, self.device.type == "cuda"
         peak = memory_fields(self.device).get("mem_peak_bytes")
         total = torch.cuda.get_device_properties(self.device).total_memory if gpu else None

@@ -32,7 +32,9 @@ class StepMeter:
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device
         self.events = device is not None and device.type == "cuda"
-        self.data = self.h2d = self.compute = self.optim = self.comm = 0.0
+        self.data = self.h2d = self.compute = self.optim = self.comm = self.bubble = 0.0
+        #: A pipeline stage's (index, stages, forward s, backward s) since the last report.
+        self.stage: list = []
         self.spans: list[tuple[str, Any, Any]] = []
         self.loss_sum: torch.Tensor | None = None
         self.part_sums: dict[str, torch.Tensor] = {}
@@ -91,6 +93,15 @@ class StepMeter:
         self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
         self.counted += y.numel()
 
+    def _stage_vectors(self) -> list[float]:
+        """[forward of stage 0..P-1, backward of stage 0..P-1], this rank's slot filled."""
+        if not self.stage:
+            return []
+        index, stages, forward, backward = self.stage
+        vec = [0.0] * (2 * stages)
+        vec[index], vec[stages + index] = forward, backward
+        return vec
+
     def pending_loss(self) -> float | None:
         """The summed loss not yet reported (a host-device sync; used before a save)."""
         return None if self.loss_sum is None else float(self.loss_sum.item())
@@ -109,9 +120,16 @@ class StepMeter:
             loss_sum, parts, correct = float("nan"), [float("nan")] * len(names), 0.0
         for kind, start, end in self.spans:  # complete: the .item() above waited for them
             setattr(self, kind, getattr(self, kind) + start.elapsed_time(end) / 1000)
-        loss_sum, batches, samples, data, h2d, compute, optim, comm, correct, counted, known, *parts = dist.sum(
+        stages = self._stage_vectors()
+        peaks = [0.0] * dist.world if dist.active else []  # every rank's peak memory, in its slot
+        if peaks:
+            from engine.telemetry.flops import peak_bytes
+
+            peaks[dist.rank] = float(peak_bytes(self.device or torch.device("cpu")))
+        loss_sum, batches, samples, data, h2d, compute, optim, comm, correct, counted, known, bubble, *rest = dist.sum(
             [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm,
-             correct, self.counted, self.loss_batches, *parts])
+             correct, self.counted, self.loss_batches, self.bubble, *stages, *peaks, *parts])
+        stages, peaks, parts = rest[:len(stages)], rest[len(stages):len(stages) + len(peaks)], rest[len(stages) + len(peaks):]
         n = max(1, batches)  # per micro-batch, averaged over the ranks
         samples /= dist.model_parallel  # a tensor- or pipeline-parallel group's ranks count the same samples
         k = max(1, known)
@@ -121,6 +139,12 @@ class StepMeter:
                "compute": compute / n, "optim": optim / n, "comm": comm / n,
                "losses": {name: value / k for name, value in zip(names, parts)},
                "accuracy": correct / counted if counted else None}
+        if peaks:
+            out["mem_peak_ranks"] = [int(b) for b in peaks]
+        if stages:  # a pipeline: each stage's forward and backward per micro-batch, and the idle time
+            p = len(stages) // 2
+            out.update(bubble=bubble / n, stage_forward=[s * p / n for s in stages[:p]],
+                       stage_backward=[s * p / n for s in stages[p:]])
         self.__init__(self.device)
         return out
 
@@ -171,9 +195,17 @@ class Stepper:
         mark1 = meter.mark()
         meter.span("h2d", mark0, mark1)
         pipe = self.net.pipeline
+        pipe.clock.take()  # (an evaluation's forwards are not this step's)
         t0 = time.perf_counter()
         with autocast(self.device, self.precision):
             losses, logits = pipe.step(x, y)
+        wall = time.perf_counter() - t0
+        forward, backward = pipe.clock.take()
+        if not meter.stage:
+            meter.stage = [pipe.index, pipe.stages, 0.0, 0.0]
+        meter.stage[2] += forward
+        meter.stage[3] += backward
+        meter.bubble += max(0.0, wall - forward - backward)
         if pipe.last:
             loss = torch.stack([part.detach().float() for part in losses]).mean()
             meter.add_loss(loss, len(y), {"ce": loss})
@@ -181,10 +213,7 @@ class Stepper:
         else:
             zero = torch.zeros((), device=self.device)
             meter.add_loss(zero, len(y), {"ce": zero}, known=False)
-        if meter.events:
-            meter.span("compute", mark1, meter.mark())
-        else:
-            meter.compute += time.perf_counter() - t0
+        meter.compute += min(wall, forward + backward)  # busy; the rest of the schedule's time is the bubble
         return None
 
     def optimizer_step(self, meter: StepMeter, lr: float) -> bool:
