@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import events_of, popen_engine, run_engine, run_engines, status_of, wait_for
+from conftest import engine_env, events_of, popen_engine, run_engine, run_engines, status_of, wait_for
 from contracts.events import EXIT_BAD_INPUT, EXIT_STOPPED
 from test_gpt import GPT_RUN
 from test_resume import final_state, step_losses
@@ -128,3 +128,31 @@ def test_a_pipeline_that_cannot_be_built_exits_2_naming_the_field_and_writes_not
     assert all(w in done.stderr for w in words), done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+SEQUENTIAL = '''
+import torch
+from torch import nn
+
+
+def mlp(num_classes, in_channels, hidden=32):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, num_classes))
+'''
+
+
+def test_a_users_sequential_model_is_cut_between_its_children(tmp_path):
+    (tmp_path / "seqmodel.py").write_text(SEQUENTIAL)
+    (tmp_path / "seq.toml").write_text('[model]\nname = "seqmodel:mlp"\n[data]\nname = "digits"\n'
+                                       "[optim]\nname = \"adamw\"\nlr = 0.01\n[train]\nepochs = 2\nbatch_size = 32\n"
+                                       "[logging]\nevery_steps = 5\n")
+    env_path = f"{tmp_path}"
+    done = run_engine("run", str(tmp_path / "seq.toml"), "--runs-dir", str(tmp_path / "runs"), "--run-id", "seq",
+                      "--nproc", "2", "--set", "distributed.pipeline_stages=2",
+                      "--set", "distributed.pipeline_split=['3']", timeout=300,
+                      env={**engine_env(), "PYTHONPATH": env_path + os.pathsep + engine_env()["PYTHONPATH"]})
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, last = (set(r["model"]) for r in shards(tmp_path / "runs" / "seq"))
+    assert first == {"1.weight", "1.bias"} and last == {"3.weight", "3.bias", "5.weight", "5.bias"}
+    evals = [e for e in events_of(tmp_path / "runs" / "seq") if e["type"] == "eval"]
+    assert evals and evals[-1]["metrics"]["accuracy"] > 0.5  # a classifier learnt through two stages
