@@ -94,9 +94,9 @@ def test_a_pipeline_run_stopped_mid_epoch_resumes_bit_exactly_and_refuses_anothe
     assert proc.wait(timeout=300) == EXIT_STOPPED, (tmp_path / "err.log").read_text()[-3000:]
 
     other = run_engine("resume", "cut", "--runs-dir", str(folder), "--set", "distributed.pipeline_stages=1",
-                       timeout=300)
+                       "--set", "distributed.nproc=1", timeout=300)  # one process: the whole model
     assert other.returncode == EXIT_BAD_INPUT, other.stderr[-3000:]
-    assert "pipeline_stages = 2 x 1" in other.stderr and "tensor_parallel = 1 x 2" in other.stderr
+    assert "pipeline_stages = 2 x 1" in other.stderr and "tensor_parallel = 1 x 1" in other.stderr
 
     done = run_engine("resume", "cut", "--runs-dir", str(folder), timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]

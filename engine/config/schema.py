@@ -83,6 +83,23 @@ class Config(Section):
                                  "pipeline yet")
         if self.distill.enabled:
             raise ValueError(f"distill.enabled = true with distributed.pipeline_stages = {p}: not supported")
+        self._check_stages_fit()
+
+    def _check_stages_fit(self) -> None:
+        """What can be told from the config alone, before any process starts: the built-in models."""
+        p, name, split = self.distributed.pipeline_stages, self.model.name, self.distributed.pipeline_split
+        if name != "gpt" and ":" not in name:
+            raise ValueError(f"distributed.pipeline_stages = {p}: model.name = {name!r} cannot be split into stages "
+                             "(a pipeline needs the built-in gpt, whose blocks are a ModuleDict, or an nn.Sequential "
+                             "from a factory)")
+        layers = self.model.factory_args.get("layers", 4) if name == "gpt" else None
+        if isinstance(layers, int) and p > layers:
+            raise ValueError(f"distributed.pipeline_stages = {p}: more stages than the model's {layers} blocks")
+        names = [f"blocks.{i}" for i in range(layers)] if isinstance(layers, int) else None
+        wrong = [s for s in split if names is not None and s not in names]
+        if wrong:
+            raise ValueError(f"distributed.pipeline_split = {split!r}: {wrong[0]!r} names no module to split at "
+                             f"(the model's are {', '.join(names[:8])}{' ...' if len(names) > 8 else ''})")
 
     def _check_tensor_parallel(self) -> None:
         t, name = self.distributed.tensor_parallel, self.model.name
