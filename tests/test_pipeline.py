@@ -10,18 +10,16 @@ last batch: its stages exchange activations of one shape), so one process runs t
 from __future__ import annotations
 
 import os
-import random
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import engine_env, events_of, popen_engine, run_engine, run_engines, status_of, wait_for
-from contracts.events import EXIT_BAD_INPUT, EXIT_STOPPED
+from conftest import engine_env, events_of, run_engine, run_engines
+from contracts.events import EXIT_BAD_INPUT
 from test_gpt import GPT_RUN
-from test_resume import final_state, step_losses
-from test_tensor_parallel import shards, val_losses
+from test_resume import final_state
+from test_tensor_parallel import refused, resume_matches, shards, stop_mid_run, val_losses
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -84,27 +82,12 @@ def test_a_pipeline_composed_with_fsdp_on_four_ranks_agrees_with_one_process(run
 
 
 def test_a_pipeline_run_stopped_mid_epoch_resumes_bit_exactly_and_refuses_another_layout(tmp_path, runs):
-    (tmp_path / "gpt.toml").write_text(PP_RUN)
-    folder = tmp_path / "runs"
-    proc = popen_engine(["run", str(tmp_path / "gpt.toml"), "--runs-dir", str(folder), "--run-id", "cut", *PP2],
-                        stdout=open(tmp_path / "out.log", "wb"), stderr=open(tmp_path / "err.log", "wb"))
-    run = folder / "cut"
-    wait_for(lambda: status_of(run).get("step", 0) >= random.randint(12, 35), timeout=300, what="a step mid-run")
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=300) == EXIT_STOPPED, (tmp_path / "err.log").read_text()[-3000:]
-
-    other = run_engine("resume", "cut", "--runs-dir", str(folder), "--set", "distributed.pipeline_stages=1",
+    run = stop_mid_run(tmp_path, PP_RUN, PP2)
+    other = run_engine("resume", "cut", "--runs-dir", str(run.parent), "--set", "distributed.pipeline_stages=1",
                        "--set", "distributed.nproc=1", timeout=300)  # one process: the whole model
     assert other.returncode == EXIT_BAD_INPUT, other.stderr[-3000:]
     assert "pipeline_stages = 2 x 1" in other.stderr and "tensor_parallel = 1 x 1" in other.stderr
-
-    done = run_engine("resume", "cut", "--runs-dir", str(folder), timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for ours, ref in zip(shards(run), shards(runs["pp2"]), strict=True):
-        assert ours["step"] == ref["step"]
-        for name, tensor in ref["model"].items():
-            assert torch.equal(ours["model"][name], tensor), f"rank {ours['rank']}: {name} differs"
-    assert step_losses(run) == step_losses(runs["pp2"])
+    resume_matches(run, runs["pp2"])
 
 
 @pytest.mark.parametrize("sets, words", [
@@ -121,13 +104,7 @@ def test_a_pipeline_run_stopped_mid_epoch_resumes_bit_exactly_and_refuses_anothe
     (["distributed.pipeline_stages=2"], ["pipeline_stages = 2", "nproc"]),
 ])
 def test_a_pipeline_that_cannot_be_built_exits_2_naming_the_field_and_writes_nothing(tmp_path, sets, words):
-    (tmp_path / "gpt.toml").write_text(PP_RUN)
-    args = [a for s in sets for a in ("--set", s)]
-    done = run_engine("run", str(tmp_path / "gpt.toml"), "--runs-dir", str(tmp_path / "runs"), *args, timeout=200)
-    assert done.returncode == EXIT_BAD_INPUT, done.stdout + done.stderr
-    assert all(w in done.stderr for w in words), done.stderr
-    assert "Traceback" not in done.stderr
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    refused(tmp_path, PP_RUN, sets, words)
 
 
 SEQUENTIAL = '''

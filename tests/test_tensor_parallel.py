@@ -80,24 +80,45 @@ def test_tensor_parallel_composed_with_fsdp_on_four_ranks_agrees_with_one_proces
     assert steps[-1]["world_size"] == 4 and steps[-1]["step"] == final_state(runs["one"])["step"]
 
 
-def test_a_tensor_parallel_run_stopped_mid_epoch_resumes_bit_exactly(tmp_path, runs):
-    (tmp_path / "gpt.toml").write_text(TP_RUN)
+def stop_mid_run(tmp_path: Path, config: str, layout: tuple[str, ...]) -> Path:
+    """Start a run with this layout, SIGTERM it a random step into its epoch; the stopped run."""
+    (tmp_path / "gpt.toml").write_text(config)
     folder = tmp_path / "runs"
-    proc = popen_engine(["run", str(tmp_path / "gpt.toml"), "--runs-dir", str(folder), "--run-id", "cut", *TP2],
+    proc = popen_engine(["run", str(tmp_path / "gpt.toml"), "--runs-dir", str(folder), "--run-id", "cut", *layout],
                         stdout=open(tmp_path / "out.log", "wb"), stderr=open(tmp_path / "err.log", "wb"))
     run = folder / "cut"
     wait_for(lambda: status_of(run).get("step", 0) >= random.randint(12, 35), timeout=300, what="a step mid-run")
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=300) == EXIT_STOPPED, (tmp_path / "err.log").read_text()[-3000:]
+    return run
 
-    # (a resume with another layout is refused: tests/test_pipeline.py, the same check)
-    done = run_engine("resume", "cut", "--runs-dir", str(folder), timeout=400)
+
+def resume_matches(run: Path, reference: Path) -> None:
+    """Resume `run` with its own layout; every rank's weights and every step's loss as `reference`'s."""
+    done = run_engine("resume", run.name, "--runs-dir", str(run.parent), timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    for ours, ref in zip(shards(run), shards(runs["tp2"]), strict=True):
+    for ours, ref in zip(shards(run), shards(reference), strict=True):
         assert ours["step"] == ref["step"]
         for name, tensor in ref["model"].items():
             assert torch.equal(ours["model"][name], tensor), f"rank {ours['rank']}: {name} differs"
-    assert step_losses(run) == step_losses(runs["tp2"])
+    assert step_losses(run) == step_losses(reference)
+
+
+def refused(tmp_path: Path, config: str, sets: list[str], words: list[str]) -> None:
+    """`run` with these --set values exits 2, names `words`, and writes nothing."""
+    (tmp_path / "gpt.toml").write_text(config)
+    args = [a for s in sets for a in ("--set", s)]
+    done = run_engine("run", str(tmp_path / "gpt.toml"), "--runs-dir", str(tmp_path / "runs"), *args, timeout=200)
+    assert done.returncode == EXIT_BAD_INPUT, done.stdout + done.stderr
+    assert all(w in done.stderr for w in words), done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr  # no rank started
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_tensor_parallel_run_stopped_mid_epoch_resumes_bit_exactly(tmp_path, runs):
+    run = stop_mid_run(tmp_path, TP_RUN, TP2)
+    # (a resume with another layout is refused: tests/test_pipeline.py, the same check)
+    resume_matches(run, runs["tp2"])
 
 
 @pytest.mark.parametrize("sets, words", [
@@ -109,10 +130,4 @@ def test_a_tensor_parallel_run_stopped_mid_epoch_resumes_bit_exactly(tmp_path, r
     (["distributed.tensor_parallel=2"], ["tensor_parallel = 2", "nproc"]),
 ])
 def test_a_layout_that_cannot_be_built_exits_2_naming_the_field_before_any_rank_starts(tmp_path, sets, words):
-    (tmp_path / "gpt.toml").write_text(GPT_RUN)
-    args = [a for s in sets for a in ("--set", s)]
-    done = run_engine("run", str(tmp_path / "gpt.toml"), "--runs-dir", str(tmp_path / "runs"), *args, timeout=120)
-    assert done.returncode == EXIT_BAD_INPUT, done.stdout + done.stderr
-    assert all(w in done.stderr for w in words), done.stderr
-    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr  # no rank started
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    refused(tmp_path, GPT_RUN, sets, words)
