@@ -240,11 +240,13 @@ def _start(cfg: Config, args: argparse.Namespace, positional: list[str]) -> int:
 
 def _needs_launcher(cfg: Config) -> bool:
     """More than one process asked for, and torchrun has not started us yet."""
-    from engine.parallel.dist import one_process_error, under_torchrun
+    from engine.parallel.dist import under_torchrun
 
     d = cfg.distributed
-    if max(d.tensor_parallel, d.pipeline_stages) > 1 and d.nproc == 1 and not under_torchrun():
-        raise BadInput(one_process_error(d))
+    split = max((d.tensor_parallel, "tensor_parallel"), (d.pipeline_stages, "pipeline_stages"))
+    if split[0] > 1 and d.nproc == 1 and not under_torchrun():
+        raise BadInput(f"distributed.{split[1]} = {split[0]}: needs that many processes or a multiple; set "
+                       "distributed.nproc (or --nproc) or start the engine with torchrun")
     return d.nproc > 1 and not under_torchrun()
 
 

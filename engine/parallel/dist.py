@@ -153,19 +153,10 @@ def _load(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def one_process_error(d: Any) -> str:
-    """The message for a model-parallel layout asked of a single process."""
-    field, n = ("tensor_parallel", d.tensor_parallel) if d.tensor_parallel > 1 else ("pipeline_stages", d.pipeline_stages)
-    return (f"distributed.{field} = {n}: needs that many processes or a multiple; set distributed.nproc "
-            "(or --nproc) or start the engine with torchrun")
-
-
 def setup(cfg: Config) -> Dist:
     """Join the process group when started by torchrun; a single process otherwise."""
     d = cfg.distributed
-    if not under_torchrun():
-        if d.tensor_parallel > 1 or d.pipeline_stages > 1:
-            raise BadInput(one_process_error(d))
+    if not under_torchrun():  # (a model-parallel layout in one process: refused by the CLI, engine/cli.py)
         return Dist(strategy=d.strategy)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world % d.tensor_parallel:

@@ -160,8 +160,8 @@ class Pipeline:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Forward and backward over the batch's microbatches: the last stage's losses and logits."""
         losses: list[torch.Tensor] = []
-        self.batch = self.batch or len(x)
-        self.target = torch.zeros_like(y)  # what evaluation hands the loss it does not read
+        if self.target is None:  # once: the training shape, and what evaluation hands the loss it does not read
+            self.batch, self.target = len(x), torch.zeros_like(y)
         out = self._run(self.schedule.step, x, y, losses)
         return losses, out
 

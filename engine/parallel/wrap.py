@@ -56,7 +56,7 @@ def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: boo
     if dist.pp > 1:
         from engine.parallel.pipeline import stage_module
 
-        d, _, _ = pipeline
+        d, batch, loss_fn = pipeline
         model = stage_module(model, dist.pp_rank, dist.pp, d.pipeline_split).to(device)
     if dist.tp > 1:
         from engine.parallel.tensor import parallelize
@@ -72,7 +72,6 @@ def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: boo
     if dist.pp > 1:
         from engine.parallel.pipeline import Pipeline
 
-        d, batch, loss_fn = pipeline
         p = d.pipeline_stages
         micro = d.microbatches or (2 * p if batch % (2 * p) == 0 else p)
         stages = Pipeline(model, dist.pp_rank, p, device, dist.mesh["pp"].get_group(), micro,

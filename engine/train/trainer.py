@@ -66,7 +66,8 @@ class Trainer(Reporting, Saving, Obeying):
         for line in summaries(self.converters):
             self.tele.emit("log", level="info", message=line)
         sample = spec.train[0][0]
-        self.flops = flops_per_sample(model, tuple(sample.shape), sample.dtype if spec.kind == "tokens" else None) if hasattr(sample, "shape") else None
+        tokens = sample.dtype if spec.kind == "tokens" else None  # token ids trace as ids, images as floats
+        self.flops = flops_per_sample(model, tuple(sample.shape), tokens) if hasattr(sample, "shape") else None
         self.teacher = teacher
         self.task = build_task(cfg, teacher.model.to(self.device) if teacher else None)
         self.net = wrap(model, self.dist, self.device, cfg.distributed.sync_batchnorm,
