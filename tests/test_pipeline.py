@@ -102,6 +102,7 @@ def test_a_pipeline_run_stopped_mid_epoch_resumes_bit_exactly_and_refuses_anothe
       "model.factory_args={}"],
      ["pipeline_stages", "cannot be split"]),
     (["distributed.pipeline_stages=2"], ["pipeline_stages = 2", "nproc"]),
+    (["distributed.nproc=2", "distributed.pipeline_stages=2", "train.eval_batch_size=8"], ["eval_batch_size = 8"]),
 ])
 def test_a_pipeline_that_cannot_be_built_exits_2_naming_the_field_and_writes_nothing(tmp_path, sets, words):
     refused(tmp_path, PP_RUN, sets, words)

@@ -81,6 +81,9 @@ class Config(Section):
             if value != ok and not (field == "train.precision" and value == "bf16"):
                 raise ValueError(f"{field} = {value!r} with distributed.pipeline_stages = {p}: not supported in a "
                                  "pipeline yet")
+        if t.eval_batch_size not in (None, t.batch_size):
+            raise ValueError(f"train.eval_batch_size = {t.eval_batch_size} with distributed.pipeline_stages = {p}: "
+                             f"the stages exchange activations of one shape; leave it unset or {t.batch_size}")
         if self.distill.enabled:
             raise ValueError(f"distill.enabled = true with distributed.pipeline_stages = {p}: not supported")
         self._check_stages_fit()

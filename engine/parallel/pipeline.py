@@ -152,16 +152,15 @@ class Pipeline:
         self.index, self.stages, self.microbatches = stage, stages, microbatches
         self.clock = StageClock(module)
         self.batch: int | None = None  # the training batch size: every batch through the stages has it
-        self.target: torch.Tensor | None = None
         self.stage = PipelineStage(module, stage, stages, device, group=group)
         kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
         self.schedule = kind(self.stage, n_microbatches=microbatches, loss_fn=loss_fn)
+        self.scoring = kind(self.stage, n_microbatches=microbatches)  # evaluation: no loss, no target
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Forward and backward over the batch's microbatches: the last stage's losses and logits."""
         losses: list[torch.Tensor] = []
-        if self.target is None:  # once: the training shape, and what evaluation hands the loss it does not read
-            self.batch, self.target = len(x), torch.zeros_like(y)
+        self.batch = self.batch or len(x)
         out = self._run(self.schedule.step, x, y, losses)
         return losses, out
 
@@ -172,7 +171,7 @@ class Pipeline:
         n, full = len(x), self.batch or len(x)
         if n < full:
             x = torch.cat([x, x[-1:].expand(full - n, *x.shape[1:])])
-        out = self._run(self.schedule.eval, x, self.target[:full], [])
+        out = self._run(self.scoring.eval, x, None, None)
         return None if out is None else out[:n]
 
     def _run(self, fn: Any, x: torch.Tensor, y: torch.Tensor | None, losses: list | None) -> Any:
