@@ -132,8 +132,10 @@ def test_a_full_disk_pauses_the_run_until_space_is_freed(small_fs: Path, tmp_pat
     saved = sorted({e["step"] for e in events if e["type"] == "checkpoint"})
     assert step in saved, (step, saved)
     total = max(e["step"] for e in events if e["type"] == "step")
-    for multiple in range(15, total + 1, 15):  # every periodic checkpoint, the paused one late at most once
-        assert multiple in saved or (multiple < step <= multiple + 1), (multiple, saved)
+    # every periodic checkpoint; the one whose background write found the disk full is replaced by
+    # the step at which the loop noticed (a step or a few later, before the next periodic one)
+    late = [m for m in range(15, total + 1, 15) if m not in saved]
+    assert len(late) <= 1 and all(m < step < m + 15 for m in late), (late, step, saved)
     assert any("written after" in e.get("message", "") for e in events if e["type"] == "log")
     no_temporaries(run)
     final = latest_of(run)

@@ -14,8 +14,14 @@ engine's parent (`os.waitpid` on it fails; `wait()` asks the server, which is), 
 and `/proc/PID/environ` show the server's (the environment itself is the child's), every child
 shares the server's hash seed, and modules the server imported are already in `sys.modules`. Tests of
 start-up itself (which modules a command imports, `--help`, exit codes before torch loads) call
-`engine_cmd` and run cold; torchrun's ranks, sweep trials and cockpit-launched engines are started
-by the product and run cold too. `COCKPIT_TESTS_COLD=1` runs every engine cold.
+`engine_cmd` and run cold; sweep trials and cockpit-launched engines are started by the product and
+run cold too. `COCKPIT_TESTS_COLD=1` runs every engine cold.
+
+torchrun's ranks: a warm `--nproc N` engine starts the real torchrun, which starts each rank as a
+relay (`python tests/warm.py --relay SOCKET ARGS`, stdlib only): the relay has the server fork the
+rank with the relay's streams, environment and working directory, passes on the signals torchrun
+sends it, and exits with the rank's code or signal; if the relay is killed, the server kills the
+rank. The ranks are children of the server, not of torchrun (`/proc` shows the relays there).
 
 Run as a script, this file is the server: `python tests/warm.py SOCKET`.
 """
@@ -91,10 +97,14 @@ def _run_child(request: dict, fds: list[int], close: list[int]) -> None:
         import importlib
 
         importlib.invalidate_caches()
+        if os.environ.get("PYTHONUNBUFFERED"):
+            for stream in (sys.stdout, sys.stderr):
+                stream.reconfigure(write_through=True)
         threads = os.environ.get("OMP_NUM_THREADS")
         import torch
 
         torch.set_num_threads(int(threads) if threads and threads.isdigit() else (os.cpu_count() or 1))
+        _warm_ranks(request["server"])
         sys.argv = [str(ROOT / "engine" / "cli.py"), *request["args"]]
         sys.modules.pop("engine.cli", None)  # as in a cold start, where only __main__ holds the CLI
         import runpy
@@ -132,6 +142,23 @@ def _run_child(request: dict, fds: list[int], close: list[int]) -> None:
         os._exit(code)
 
 
+def _warm_ranks(server: str) -> None:
+    """`--nproc N` starts torchrun as it would, but torchrun starts each rank as a relay
+    (`warm.py --relay`): a small stdlib client that has this server fork the rank, hands it its
+    streams and environment, passes signals on and exits as the rank did."""
+    from engine.run import launch
+
+    cold = launch.torchrun_command
+
+    def torchrun_command(nproc: int, rank_argv: list[str]) -> list[str]:
+        line = cold(nproc, rank_argv)
+        head = line[:line.index("-m", 2)]  # torchrun and its own options
+        return [*head, "--no-python", sys.executable, str(Path(__file__).resolve()), "--relay", server,
+                *rank_argv]
+
+    launch.torchrun_command = torchrun_command
+
+
 def serve(path: str) -> None:
     _die_with_parent()
     import importlib
@@ -148,6 +175,7 @@ def serve(path: str) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     waiting: dict[int, socket.socket] = {}  # child pid -> the client that waits for its status
+    tied: dict[int, int] = {}  # a relay's connection (fd) -> its child, killed when the relay goes
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
@@ -160,6 +188,7 @@ def serve(path: str) -> None:
                 except (OSError, ValueError):
                     conn.close()
                     continue
+                request["server"] = path
                 pid = os.fork()
                 if pid == 0:
                     _run_child(request, fds, [listener.fileno(), wake_r, wake_w, conn.fileno(),
@@ -168,6 +197,17 @@ def serve(path: str) -> None:
                     os.close(fd)
                 waiting[pid] = conn
                 _send(conn, {"pid": pid})
+                if request.get("tied"):
+                    tied[conn.fileno()] = pid
+                    sel.register(conn, selectors.EVENT_READ)
+            elif key.fd in tied:  # a relay closed its end (it died): its rank dies with it
+                try:
+                    gone = not conn_peek(key.fileobj)
+                except OSError:
+                    gone = True
+                if gone:
+                    sel.unregister(key.fileobj)
+                    _kill(tied.pop(key.fd))
             else:
                 try:
                     os.read(wake_r, 4096)
@@ -182,8 +222,22 @@ def serve(path: str) -> None:
                 break
             conn = waiting.pop(pid, None)
             if conn is not None:
+                if tied.pop(conn.fileno(), None) is not None:
+                    sel.unregister(conn)
                 _send(conn, {"status": status})
                 conn.close()
+
+
+def conn_peek(conn: socket.socket) -> bool:
+    """False once the client closed its end (a relay sends nothing after its request)."""
+    return bool(conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _send(conn: socket.socket, message: dict) -> None:
@@ -391,6 +445,58 @@ def run(args, *, cwd=None, env=None, timeout: float | None = None, input=None) -
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+# -- the relay: one of torchrun's ranks ------------------------------------------------------------
+
+RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+
+
+def relay(path: str, args: list[str]) -> None:
+    """Run `cockpit-engine ARGS` forked from the server at `path`, as this process: our streams,
+    environment and working directory; signals we get are passed on; we exit as it did. If we are
+    killed, the server kills it (the connection is tied to it)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(path)
+    body = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ), "new_session": True,
+                       "tied": True}).encode() + b"\n"
+    sent = socket.send_fds(conn, [body], [0, 1, 2])
+    conn.sendall(body[sent:])
+    pending: list[int] = []
+    child = {"pid": 0}
+
+    def forward(signum: int, _frame: object) -> None:
+        if child["pid"]:
+            try:
+                os.kill(child["pid"], signum)
+            except OSError:
+                pass
+        else:
+            pending.append(signum)
+
+    for sig in RELAYED:
+        signal.signal(sig, forward)
+    buf = b""
+    while True:
+        while b"\n" not in buf:
+            more = conn.recv(4096)
+            if not more:
+                os._exit(1)  # the server went away
+            buf += more
+        line, buf = buf.split(b"\n", 1)
+        message = json.loads(line)
+        if "pid" in message:
+            child["pid"] = int(message["pid"])
+            for signum in pending:
+                forward(signum, None)
+            continue
+        code = os.waitstatus_to_exitcode(message["status"])
+        if code < 0:
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        os._exit(code)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--relay":
+        relay(sys.argv[2], sys.argv[3:])
     sys.path[0] = str(ROOT)  # as `python -m engine.cli` from the root would have it, not tests/
     serve(sys.argv[1])
