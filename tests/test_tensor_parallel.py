@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import events_of, popen_engine, run_engine, run_engines, status_of, wait_for
+from conftest import engine_env, events_of, popen_engine, run_engine, run_engines, status_of, wait_for
 from contracts.events import EXIT_BAD_INPUT, EXIT_STOPPED
 from test_gpt import GPT_RUN
 from test_resume import final_state, step_losses
@@ -131,3 +131,50 @@ def test_a_tensor_parallel_run_stopped_mid_epoch_resumes_bit_exactly(tmp_path, r
 ])
 def test_a_layout_that_cannot_be_built_exits_2_naming_the_field_before_any_rank_starts(tmp_path, sets, words):
     refused(tmp_path, GPT_RUN, sets, words)
+
+
+OWN_PLAN = '''
+from torch import nn
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+
+class Wide(nn.Module):
+    """A classifier whose hidden layers split over the ranks: its own tensor-parallel plan."""
+
+    def __init__(self, num_classes, in_channels, hidden=32):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.up = nn.Linear(in_channels * 64, hidden)
+        self.down = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.head(self.down(self.up(self.flat(x)).relu()).relu())
+
+    def tp_plan(self, tp):
+        return {"up": ColwiseParallel(), "down": RowwiseParallel()}
+
+
+def wide(num_classes, in_channels):
+    return Wide(num_classes, in_channels)
+'''
+
+
+def test_a_users_model_brings_its_own_plan(tmp_path):
+    (tmp_path / "ownplan.py").write_text(OWN_PLAN)
+    (tmp_path / "own.toml").write_text('[model]\nname = "ownplan:wide"\n[data]\nname = "digits"\n'
+                                       "[optim]\nname = \"adamw\"\nlr = 0.01\n[train]\nepochs = 1\nbatch_size = 32\n"
+                                       "[logging]\nevery_steps = 5\n")
+    env = {**engine_env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{engine_env()['PYTHONPATH']}"}
+    common = ["run", str(tmp_path / "own.toml"), "--runs-dir", str(tmp_path / "runs")]
+    done = run_engines({"tp2": {"args": [*common, "--run-id", "tp2", *TP2], "env": env},
+                        "one": {"args": [*common, "--run-id", "one"], "env": env}}, timeout=300)
+    for name, proc in done.items():
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+    one = final_state(tmp_path / "runs" / "one")["model"]
+    ranks = shards(tmp_path / "runs" / "tp2")
+    assert ranks[0]["model"]["up.weight"].shape[0] == 16 and ranks[0]["model"]["down.weight"].shape[1] == 16
+    assert torch.equal(ranks[0]["model"]["head.weight"], ranks[1]["model"]["head.weight"])  # replicated
+    for name, full in one.items():
+        ours = whole([r["model"][name] for r in ranks], full.shape)
+        assert torch.allclose(ours, full, rtol=0, atol=1e-4), f"{name}: {float((ours - full).abs().max())}"
