@@ -23,12 +23,16 @@ from test_tensor_parallel import refused, resume_matches, shards, stop_mid_run, 
 
 pytestmark = pytest.mark.timeout(600)
 
-# 1,472 training windows of 32 bytes: 46 full batches of 32 (and 2 x 46 of 16).
-PP_RUN = GPT_RUN.replace("epochs = 2", "epochs = 1").replace("max_bytes = 60000", "max_bytes = 58888")
+# 1,472 training windows of 32 bytes: 46 full batches of 32 (and 2 x 46 of 16); four blocks, so
+# an interleaved pipeline of 2 ranks x 2 stages has one each.
+PP_RUN = (GPT_RUN.replace("epochs = 2", "epochs = 1").replace("max_bytes = 60000", "max_bytes = 58888")
+          .replace("layers = 2", "layers = 4"))
 PP2 = ("--nproc", "2", "--set", "distributed.pipeline_stages=2")
 PP2_D2 = ("--nproc", "4", "--set", "distributed.pipeline_stages=2", "--set", "distributed.strategy='fsdp'",
           "--set", "distributed.pipeline_schedule='gpipe'", "--set", "distributed.pipeline_split=['blocks.1']",
           "--set", "distributed.microbatches=4", "--set", "train.batch_size=16")
+INTERLEAVED = ("--nproc", "2", "--set", "distributed.pipeline_stages=2",
+               "--set", "distributed.pipeline_schedule='interleaved1f1b'")  # stages_per_rank: 2 by default
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     common = ["run", str(base / "gpt.toml"), "--runs-dir", str(base / "runs")]
     done = run_engines({"pp2_d2": {"args": [*common, "--run-id", "pp2_d2", *PP2_D2]},
                         "pp2": {"args": [*common, "--run-id", "pp2", *PP2]},
+                        "il": {"args": [*common, "--run-id", "il", *INTERLEAVED]},
                         "one": {"args": [*common, "--run-id", "one"]}}, timeout=500)
     for name, proc in done.items():
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
@@ -75,6 +80,23 @@ def test_step_events_carry_the_bubble_each_stages_times_and_every_ranks_peak_mem
     assert wide["pipeline_bubble_ideal"] == pytest.approx(1 / 5) and len(wide["mem_peak_ranks_bytes"]) == 4
 
 
+def test_an_interleaved_pipeline_holds_two_stages_on_each_rank_and_agrees_with_one_process(runs):
+    one = final_state(runs["one"])["model"]
+    ranks = shards(runs["il"])
+    assert [(r["pipeline_stages"], r["stages_per_rank"]) for r in ranks] == [(2, 2), (2, 2)]
+    first, second = (set(r["model"]) for r in ranks)
+    blocks = [{k.split(".")[1] for k in part if k.startswith("blocks.")} for part in (first, second)]
+    assert blocks == [{"0", "2"}, {"1", "3"}]  # 4 stages looped over 2 ranks: rank 0 holds stages 0 and 2
+    assert "embed.weight" in first and "head.weight" in second and first | second == set(one)
+    for r in ranks:
+        for name, tensor in r["model"].items():
+            assert torch.allclose(tensor, one[name], rtol=0, atol=1e-4), f"{name}: {float((tensor - one[name]).abs().max())}"
+    assert val_losses(runs["il"]) == pytest.approx(val_losses(runs["one"]), rel=1e-3)
+    steps = [e for e in events_of(runs["il"]) if e["type"] == "step"]
+    assert steps[-1]["step"] == 46 and steps[-1]["pipeline_bubble_ideal"] == pytest.approx(1 / 9)  # V = 2, M = 4
+    assert all(len(e["stage_forward_s"]) == 2 and min(e["stage_forward_s"]) > 0 for e in steps)
+
+
 def test_a_pipeline_composed_with_fsdp_on_four_ranks_agrees_with_one_process(runs):
     ranks = shards(runs["pp2_d2"])
     assert len(ranks) == 4 and {r["pipeline_stages"] for r in ranks} == {2}
@@ -87,12 +109,30 @@ def test_a_pipeline_run_stopped_mid_epoch_resumes_bit_exactly_and_refuses_anothe
                        "--set", "distributed.nproc=1", timeout=300)  # one process: the whole model
     assert other.returncode == EXIT_BAD_INPUT, other.stderr[-3000:]
     assert "pipeline_stages = 2 x 1" in other.stderr and "tensor_parallel = 1 x 1" in other.stderr
+    other = run_engine("resume", "cut", "--runs-dir", str(run.parent), "--nproc", "2",
+                       "--set", "distributed.pipeline_schedule='interleaved1f1b'", "--set", "distributed.stages_per_rank=2",
+                       timeout=300)
+    assert other.returncode == EXIT_BAD_INPUT, other.stderr[-3000:]
+    assert "pipeline_stages = 2 (stages_per_rank = 2) x 1" in other.stderr, other.stderr[-3000:]
     resume_matches(run, runs["pp2"])
+
+
+def test_an_interleaved_pipeline_stopped_mid_epoch_resumes_bit_exactly(tmp_path, runs):
+    resume_matches(stop_mid_run(tmp_path, PP_RUN, INTERLEAVED), runs["il"])
 
 
 @pytest.mark.parametrize("sets, words", [
     (["distributed.nproc=3", "distributed.pipeline_stages=2"], ["pipeline_stages = 2", "nproc = 3"]),
-    (["distributed.nproc=4", "distributed.pipeline_stages=4"], ["pipeline_stages = 4", "2 blocks"]),
+    (["distributed.nproc=4", "distributed.pipeline_stages=4", "model.factory_args={layers=2,dim=32,heads=4,context=32}"],
+     ["pipeline_stages = 4", "2 blocks"]),
+    (["distributed.nproc=2", "distributed.pipeline_stages=2", "distributed.pipeline_schedule='interleaved1f1b'",
+      "distributed.stages_per_rank=3"], ["pipeline_stages = 2 x stages_per_rank = 3", "4 blocks"]),
+    (["distributed.nproc=2", "distributed.pipeline_stages=2", "distributed.stages_per_rank=2"],
+     ["stages_per_rank = 2", "interleaved1f1b"]),
+    (["distributed.nproc=4", "distributed.pipeline_stages=2", "distributed.pipeline_schedule='interleaved1f1b'",
+      "distributed.strategy='fsdp'"], ["interleaved1f1b", "nproc = 4", "not supported"]),
+    (["distributed.nproc=2", "distributed.pipeline_stages=2", "distributed.pipeline_schedule='interleaved1f1b'",
+      "distributed.microbatches=1"], ["microbatches = 1", "multiple of pipeline_stages = 2"]),
     (["distributed.nproc=2", "distributed.pipeline_stages=2", "distributed.pipeline_split=['blocks.7']"],
      ["pipeline_split", "blocks.7"]),
     (["distributed.nproc=4", "distributed.pipeline_stages=2"], ["strategy = 'ddp'", "fsdp"]),

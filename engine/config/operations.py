@@ -42,13 +42,28 @@ class DistributedConfig(Section):
     microbatches: Optional[Int] = Field(
         None, ge=1, description="Pipeline: microbatches per batch (must divide train.batch_size); default: "
         "2 x pipeline_stages where that divides it, else pipeline_stages")
-    pipeline_schedule: Literal["gpipe", "1f1b"] = Field(
-        "1f1b", description="Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (interleaved: "
-        "less activation memory)")
+    pipeline_schedule: Literal["gpipe", "1f1b", "interleaved1f1b"] = Field(
+        "1f1b", description="Pipeline schedule: gpipe (all forwards, then all backwards), 1f1b (one forward, one "
+        "backward: less activation memory) or interleaved1f1b (1F1B over stages_per_rank stages on each rank: "
+        "a smaller bubble)")
+    stages_per_rank: Optional[Int] = Field(
+        None, ge=1, description="Pipeline stages each rank holds (interleaved1f1b; the model is cut into "
+        "pipeline_stages x stages_per_rank stages, rank r holding r, r + pipeline_stages, ...); default: 2 for "
+        "interleaved1f1b, else 1")
 
     @model_validator(mode="after")
     def _check_layout(self) -> "DistributedConfig":
-        p = self.pipeline_stages
+        p, v = self.pipeline_stages, self.stages_per_rank
+        interleaved = self.pipeline_schedule == "interleaved1f1b"
+        if v is None:
+            self.stages_per_rank = v = 2 if interleaved else 1
+        if v > 1 and not interleaved:
+            raise ValueError(f"stages_per_rank = {v} with pipeline_schedule = {self.pipeline_schedule!r}: more than "
+                             "one stage a rank needs pipeline_schedule = 'interleaved1f1b'")
+        if interleaved and p > 1 and self.nproc > p:
+            raise ValueError(f"pipeline_schedule = 'interleaved1f1b' with nproc = {self.nproc} and pipeline_stages "
+                             f"= {p}: an interleaved pipeline with data-parallel groups is not supported yet (use "
+                             f"nproc = {p}, or 1f1b)")
         if p > 1 and self.tensor_parallel > 1:
             raise ValueError(f"pipeline_stages = {p} with tensor_parallel = {self.tensor_parallel}: one or the "
                              "other for now (a 3-D mesh is not built yet)")

@@ -73,6 +73,9 @@ class Config(Section):
         p, m = d.pipeline_stages, d.microbatches
         if m is not None and t.batch_size % m:
             raise ValueError(f"distributed.microbatches = {m}: must divide train.batch_size = {t.batch_size}")
+        if m is not None and m % p and d.pipeline_schedule == "interleaved1f1b":
+            raise ValueError(f"distributed.microbatches = {m}: an interleaved schedule needs a multiple of "
+                             f"pipeline_stages = {p}")
         if m is None and t.batch_size % p:
             raise ValueError(f"train.batch_size = {t.batch_size}: a {p}-stage pipeline splits it into at least "
                              f"{p} microbatches; make it a multiple of {p} or set distributed.microbatches")
@@ -90,14 +93,17 @@ class Config(Section):
 
     def _check_stages_fit(self) -> None:
         """What can be told from the config alone, before any process starts: the built-in models."""
-        p, name, split = self.distributed.pipeline_stages, self.model.name, self.distributed.pipeline_split
+        d, name, split = self.distributed, self.model.name, self.distributed.pipeline_split
+        p = d.pipeline_stages * d.stages_per_rank
         if name != "gpt" and ":" not in name:
             raise ValueError(f"distributed.pipeline_stages = {p}: model.name = {name!r} cannot be split into stages "
                              "(a pipeline needs the built-in gpt, whose blocks are a ModuleDict, or an nn.Sequential "
                              "from a factory)")
         layers = self.model.factory_args.get("layers", 4) if name == "gpt" else None
         if isinstance(layers, int) and p > layers:
-            raise ValueError(f"distributed.pipeline_stages = {p}: more stages than the model's {layers} blocks")
+            stages = (f"pipeline_stages = {d.pipeline_stages} x stages_per_rank = {d.stages_per_rank}"
+                      if d.stages_per_rank > 1 else f"pipeline_stages = {p}")
+            raise ValueError(f"distributed.{stages}: more stages than the model's {layers} blocks")
         names = [f"blocks.{i}" for i in range(layers)] if isinstance(layers, int) else None
         wrong = [s for s in split if names is not None and s not in names]
         if wrong:

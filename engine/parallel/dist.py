@@ -166,7 +166,7 @@ def setup(cfg: Config) -> Dist:
     if d.pipeline_stages > 1:
         from engine.parallel.pipeline import check_torch
 
-        check_torch()
+        check_torch(d.pipeline_schedule)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     wants_gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
     backend = d.backend if d.backend != "auto" else ("nccl" if wants_gpu else "gloo")

@@ -11,6 +11,14 @@ one process. Evaluation runs the same schedule forward only (`schedule.eval`).
 Stages are cut at module names (`pipeline_split = ["blocks.2"]`: the second stage starts
 there) or, by default, balanced by parameter count. A model can be split when it is the
 built-in gpt (a ModuleDict of blocks) or an `nn.Sequential`.
+
+The interleaved schedule (`pipeline_schedule = "interleaved1f1b"`, torch's
+`ScheduleInterleaved1F1B`) gives each rank `stages_per_rank` = V stages, looped: with P ranks the
+model is cut into P x V stages and rank r holds stages r, r + P, r + 2P, ... Each rank keeps one
+module with all its stages' layers (module names as in the whole model: that is what is
+optimized and checkpointed) and hands the schedule one view of it per stage, which shares its
+layers. The bubble shrinks to (P - 1) / (V x M + P - 1), at the price of V times the point-to-point
+messages.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from torch import nn
 
 from contracts.errors import BadInput
 
-SCHEDULES = ("gpipe", "1f1b")
+SCHEDULES = ("gpipe", "1f1b", "interleaved1f1b")
 
 
 def _parts(model: nn.Module) -> tuple[str, list[tuple[str, nn.Module]]]:
@@ -72,21 +80,65 @@ def bounds(model: nn.Module, stages: int, split: list[str]) -> list[int]:
     return [*cuts, len(parts)]
 
 
+def rank_stages(rank: int, ranks: int, per_rank: int) -> list[int]:
+    """The stages a pipeline rank holds, looped: r, r + P, r + 2P, ..."""
+    return [rank + k * ranks for k in range(per_rank)]
+
+
 def stage_module(model: nn.Module, stage: int, stages: int, split: list[str]) -> nn.Module:
     """This stage's part of `model` (a copy; module names as in the whole model)."""
     prefix, parts = _parts(model)
     b = bounds(model, stages, split)
-    keep = {name for name, _ in parts[b[stage]:b[stage + 1]]}
+    return _pruned(model, {n for n, _ in parts[b[stage]:b[stage + 1]]}, stage == 0, stage == stages - 1)
+
+
+def rank_module(model: nn.Module, rank: int, ranks: int, per_rank: int,
+                split: list[str]) -> tuple[nn.Module, list[nn.Module]]:
+    """This rank's part of `model` (a copy holding every one of its stages' layers, named as in
+    the whole model) and the module each of its stages runs (the part itself for one stage a
+    rank; else views that share its layers)."""
+    total = ranks * per_rank
+    mine = rank_stages(rank, ranks, per_rank)
+    if per_rank == 1:
+        part = stage_module(model, rank, total, split)
+        return part, [part]
+    prefix, parts = _parts(model)
+    b = bounds(model, total, split)
+    chunks = [[n for n, _ in parts[b[s]:b[s + 1]]] for s in mine]
+    part = _pruned(model, {n for c in chunks for n in c}, 0 in mine, total - 1 in mine)
+    return part, [_view(part, prefix, c, s == 0, s == total - 1) for s, c in zip(mine, chunks)]
+
+
+def _pruned(model: nn.Module, keep: set[str], first: bool, last: bool) -> nn.Module:
+    """A copy of `model` with only the cuttable parts in `keep` (and the embeddings if it holds the
+    first stage, the final norm and head if it holds the last)."""
+    prefix, parts = _parts(model)
     if not prefix:
         return nn.Sequential(OrderedDict((n, copy.deepcopy(m)) for n, m in parts if n in keep))
     part = copy.deepcopy(model)
     for name in [n for n, _ in parts if n not in keep]:
         del part.blocks[name]
-    if stage > 0:
+    if not first:
         part.embed = part.pos = None
-    if stage < stages - 1:
+    if not last:
         part.norm = part.head = None
     return part
+
+
+def _view(part: nn.Module, prefix: str, names: list[str], first: bool, last: bool) -> nn.Module:
+    """A module that runs only `names` of `part`, sharing its layers (and their parameters)."""
+    if not prefix:
+        return nn.Sequential(OrderedDict((n, part._modules[n]) for n in names))
+    view = copy.copy(part)
+    for key, value in vars(part).items():  # its own parameter, module and hook tables
+        if isinstance(value, dict):
+            view.__dict__[key] = type(value)(value)
+    view.blocks = nn.ModuleDict(OrderedDict((n, part.blocks[n]) for n in names))
+    if not first:
+        view.embed = view.pos = None
+    if not last:
+        view.norm = view.head = None
+    return view
 
 
 class StageClock:
@@ -128,34 +180,56 @@ class StageClock:
         return times
 
 
-def ideal_bubble(stages: int, microbatches: int) -> float:
-    """The idle share of a GPipe or 1F1B step with equal stages: (P - 1) / (M + P - 1)."""
-    return (stages - 1) / (microbatches + stages - 1)
+class Clocks:
+    """The StageClocks of a rank's stages, read together."""
+
+    def __init__(self, modules: list[nn.Module]):
+        self.clocks = [StageClock(m) for m in modules]
+
+    def take(self) -> tuple[float, float]:
+        times = [c.take() for c in self.clocks]
+        return sum(f for f, _ in times), sum(b for _, b in times)
 
 
-def check_torch() -> None:
+def ideal_bubble(stages: int, microbatches: int, per_rank: int = 1) -> float:
+    """The idle share of a step with equal stages: (P - 1) / (V x M + P - 1) for P ranks of V
+    stages each (V = 1: GPipe and 1F1B)."""
+    return (stages - 1) / (per_rank * microbatches + stages - 1)
+
+
+def check_torch(schedule: str = "1f1b") -> None:
     from torch.distributed.pipelining import schedules
 
-    if not hasattr(schedules.PipelineScheduleSingle, "eval"):
-        raise BadInput(f"distributed.pipeline_stages: needs a torch whose pipeline schedules evaluate forward only "
-                       f"(PipelineScheduleSingle.eval); this is torch {torch.__version__}")
+    interleaved = schedule == "interleaved1f1b"
+    kind = "PipelineScheduleMulti" if interleaved else "PipelineScheduleSingle"
+    if not hasattr(getattr(schedules, kind, None), "eval") or (
+            interleaved and not hasattr(schedules, "ScheduleInterleaved1F1B")):
+        raise BadInput(f"distributed.pipeline_schedule = {schedule!r}: needs a torch whose pipeline schedules "
+                       f"evaluate forward only ({kind}.eval); this is torch {torch.__version__}")
 
 
 class Pipeline:
     """One rank's stage and schedule; `step` trains on a batch, `__call__` evaluates one."""
 
-    def __init__(self, module: nn.Module, stage: int, stages: int, device: torch.device, group: Any,
+    def __init__(self, modules: list[nn.Module], rank: int, ranks: int, device: torch.device, group: Any,
                  microbatches: int, schedule: str, loss_fn: Any):
-        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+        """`modules`: what each of this rank's stages runs (rank_module's second half)."""
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
-        self.first, self.last = stage == 0, stage == stages - 1
-        self.index, self.stages, self.microbatches = stage, stages, microbatches
-        self.clock = StageClock(module)
+        per_rank = len(modules)
+        total, ids = ranks * per_rank, rank_stages(rank, ranks, per_rank)
+        self.first, self.last = 0 in ids, total - 1 in ids
+        self.index, self.stages, self.per_rank, self.microbatches = rank, ranks, per_rank, microbatches
+        self.clock = Clocks(modules)
         self.batch: int | None = None  # the training batch size: every batch through the stages has it
-        self.stage = PipelineStage(module, stage, stages, device, group=group)
-        kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
-        self.schedule = kind(self.stage, n_microbatches=microbatches, loss_fn=loss_fn)
-        self.scoring = kind(self.stage, n_microbatches=microbatches)  # evaluation: no loss, no target
+        stages = [PipelineStage(m, s, total, device, group=group) for m, s in zip(modules, ids)]
+        if schedule == "interleaved1f1b":
+            def kind(_, **kw):
+                return ScheduleInterleaved1F1B(stages, **kw)
+        else:
+            kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
+        self.schedule = kind(stages[0], n_microbatches=microbatches, loss_fn=loss_fn)
+        self.scoring = kind(stages[0], n_microbatches=microbatches)  # evaluation: no loss, no target
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Forward and backward over the batch's microbatches: the last stage's losses and logits."""

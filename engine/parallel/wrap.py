@@ -54,10 +54,11 @@ def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: boo
     if not dist.active:
         return Wrapped(model, model, comm, dist)
     if dist.pp > 1:
-        from engine.parallel.pipeline import stage_module
+        from engine.parallel.pipeline import rank_module
 
         d, batch, loss_fn = pipeline
-        model = stage_module(model, dist.pp_rank, dist.pp, d.pipeline_split).to(device)
+        model, views = rank_module(model, dist.pp_rank, dist.pp, d.stages_per_rank, d.pipeline_split)
+        model = model.to(device)  # in place: the views share its layers
     if dist.tp > 1:
         from engine.parallel.tensor import parallelize
 
@@ -74,7 +75,7 @@ def wrap(model: nn.Module, dist: Dist, device: torch.device, sync_batchnorm: boo
 
         p = d.pipeline_stages
         micro = d.microbatches or (2 * p if batch % (2 * p) == 0 else p)
-        stages = Pipeline(model, dist.pp_rank, p, device, dist.mesh["pp"].get_group(), micro,
+        stages = Pipeline(views, dist.pp_rank, p, device, dist.mesh["pp"].get_group(), micro,
                           d.pipeline_schedule, loss_fn)
         return Wrapped(model, stages, comm, dist, stages)
     if dist.sharded:

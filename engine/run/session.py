@@ -81,10 +81,11 @@ def prepare(cfg: Config, dist: Dist | None = None) -> tuple[DataSpec, torch.nn.M
     return spec, model
 
 
-def _layout(tp: int, pp: int, world: int) -> str:
+def _layout(tp: int, pp: int, per_rank: int, world: int) -> str:
     """A model-parallel layout in words: "tensor_parallel = 2 x 2 data-parallel"."""
     field, n = ("pipeline_stages", pp) if pp > 1 and tp == 1 else ("tensor_parallel", tp)
-    return f"{field} = {n} x {max(1, world // (tp * pp))} data-parallel"
+    each = f" (stages_per_rank = {per_rank})" if per_rank > 1 else ""
+    return f"{field} = {n}{each} x {max(1, world // (tp * pp))} data-parallel"
 
 
 def check_splittable(cfg: Config, model: torch.nn.Module) -> None:
@@ -93,7 +94,7 @@ def check_splittable(cfg: Config, model: torch.nn.Module) -> None:
     if d.pipeline_stages > 1:
         from engine.parallel.pipeline import bounds
 
-        bounds(model, d.pipeline_stages, d.pipeline_split)
+        bounds(model, d.pipeline_stages * d.stages_per_rank, d.pipeline_split)
     if d.tensor_parallel > 1:
         from engine.parallel.tensor import plan_for
 
@@ -286,10 +287,11 @@ def _find_checkpoint(run: RunDir, cfg: Config, dist: Dist, warnings: list[str], 
         state, path = found
         written_by = state.get("world_size", 1)
         sharded = dist.sharded
-        written = (state.get("tensor_parallel", 1), state.get("pipeline_stages", 1))
-        if written != (dist.tp, dist.pp):
+        written = (state.get("tensor_parallel", 1), state.get("pipeline_stages", 1), state.get("stages_per_rank", 1))
+        ours = (dist.tp, dist.pp, cfg.distributed.stages_per_rank if dist.pp > 1 else 1)
+        if written != ours:
             error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written with distributed."
-                     f"{_layout(*written, written_by)}; this resume has {_layout(dist.tp, dist.pp, dist.world)}; "
+                     f"{_layout(*written, written_by)}; this resume has {_layout(*ours, dist.world)}; "
                      "resume with the same layout (resharding is not supported); nothing was changed")
         elif written_by != dist.world:
             error = (f"resume {str(run.path)!r}: checkpoint {path.name} was written by {written_by} "

@@ -57,7 +57,7 @@ class Reporting:
         pipe = self.net.pipeline
         busy = report["compute"] + report["bubble"]
         return {"time_bubble_s": report["bubble"], "pipeline_bubble": report["bubble"] / busy if busy else 0.0,
-                "pipeline_bubble_ideal": ideal_bubble(pipe.stages, pipe.microbatches),
+                "pipeline_bubble_ideal": ideal_bubble(pipe.stages, pipe.microbatches, pipe.per_rank),
                 "stage_forward_s": report["stage_forward"], "stage_backward_s": report["stage_backward"]}
 
     def _doctor_value(self, bound: str):

@@ -46,7 +46,8 @@ def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: A
             "scheduler": {"name": cfg.schedule.name, "peak_lr": pos.peak_lr},
             "trainer": asdict(pos),
             "data": {"epoch": pos.epoch, "offset": pos.batch * cfg.train.batch_size, "seed": cfg.train.seed},
-            "rng": capture_rng(), "world_size": dist.world, "tensor_parallel": dist.tp, "pipeline_stages": dist.pp, "config": cfg.model_dump(),
+            "rng": capture_rng(), "world_size": dist.world, "tensor_parallel": dist.tp, "pipeline_stages": dist.pp,
+            "stages_per_rank": cfg.distributed.stages_per_rank if dist.pp > 1 else 1, "config": cfg.model_dump(),
             "torch_version": str(torch.__version__)}
 
 
