@@ -5,7 +5,7 @@ standard library's source), initial weights and batch:
 
 * one process:  ``cockpit-engine run CONFIG``;
 * a pipeline:   ``cockpit-engine run CONFIG --nproc 2 --set distributed.pipeline_stages=2`` with
-  ``pipeline_schedule`` gpipe or 1f1b and 4 or 8 microbatches.
+  ``pipeline_schedule`` gpipe, 1f1b or interleaved1f1b (2 stages a rank) and 4 or 8 microbatches.
 
 Memory, two ways: the model and optimizer state each rank holds (the size of its checkpoint
 file, exact: parameters and AdamW's two moments), and each process's peak resident set (the
@@ -64,7 +64,11 @@ SIDES = {"one": [],
          "1f1b M=4": ["--nproc", "2", "--set", "distributed.pipeline_stages=2", "--set", "distributed.microbatches=4"],
          "gpipe M=8": ["--nproc", "2", "--set", "distributed.pipeline_stages=2", "--set", "distributed.microbatches=8",
                        "--set", "distributed.pipeline_schedule='gpipe'"],
-         "1f1b M=8": ["--nproc", "2", "--set", "distributed.pipeline_stages=2", "--set", "distributed.microbatches=8"]}
+         "1f1b M=8": ["--nproc", "2", "--set", "distributed.pipeline_stages=2", "--set", "distributed.microbatches=8"],
+         "interleaved M=4": ["--nproc", "2", "--set", "distributed.pipeline_stages=2", "--set", "distributed.microbatches=4",
+                             "--set", "distributed.pipeline_schedule='interleaved1f1b'"],
+         "interleaved M=8": ["--nproc", "2", "--set", "distributed.pipeline_stages=2", "--set", "distributed.microbatches=8",
+                             "--set", "distributed.pipeline_schedule='interleaved1f1b'"]}
 
 
 def run(side: str, args: list[str], config: Path, runs: Path) -> dict:
@@ -90,11 +94,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--sides", default=",".join(SIDES),
+                    help=f"comma-separated sides to run ('one' is always first: the ratios' base); of {', '.join(SIDES)}")
     a = ap.parse_args()
+    chosen = ["one", *[s for s in a.sides.split(",") if s and s != "one"]]
+    unknown = [s for s in chosen if s not in SIDES]
+    if unknown:
+        ap.error(f"--sides: {unknown[0]!r} is not a side; choose from {', '.join(SIDES)}")
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "gpt.toml"
         config.write_text(CONFIG.format(layers=a.layers, dim=a.dim, steps=a.steps, root=sysconfig.get_paths()["stdlib"]))
-        results = {side: run(side, args, config, Path(tmp) / "runs") for side, args in SIDES.items()}
+        results = {side: run(side, args, config, Path(tmp) / "runs") for side, args in SIDES.items() if side in chosen}
     one = results["one"]
     speed = {s: statistics.median(e["samples_per_s"] for e in r["steps"][a.warmup:]) for s, r in results.items()}
     print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}, python {platform.python_version()}")
