@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from engine.config.alerts import AlertsConfig
 from engine.config.base import FeatureSection, Int, Section
 from engine.config.model_data import (
     BUILTIN_DATASETS, DATASETS_WITH_ROOT, AugmentConfig, DataConfig, ModelConfig)
@@ -48,6 +49,7 @@ class Config(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     spot: SpotConfig = Field(default_factory=SpotConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

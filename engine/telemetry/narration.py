@@ -36,6 +36,8 @@ def describe(event: dict[str, Any]) -> str | None:
         return f"doctor: {event['message']}"
     if kind == "resume":
         return f"resumed from {event['checkpoint']} at step {event['step']}"
+    if kind == "alert":
+        return f"alert ({event['kind']}, {event['severity']}): {event['message']}"
     if kind == "log":
         return f"{event['level']}: {event['message']}"
     if kind == "error":

@@ -9,6 +9,8 @@ import torch
 
 from engine.telemetry.doctor import suggest
 from engine.telemetry.flops import memory_fields, step_flops
+from engine.telemetry.ranks import records, straggler_message
+from engine.train.guard import Diverged
 from engine.train.step import StepMeter
 
 
@@ -21,7 +23,11 @@ class Reporting:
         self.pos.samples += report["samples"]
         self.pos.train_seconds += report["wall_s"]
         self.last_loss = report["loss"]
-        self.guard.loss(report["loss"], self.pos.step)
+        try:
+            self.guard.loss(report["loss"], self.pos.step)
+        except Diverged as exc:
+            self.alerts.fire("nonfinite_loss", "critical", self.pos.step, str(exc), loss=report["loss"])
+            raise
         elapsed = self.pos.train_seconds
         eta = elapsed / max(1, self.pos.step) * (self.total_steps - self.pos.step) if elapsed else None
         self.tele.emit(
@@ -36,6 +42,11 @@ class Reporting:
             **self._pipeline_fields(report),
             **({"mem_peak_ranks_bytes": report["mem_peak_ranks"]} if "mem_peak_ranks" in report else {}),
         )
+        if self.dist.main:
+            self.alerts.loss(self.pos.step, report["loss"])
+            self.alerts.throughput(self.pos.step, report["samples_per_s"])
+            if "rank_slots" in report:
+                self._ranks(report["rank_slots"])
         self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"],
                         report.get("bubble", 0.0))
         verdict = self.doctor.changed()
@@ -46,6 +57,17 @@ class Reporting:
             self.tele.emit("doctor", step=self.pos.step, bound=verdict.bound, share=verdict.share,
                            field=verdict.field, remedy=verdict.remedy, message=verdict.message(),
                            **({"value": verdict.value, "current": verdict.current} if named else {}))
+
+    def _ranks(self, slots: list[float]) -> None:
+        """Rank 0: every rank's record as a `ranks` event, and a straggler alert for a new one."""
+        ranks = records(slots, self.dist.world, self.rank_ids or [])
+        slowest = max(ranks, key=lambda r: r["busy_s"])["rank"]
+        self.tele.emit("ranks", step=self.pos.step, slowest=slowest, ranks=ranks)
+        if not self.cfg.alerts.straggler:
+            return
+        for s in self.stragglers.feed(ranks):
+            field = ({"field": "data.num_workers"} if s["where"] == "input" else {})
+            self.alerts.fire("straggler", "warning", self.pos.step, straggler_message(s), **s, **field)
 
     def _pipeline_fields(self, report: dict) -> dict:
         """A pipeline's idle time and its share of the schedule, beside the ideal share, and each

@@ -121,15 +121,11 @@ class StepMeter:
         for kind, start, end in self.spans:  # complete: the .item() above waited for them
             setattr(self, kind, getattr(self, kind) + start.elapsed_time(end) / 1000)
         stages = self._stage_vectors()
-        peaks = [0.0] * dist.world if dist.active else []  # every rank's peak memory, in its slot
-        if peaks:
-            from engine.telemetry.flops import peak_bytes
-
-            peaks[dist.rank] = float(peak_bytes(self.device or torch.device("cpu")))
+        slots = self._rank_slots(dist)  # every rank's record (engine.telemetry.ranks), in its slot
         loss_sum, batches, samples, data, h2d, compute, optim, comm, correct, counted, known, bubble, *rest = dist.sum(
             [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm,
-             correct, self.counted, self.loss_batches, self.bubble, *stages, *peaks, *parts])
-        stages, peaks, parts = rest[:len(stages)], rest[len(stages):len(stages) + len(peaks)], rest[len(stages) + len(peaks):]
+             correct, self.counted, self.loss_batches, self.bubble, *stages, *slots, *parts])
+        stages, slots, parts = rest[:len(stages)], rest[len(stages):len(stages) + len(slots)], rest[len(stages) + len(slots):]
         n = max(1, batches)  # per micro-batch, averaged over the ranks
         samples /= dist.model_parallel  # a tensor- or pipeline-parallel group's ranks count the same samples
         k = max(1, known)
@@ -139,14 +135,33 @@ class StepMeter:
                "compute": compute / n, "optim": optim / n, "comm": comm / n,
                "losses": {name: value / k for name, value in zip(names, parts)},
                "accuracy": correct / counted if counted else None}
-        if peaks:
-            out["mem_peak_ranks"] = [int(b) for b in peaks]
+        if slots:
+            from engine.telemetry.ranks import FIELDS
+
+            out["rank_slots"] = slots
+            out["mem_peak_ranks"] = [int(b) for b in slots[FIELDS.index("mem_peak_bytes")::len(FIELDS)]]
         if stages:  # a pipeline: each stage's forward and backward per micro-batch, and the idle time
             p = len(stages) // 2
             out.update(bubble=bubble / n, stage_forward=[s * p / n for s in stages[:p]],
                        stage_backward=[s * p / n for s in stages[p:]])
         self.__init__(self.device)
         return out
+
+
+    def _rank_slots(self, dist: Dist) -> list[float]:
+        """world x len(FIELDS) zeros but for this rank's own record (none in one process)."""
+        if not dist.active:
+            return []
+        from engine.telemetry.flops import peak_bytes
+        from engine.telemetry.ranks import FIELDS, gpu_reading
+
+        device = self.device or torch.device("cpu")
+        n = max(1, self.batches)
+        own = [self.data / n, self.h2d / n, self.compute / n, self.comm / n, self.optim / n,
+               float(peak_bytes(device)), *gpu_reading(device)]
+        slots = [0.0] * (dist.world * len(FIELDS))
+        slots[dist.rank * len(FIELDS):(dist.rank + 1) * len(FIELDS)] = own
+        return slots
 
 
 class Stepper:

@@ -33,7 +33,9 @@ from engine.model.convert import ModelConverter, convert, prepare_inputs, summar
 from engine.model.teacher import Teacher
 from engine.parallel.dist import Dist, device_for
 from engine.parallel.wrap import grad_scaler, wrap
+from engine.telemetry.alerts import Alerts
 from engine.telemetry.doctor import Doctor
+from engine.telemetry.ranks import Stragglers, identity
 from engine.telemetry.flops import flops_per_sample, peak_tflops
 from engine.telemetry.sinks import Telemetry
 from engine.train.evaluate import EvalHook, evaluate, hooks_plan, improves
@@ -97,7 +99,11 @@ class Trainer(Reporting, Saving, Obeying):
         self.doctor = Doctor()
         self.peak = t.peak_tflops or (
             peak_tflops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None)
-        self.rank_pids = self.dist.gather(os.getpid()) if self.dist.active else None
+        # who each rank is (host, local rank, pid): gathered once, named in `ranks` events and alerts
+        self.rank_ids = self.dist.gather(identity()) if self.dist.active else None
+        self.rank_pids = [r["pid"] for r in self.rank_ids] if self.rank_ids else None
+        self.alerts = Alerts(cfg.alerts, self.tele.emit if self.dist.main else (lambda *a, **k: None))
+        self.stragglers = Stragglers(cfg.alerts.straggler_ratio, cfg.alerts.straggler_steps)
         # batches on the device as the converted model takes them (training, validation)
         self.prepare = lambda x: prepare_inputs(self.data.normalize_train(x), self.converters)
         self.prepare_val = lambda x: prepare_inputs(self.data.normalize(x), self.converters)
