@@ -27,6 +27,7 @@ class Alerts:
         self.log = log or sys.stderr
         self.losses: list[float] = []
         self.spiking = False
+        self.calm = 0  # logged losses in a row back near the median (5 end a spike's episode)
         self.speeds: list[float] = []
         self.slow = 0
         self.dropped = False
@@ -56,13 +57,15 @@ class Alerts:
         median = statistics.median(history)
         spread = 1.4826 * statistics.median(abs(v - median) for v in history)
         z = (loss - median) / spread if spread > 0 else 0.0
+        self.calm = self.calm + 1 if z <= self.cfg.loss_spike_z / 2 else 0
         if z > self.cfg.loss_spike_z and not self.spiking:
             self.spiking = True
             self.fire("loss_spike", "warning", step,
                       f"loss spike at step {step}: {loss:.4g}, {z:.0f} robust deviations above the median "
                       f"{median:.4g} of the last {len(history)} logged losses", loss=loss, median=median, z=z)
-        elif z <= self.cfg.loss_spike_z / 2:
+        elif self.calm >= 5:
             self.spiking = False
+        self.calm = 0  # logged losses in a row back near the median (5 end a spike's episode)
 
     def throughput(self, step: int, samples_per_s: float) -> None:
         """A logged rate: three in a row under `throughput_drop_ratio` of the baseline (the median
