@@ -128,7 +128,9 @@ def test_a_loss_spike_and_a_throughput_drop_are_alerted_once_each(tmp_path):
     spike = next(a for a in alerts if a["kind"] == "loss_spike")
     assert spike["step"] == 45 and spike["z"] > 8  # the first changed forward
     drop = next(a for a in alerts if a["kind"] == "throughput_drop")
-    assert 45 + 2 <= drop["step"] <= 45 + 4 and drop["samples_per_s"] < 0.5 * drop["baseline"]
+    # three slow logging steps in a row, the third by step 47 (a step slowed by a busy machine just
+    # before the change may count as the first of them)
+    assert 45 <= drop["step"] <= 45 + 2 and drop["samples_per_s"] < 0.5 * drop["baseline"]
     assert sorted(a["kind"] for a in received(tmp_path)) == ["loss_spike", "throughput_drop"]
 
 

@@ -223,13 +223,10 @@ class Pipeline:
         self.clock = Clocks(modules)
         self.batch: int | None = None  # the training batch size: every batch through the stages has it
         stages = [PipelineStage(m, s, total, device, group=group) for m, s in zip(modules, ids)]
-        if schedule == "interleaved1f1b":
-            def kind(_, **kw):
-                return ScheduleInterleaved1F1B(stages, **kw)
-        else:
-            kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
-        self.schedule = kind(stages[0], n_microbatches=microbatches, loss_fn=loss_fn)
-        self.scoring = kind(stages[0], n_microbatches=microbatches)  # evaluation: no loss, no target
+        kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved1f1b": ScheduleInterleaved1F1B}[schedule]
+        held = stages if schedule == "interleaved1f1b" else stages[0]  # a multi-stage schedule takes the list
+        self.schedule = kind(held, n_microbatches=microbatches, loss_fn=loss_fn)
+        self.scoring = kind(held, n_microbatches=microbatches)  # evaluation: no loss, no target
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Forward and backward over the batch's microbatches: the last stage's losses and logits."""

@@ -14,29 +14,32 @@ import statistics
 import subprocess
 import sys
 import threading
+from collections import deque
 from typing import Any, Callable
-
-KINDS = ("nonfinite_loss", "loss_spike", "throughput_drop", "straggler")
 
 
 class Alerts:
     """Rank 0's alerts: events, and the user's command (never blocking the loop)."""
 
-    def __init__(self, cfg: Any, emit: Callable[..., Any], log: Any = None):
-        self.cfg, self.emit = cfg, emit
+    def __init__(self, cfg: Any, emit: Callable[..., Any], log: Any = None, active: bool = True):
+        """`active`: this process tells (rank 0); elsewhere every call is a no-op."""
+        self.cfg, self.emit, self.active = cfg, emit, active
         self.log = log or sys.stderr
-        self.losses: list[float] = []
+        self.losses: deque[float] = deque(maxlen=50)  # the last logged losses, a spike's yardstick
         self.spiking = False
         self.calm = 0  # logged losses in a row back near the median (5 end a spike's episode)
-        self.speeds: list[float] = []
+        self.speeds: list[float] = []  # logged rates until the baseline is known (logging steps 5 to 20)
+        self.base: float | None = None
         self.slow = 0
         self.dropped = False
 
     def fire(self, kind: str, severity: str, step: int, message: str, **fields: Any) -> None:
+        if not self.active:
+            return
         event = {"kind": kind, "severity": severity, "step": step, "message": message, **fields}
         self.emit("alert", **event)
-        if self.cfg.command:
-            threading.Thread(target=self._tell, args=({"type": "alert", **event},), daemon=True).start()
+        if self.cfg.command:  # not a daemon: a run that ends right after (a non-finite loss) still tells
+            threading.Thread(target=self._tell, args=({"type": "alert", **event},)).start()
 
     def _tell(self, event: dict[str, Any]) -> None:
         try:
@@ -50,7 +53,7 @@ class Alerts:
 
     def loss(self, step: int, loss: float) -> None:
         """A logged loss: a spike is `loss_spike_z` robust deviations above the recent median."""
-        history = self.losses[-50:]
+        history = list(self.losses)
         self.losses.append(loss)
         if not self.cfg.loss_spike or len(history) < 10:
             return
@@ -65,15 +68,18 @@ class Alerts:
                       f"{median:.4g} of the last {len(history)} logged losses", loss=loss, median=median, z=z)
         elif self.calm >= 5:
             self.spiking = False
-        self.calm = 0  # logged losses in a row back near the median (5 end a spike's episode)
 
     def throughput(self, step: int, samples_per_s: float) -> None:
         """A logged rate: three in a row under `throughput_drop_ratio` of the baseline (the median
         of this session's logging steps 5 to 20) is a drop."""
-        self.speeds.append(samples_per_s)
-        if not self.cfg.throughput_drop or len(self.speeds) <= 20:
+        if not self.cfg.throughput_drop:
             return
-        base = statistics.median(self.speeds[4:20])
+        if self.base is None:
+            self.speeds.append(samples_per_s)
+            if len(self.speeds) <= 20:
+                return
+            self.base = statistics.median(self.speeds[4:20])
+        base = self.base
         low = base > 0 and samples_per_s < self.cfg.throughput_drop_ratio * base
         self.slow = self.slow + 1 if low else 0
         if self.slow >= 3 and not self.dropped:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import time
 from typing import Any
 
@@ -102,7 +101,7 @@ class Trainer(Reporting, Saving, Obeying):
         # who each rank is (host, local rank, pid): gathered once, named in `ranks` events and alerts
         self.rank_ids = self.dist.gather(identity()) if self.dist.active else None
         self.rank_pids = [r["pid"] for r in self.rank_ids] if self.rank_ids else None
-        self.alerts = Alerts(cfg.alerts, self.tele.emit if self.dist.main else (lambda *a, **k: None))
+        self.alerts = Alerts(cfg.alerts, self.tele.emit, active=self.dist.main)
         self.stragglers = Stragglers(cfg.alerts.straggler_ratio, cfg.alerts.straggler_steps)
         # batches on the device as the converted model takes them (training, validation)
         self.prepare = lambda x: prepare_inputs(self.data.normalize_train(x), self.converters)
