@@ -42,6 +42,7 @@ max_step_events_per_s = 100000
 status_every_s = 0.05
 """
 STEPS_PER_EPOCH = 23
+EVERY = 10  # [checkpoint] every_steps
 STEP_TAGS = ("train/loss", "train/lr", "train/accuracy", "perf/samples_per_s")
 VAL_TAGS = ("val/loss", "val/accuracy")
 
@@ -71,7 +72,7 @@ def plain_run(tmp_path_factory):
 
 
 def newest_checkpoint(run: Path) -> int:
-    return max(int(p.name[5:13]) for p in (run / "checkpoints").glob("step-*.pt"))
+    return max((int(p.name[5:13]) for p in (run / "checkpoints").glob("step-*.pt")), default=0)
 
 
 def pause_between_checkpoints(run: Path, not_before: int) -> int:
@@ -81,7 +82,11 @@ def pause_between_checkpoints(run: Path, not_before: int) -> int:
     for _ in range(10):
         reply = send_command(socket, "pause")
         assert reply["ok"], reply
-        if reply["step"] > newest_checkpoint(run):
+        if reply["step"] % EVERY != 0:
+            # Checkpoints are written in the background: the one before the pause may land a
+            # moment after the reply. Wait for it, so the test knows where a resume starts.
+            on = reply["step"] // EVERY * EVERY
+            wait_for(lambda: newest_checkpoint(run) == on, what=f"the checkpoint of step {on}")
             return reply["step"]
         # Paused right on a checkpoint: nothing would be recomputed. Go a little further.
         send_command(socket, "continue")
