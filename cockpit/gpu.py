@@ -81,6 +81,47 @@ class GpuSampler:
             return None
 
 
+#: NVML throttle reasons that slow a GPU down (power cap, hardware slowdown, thermal, power brake);
+#: idle and application clocks are not a slowdown.
+SLOWDOWN_BITS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+
+
+@dataclass
+class RankGpu:
+    """One rank's GPU as its rank reported it in a `ranks` event (any node, not only this one)."""
+
+    host: str
+    local_rank: Any
+    rank: Any
+    util: float
+    mem_bytes: float | None
+    temperature: float | None
+    power_w: float | None
+    sm_mhz: float | None
+    throttled: bool
+
+
+def rank_gpus(records: list[dict[str, Any]]) -> list[RankGpu]:
+    """The GPUs of a ranks event's records that carry NVML readings (none without a GPU)."""
+    out = []
+    for r in records:
+        util = _finite(r.get("gpu_util"))
+        if util is None:
+            continue
+        throttle = r.get("gpu_throttle")
+        out.append(RankGpu(host=str(r.get("host", "?")), local_rank=r.get("local_rank"), rank=r.get("rank"),
+                           util=util, mem_bytes=_finite(r.get("gpu_mem_bytes")), temperature=_finite(r.get("gpu_temp_c")),
+                           power_w=_finite(r.get("gpu_power_w")), sm_mhz=_finite(r.get("gpu_sm_mhz")),
+                           throttled=isinstance(throttle, int) and bool(throttle & SLOWDOWN_BITS)))
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf"):
+        return float(value)
+    return None
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

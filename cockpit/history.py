@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cockpit.ranks import MAX_ALERTS, RanksFold
 from cockpit.series import Series
 from cockpit.step_fold import fold, from_events
 from cockpit.step_fold import number as _number, numbers_only as _numbers_only
@@ -56,6 +57,11 @@ class RunHistory:
     changes: list = field(default_factory=list)
     #: The teacher of a distilled run: its source, T, alpha and its own validation metrics.
     distill: dict[str, Any] = field(default_factory=dict)
+    #: The newest `ranks` event (several processes) and each rank's recent busy times.
+    ranks: RanksFold = field(default_factory=RanksFold)
+    #: The run's `alert` events, newest last (at most MAX_ALERTS), and how many came in all.
+    alerts: deque = field(default_factory=lambda: deque(maxlen=MAX_ALERTS))
+    alerts_total: int = 0
     events_seen: int = 0
     ema: float | None = None
 
@@ -76,9 +82,13 @@ class RunHistory:
         million steps); returns the types seen. The same history as apply(), point for point."""
         kinds: set[str] = set()
         steps: list[dict[str, Any]] = []
+        ranks: list[dict[str, Any]] = []  # only the newest is drawn: folded together at the end
         for event in events:
             if event.get("type") == "step":
                 steps.append(event)
+                continue
+            if event.get("type") == "ranks":
+                ranks.append(event)
                 continue
             if steps:
                 self.fold_steps(steps)
@@ -88,6 +98,10 @@ class RunHistory:
         if steps:
             self.fold_steps(steps)
             kinds.add("step")
+        if ranks:
+            self.events_seen += len(ranks)
+            self.ranks.fold_many(ranks)
+            kinds.add("ranks")
         return kinds
 
     def fold_steps(self, events: list[dict[str, Any]]) -> None:
@@ -112,6 +126,14 @@ class RunHistory:
 
     def _on_step(self, e: dict[str, Any]) -> None:
         fold(self, from_events([e], self.parts))
+
+    def _on_ranks(self, e: dict[str, Any]) -> None:
+        self.ranks.fold(e)
+
+    def _on_alert(self, e: dict[str, Any]) -> None:
+        alert = {k: e[k] for k in ("t", "step", "kind", "severity", "message", "rank", "host") if k in e}
+        self.alerts.append(alert)
+        self.alerts_total += 1
 
     def _on_eval(self, e: dict[str, Any]) -> None:
         self.last_eval = e

@@ -25,6 +25,9 @@ class RunLink:
         self.lock = threading.Lock()
         self.follower = EventFollower(RunLayout(run).events)
         self.vanished = False
+        #: How many alerts the history held once the first poll had read the whole file (None
+        #: before): the ones after it are live, the ones before it are the run's past.
+        self.alerts_at_attach: int | None = None
 
     @property
     def name(self) -> str:
@@ -43,6 +46,8 @@ class RunLink:
         while True:
             events = self.follower.read()
             if not events:
+                if self.alerts_at_attach is None:
+                    self.alerts_at_attach = self.history.alerts_total
                 return kinds
             with self.lock:
                 kinds |= self.history.apply_many(events)

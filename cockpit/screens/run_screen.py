@@ -17,7 +17,10 @@ from textual.worker import get_current_worker
 from cockpit.gpu import GpuSampler
 from cockpit.gpu_worker import GpuWatch
 from cockpit.link import RunLink
+from cockpit.sanitize import clean
 from cockpit.messages import EngineVanished, GpuSampled, GpuUnderused, HistoryUpdated, HostSampled
+from cockpit.screens.alerts_screen import AlertsScreen
+from cockpit.screens.ranks_screen import RanksScreen
 from cockpit.screens.run_control import RunControl
 from cockpit.screens.sized import SizedScreen
 from cockpit.widgets.accuracy_pane import AccuracyPane
@@ -30,6 +33,7 @@ from cockpit.widgets.log_pane import LogPane
 from cockpit.widgets.loss_pane import LossPane
 from cockpit.widgets.lr_pane import LrPane
 from cockpit.widgets.pane import Pane
+from cockpit.widgets.ranks_pane import RanksPane
 from cockpit.widgets.spot_pane import SpotPane
 from cockpit.widgets.steptime_pane import StepTimePane
 from cockpit.widgets.throughput_pane import ThroughputPane
@@ -42,6 +46,8 @@ IDLE_REDRAW_S = 2.0
 #: Narrower than this, the learning-rate and accuracy charts take turns (`a`); wider, side by side.
 SIDE_BY_SIDE_WIDTH = 120
 #: What a launched engine is doing before the cockpit can follow it, and once it can.
+#: New alerts notified one by one at most; more at once (a burst) get one line that counts them.
+NOTIFY_ALERTS = 3
 STARTING_PHASES = ("loading torch, building the model and the data…", "training: waiting for the first step…")
 
 
@@ -62,6 +68,10 @@ class RunScreen(RunControl, SizedScreen):
         Binding("y", "log_scale", "Log y", id="log-scale", tooltip="Toggle a logarithmic scale on the loss chart"),
         Binding("a", "swap_chart", "Acc/lr", id="swap-chart",
                 tooltip="Show the accuracy chart or the learning-rate chart (both side by side when wide)"),
+        Binding("R", "ranks", "Ranks", id="ranks", show=False,
+                tooltip="Every rank of a run of several processes in a table: busy time, its split, memory, GPU"),
+        Binding("exclamation_mark", "alerts", "Alerts", id="alerts", show=False,
+                tooltip="The run's alerts (stragglers, loss spikes, throughput drops...), newest first"),
     ]
 
     def __init__(self, runs_root: Path, run: Path | None = None, launch: tuple[str, list[str]] | None = None,
@@ -79,6 +89,8 @@ class RunScreen(RunControl, SizedScreen):
         self.gpu_watch = GpuWatch(self.post_message, gpu)
         #: While a run the cockpit launched starts: (what, time.monotonic() at the key press, attached).
         self.starting: tuple[str, float, bool] | None = None
+        #: (the link, how many of its alerts were notified or were its past when attached).
+        self.alerts_seen: tuple[RunLink | None, int] = (None, 0)
 
     def compose(self) -> ComposeResult:
         yield self.too_small()
@@ -91,6 +103,7 @@ class RunScreen(RunControl, SizedScreen):
                     with Horizontal(id="lower-charts"):
                         yield AccuracyPane()
                         yield LrPane()
+                    yield RanksPane()
                 with VerticalScroll(id="side"):
                     yield GpuPane()
                     yield ThroughputPane()
@@ -226,6 +239,30 @@ class RunScreen(RunControl, SizedScreen):
                     continue
                 pane.drawn_at = now
                 pane.show(h)
+            self.notify_alerts(link, h)
+
+    def notify_alerts(self, link: RunLink, h) -> None:
+        """A notification for each alert that came while attached (the run's past ones: one line
+        that counts them and names the newest; `!` lists them all)."""
+        if link.alerts_at_attach is None:
+            return  # the first read of the events file is not over: those are the past
+        if self.alerts_seen[0] is not link:
+            self.alerts_seen = (link, link.alerts_at_attach)
+            if link.alerts_at_attach and h.alerts:
+                last = h.alerts[-1]
+                self.notify(f"{link.alerts_at_attach} alert(s) earlier in this run (! lists them); the newest: "
+                            f"{clean(str(last.get('message', '')))}", severity="warning", timeout=10, markup=False)
+        new = h.alerts_total - self.alerts_seen[1]
+        if new <= 0:
+            return
+        self.alerts_seen = (link, h.alerts_total)
+        for a in list(h.alerts)[-min(new, NOTIFY_ALERTS):]:
+            critical = a.get("severity") == "critical"
+            self.notify(f"alert ({clean(str(a.get('kind', '?')))}, step {a.get('step', '?')}): "
+                        f"{clean(str(a.get('message', '')))}", severity="error" if critical else "warning",
+                        timeout=30 if critical else 15, markup=False)
+        if new > NOTIFY_ALERTS:
+            self.notify(f"{new - NOTIFY_ALERTS} more alert(s): ! lists them", severity="warning", markup=False)
 
     # ---- GPU --------------------------------------------------------------------------
 
@@ -255,6 +292,14 @@ class RunScreen(RunControl, SizedScreen):
         """Narrow: show the learning-rate chart instead of the accuracy chart, or back."""
         self.toggle_class("show-lr")
         self.mark_dirty()
+
+    def action_ranks(self) -> None:
+        """Every rank in a table (a screen of its own; Esc comes back)."""
+        self.app.push_screen(RanksScreen(lambda: self.link))
+
+    def action_alerts(self) -> None:
+        """The run's alerts, newest first (a screen of its own; Esc comes back)."""
+        self.app.push_screen(AlertsScreen(lambda: self.link))
 
     def action_runs(self) -> None:
         """Show the runs list (a screen of its own)."""

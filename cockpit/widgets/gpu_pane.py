@@ -1,13 +1,21 @@
-"""GPUs: utilization, memory, temperature, power, a history sparkline, and their processes."""
+"""GPUs: utilization, memory, temperature, power, a history sparkline, and their processes.
+
+With several processes on GPUs, every node's GPUs come from the run's `ranks` events (one row per
+host:local_rank); otherwise this machine's NVML (or the engine's CPU without one).
+"""
 
 from __future__ import annotations
 
 from collections import deque
+import statistics
 from collections.abc import Collection
 
 from rich.text import Text
 
-from cockpit.gpu import Device, HostSample
+from cockpit.gpu import Device, HostSample, RankGpu, rank_gpus
+from cockpit.history import RunHistory
+from cockpit.ranks import LIST_ALL, WORST, size
+from cockpit.sanitize import clean
 from cockpit.sparkline import spark
 from cockpit.widgets.pane import TextPane
 
@@ -22,9 +30,54 @@ class GpuPane(TextPane):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.util_history: dict[int, deque] = {}
+        #: True once the run's ranks events carry GPU readings: those are shown, not local NVML.
+        self.from_ranks = False
+        self.ranks_version = -1
+        self.rank_history: dict[tuple[str, object], deque] = {}
+
+    def show(self, h: RunHistory) -> None:
+        """Every node's GPUs from the newest ranks event, when its records have NVML readings."""
+        fold = h.ranks
+        if fold.version == self.ranks_version:
+            return
+        self.ranks_version = fold.version
+        gpus = rank_gpus(fold.records)
+        self.from_ranks = bool(gpus)
+        if gpus:
+            self.border_title = f"{self.TITLE}: {len(gpus)} on {len({g.host for g in gpus})} host(s)"
+            self.text = self.draw_ranks(gpus)
+
+    def draw_ranks(self, gpus: list[RankGpu]) -> Text:
+        """One line per GPU (host:local_rank), or over LIST_ALL the spread and the least busy."""
+        t = Text(no_wrap=True, overflow="crop")
+        if len(gpus) > LIST_ALL:
+            utils = sorted(g.util for g in gpus)
+            t.append(f"util min {utils[0]:.0f}% med {statistics.median(utils):.0f}% max {utils[-1]:.0f}%\n")
+            throttled = sum(g.throttled for g in gpus)
+            if throttled:
+                t.append(f"{throttled} throttled\n", style="bold")
+            t.append(f"{WORST} least busy:\n", style="dim")
+            gpus = sorted(gpus, key=lambda g: g.util)[:WORST]
+        for g in gpus:
+            key = (g.host, g.local_rank)
+            if len(self.rank_history) < 4 * LIST_ALL or key in self.rank_history:
+                self.rank_history.setdefault(key, deque(maxlen=60)).append(g.util)
+            t.append(f"{clean(g.host)[:12]}:{g.local_rank} {g.util:3.0f}% ", style="bold")
+            t.append(f"{size(g.mem_bytes)} ")
+            if g.temperature is not None:
+                t.append(f"{g.temperature:.0f}°C ")
+            if g.power_w is not None:
+                t.append(f"{g.power_w:.0f}W")
+            if g.throttled:
+                t.append(" throttled", style="bold")
+            t.append("\n" + spark(list(self.rank_history.get(key, ())), 30) + "\n")
+        t.rstrip()
+        return t
 
     def show_devices(self, devices: list[Device], engine_pids: Collection[int] | int | None) -> None:
         """Devices, with the run's own processes (every rank's) highlighted."""
+        if self.from_ranks:
+            return  # every node's GPUs, from the ranks events, are shown instead
         ours = engine_pids if isinstance(engine_pids, Collection) else {engine_pids}
         t = Text()
         for d in devices:
@@ -43,6 +96,8 @@ class GpuPane(TextPane):
 
     def show_host(self, sample: HostSample | None, reason: str) -> None:
         """Without NVML: the engine process's CPU and memory, and why there is no GPU."""
+        if self.from_ranks:
+            return
         t = Text("no GPU (NVML unavailable)", style="dim")
         t.append("\n")
         if sample:
