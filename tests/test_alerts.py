@@ -17,7 +17,7 @@ import pytest
 from conftest import engine_env, events_of, run_engine, status_of
 from engine.telemetry.alerts import Alerts
 from engine.config.alerts import AlertsConfig
-from engine.telemetry.ranks import FIELDS, Stragglers, records
+from engine.telemetry.ranks import FIELDS, GpuHealth, Stragglers, records
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -29,8 +29,9 @@ from torch import nn
 
 
 class Net(nn.Module):
-    def __init__(self, num_classes, in_channels, slow_rank=-1, change_at=0):
+    def __init__(self, num_classes, in_channels, slow_rank=-1, change_at=0, stall_at=0):
         super().__init__()
+        self.stall_at = stall_at
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 32), nn.ReLU(), nn.Linear(32, num_classes))
         self.slow = os.environ.get("RANK") == str(slow_rank)
         self.change_at, self.calls = change_at, 0
@@ -39,6 +40,8 @@ class Net(nn.Module):
         if self.training:
             self.calls += 1
         late = self.change_at and self.calls >= self.change_at and self.training
+        if self.training and self.calls == self.stall_at:
+            time.sleep(4)  # one step stuck (a hung file system, say)
         if self.slow or late:
             time.sleep(0.03)
         out = self.net(x)
@@ -49,8 +52,8 @@ class Net(nn.Module):
         return out
 
 
-def make(num_classes, in_channels, slow_rank=-1, change_at=0):
-    return Net(num_classes, in_channels, slow_rank, change_at)
+def make(num_classes, in_channels, slow_rank=-1, change_at=0, stall_at=0):
+    return Net(num_classes, in_channels, slow_rank, change_at, stall_at)
 '''
 
 CATCH = '''
@@ -134,6 +137,24 @@ def test_a_loss_spike_and_a_throughput_drop_are_alerted_once_each(tmp_path):
     assert sorted(a["kind"] for a in received(tmp_path)) == ["loss_spike", "throughput_drop"]
 
 
+def test_a_stall_and_a_disk_nearly_full_are_alerted_once_each(tmp_path):
+    """One step stuck for 4 s (the median step is milliseconds; stall_min_s = 1.5), and a disk
+    that never has room for 10^15 more checkpoints (the real free space of the test's disk)."""
+    config, env = setup(tmp_path, "stall_at = 40")
+    done = run_engine("run", str(config), "--runs-dir", str(tmp_path / "runs"), "--run-id", "stall",
+                      "--set", "alerts.stall_min_s=1.5", "--set", "alerts.disk_free_checkpoints=1e15",
+                      "--set", "checkpoint.every_steps=10", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alerts = [e for e in events_of(tmp_path / "runs" / "stall") if e["type"] == "alert"]
+    assert sorted(a["kind"] for a in alerts) == ["disk_full", "stall"], alerts
+    stall = next(a for a in alerts if a["kind"] == "stall")
+    assert stall["step"] == 39 and stall["phase"] == "compute" and stall["waited_s"] >= 1.5
+    assert stall["message"].startswith("no step for ") and "rank 0 is in forward/backward" in stall["message"]
+    disk = next(a for a in alerts if a["kind"] == "disk_full")
+    assert disk["checkpoint_bytes"] > 0 and disk["field"] == "checkpoint.keep_last" and disk["step"] >= 10
+    assert sorted(a["kind"] for a in received(tmp_path)) == ["disk_full", "stall"]
+
+
 def test_a_non_finite_loss_is_alerted_before_the_run_fails(tmp_path):
     config, env = setup(tmp_path, "change_at = 0")
     done = run_engine("run", str(config), "--runs-dir", str(tmp_path / "runs"), "--run-id", "nan",
@@ -149,7 +170,7 @@ def test_a_non_finite_loss_is_alerted_before_the_run_fails(tmp_path):
 
 
 def record(busy: float, data: float = 0.0) -> list[float]:
-    return [data, 0.0, busy - data, 0.0, 0.0, 1e6, *[-1.0] * 6]
+    return [data, 0.0, busy - data, 0.0, 0.0, 1e6, *[-1.0] * (len(FIELDS) - 6)]
 
 
 def test_a_straggler_needs_consecutive_steps_and_fires_once_per_episode():
@@ -177,3 +198,27 @@ def test_loss_spikes_are_judged_robustly_against_the_runs_own_history():
     alerts.loss(21, 9.0)
     alerts.loss(22, 9.5)  # the same episode
     assert [e["step"] for e in fired] == [21] and fired[0]["kind"] == "loss_spike"
+
+
+def test_gpu_throttling_ecc_and_xid_from_the_ranks_records():
+    """NVML's readings as a rank reports them (a GPU machine's records; the detector on its own)."""
+    ids = [{"host": "gpu-a", "local_rank": r, "pid": 10 + r} for r in range(2)]
+
+    def recs(throttle=0, ecc=0, xid=0):
+        gpu = [90.0, 1e9, 85.0, 300.0, 1400.0]
+        return records([*[0.01] * 5, 1e6, *gpu, 0.0, 0.0, 0.0, *[0.01] * 5, 1e6, *gpu, float(throttle), float(ecc),
+                        float(xid)], 2, ids)
+
+    health = GpuHealth()
+    assert health.feed(recs()) == []
+    assert health.feed(recs(throttle=0x1)) == []  # GPU idle: not a complaint
+    (found,) = health.feed(recs(throttle=0x40 | 0x4))
+    assert found[0] == "gpu_throttle" and found[3]["rank"] == 1 and found[3]["reasons"] == ["power cap", "thermal (hardware)"]
+    assert "rank 1 on gpu-a (GPU 1) is throttled" in found[2]
+    assert health.feed(recs(throttle=0x40)) == []  # the same episode
+    assert health.feed(recs()) == [] and health.feed(recs(throttle=0x8))[0][3]["reasons"] == ["hardware slowdown"]
+    (ecc,) = health.feed(recs(throttle=0x8, ecc=2))
+    assert ecc[:2] == ("gpu_ecc", "critical") and "2 new uncorrected ECC" in ecc[2]
+    (xid,) = health.feed(recs(throttle=0x8, ecc=2, xid=79))
+    assert xid[:2] == ("gpu_xid", "critical") and xid[3]["xid"] == 79 and "XID 79" in xid[2]
+    assert health.feed(recs(throttle=0x8, ecc=2, xid=79)) == []  # told once

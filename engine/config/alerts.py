@@ -31,6 +31,18 @@ class AlertsConfig(Section):
     straggler_steps: Int = Field(
         3, ge=1, description="... for this many logging steps in a row")
 
+    hang: bool = Field(True, description="Alert when the ranks stand still and one of them is the reason "
+                       "(several processes; after distributed.hang_warn_s)")
+    stall: bool = Field(True, description="Alert when no step finishes for much longer than usual")
+    stall_factor: float = Field(
+        10.0, gt=1, description="A stall: no step for this many times the median step time (of the last 50)")
+    stall_min_s: float = Field(30.0, gt=0, description="... and for at least this many seconds")
+    disk_full: bool = Field(True, description="Alert when the disk under the checkpoints is nearly full")
+    disk_free_checkpoints: float = Field(
+        3.0, gt=0, description="Nearly full: room for fewer than this many more checkpoints of the newest one's size")
+    gpu: bool = Field(True, description="Alert on GPU throttling (thermal, power brake, hardware slowdown) and on "
+                      "new uncorrected ECC errors and critical XID errors, from each rank's NVML readings")
+
     @field_validator("command")
     @classmethod
     def _splits(cls, value: Optional[str]) -> Optional[str]:

@@ -28,6 +28,9 @@ class DistributedConfig(Section):
         False, description="DDP on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
     timeout_s: float = Field(
         300.0, gt=0, description="A collective waiting longer than this fails every rank (a dead rank never hangs the run)")
+    hang_warn_s: float = Field(
+        60.0, gt=0, description="Several processes: when no rank has moved for this long, rank 0 names the rank "
+        "the others wait for (alerts.hang); under timeout_s (default: 60, or timeout_s / 2 when that is less)")
     tensor_parallel: Int = Field(
         1, ge=1, description="Shard each transformer block's linears over this many ranks (torch's "
         "ColwiseParallel/RowwiseParallel); the processes are tensor_parallel x D, the D groups data-parallel "
@@ -53,6 +56,11 @@ class DistributedConfig(Section):
 
     @model_validator(mode="after")
     def _check_layout(self) -> "DistributedConfig":
+        if self.hang_warn_s >= self.timeout_s and "hang_warn_s" not in self.model_fields_set:
+            self.hang_warn_s = self.timeout_s / 2  # a short timeout_s brings the warning forward
+        elif self.hang_warn_s >= self.timeout_s:
+            raise ValueError(f"hang_warn_s = {self.hang_warn_s:g} with timeout_s = {self.timeout_s:g}: the hang "
+                             "warning must come before the collectives give up (hang_warn_s < timeout_s)")
         p, v = self.pipeline_stages, self.stages_per_rank
         interleaved = self.pipeline_schedule == "interleaved1f1b"
         if v is None:
@@ -136,6 +144,11 @@ class LoggingConfig(Section):
         10.0, gt=0, description="Step events are coalesced to at most this rate"
     )
     tensorboard: bool = Field(True, description="Write TensorBoard scalars to tb/")
+    ranks: bool = Field(
+        True, description="Several processes: every rank's record (step-time split, memory, its GPU) at each "
+        "logging step, as ranks events (false: only the averages in step events)")
+    tensorboard_ranks: bool = Field(
+        False, description="Also write each rank's record as TensorBoard scalars (ranks/<field>/rank<N>)")
     status_every_s: float = Field(2.0, gt=0, description="status.json refresh interval")
 
 

@@ -115,7 +115,7 @@ def telemetry_for(cfg: Config, run: RunDir, console: str, resume_step: int | Non
     the S3 mirror (first, so that its close() waits for uploads while the other sinks are open)."""
     sinks: list = [EventsFile(run.events, cfg.logging.max_step_events_per_s), LogFile(run.log)]
     if cfg.logging.tensorboard:
-        sinks.append(TensorBoard(run.tb, resume_step))
+        sinks.append(TensorBoard(run.tb, resume_step, ranks=cfg.logging.tensorboard_ranks))
     if console != "none":
         sinks.append(Console(console, cfg.logging.max_step_events_per_s))
     tele = Telemetry(sinks)

@@ -18,8 +18,9 @@ import torch
 
 #: One rank's record, in slot order; -1 where a value is unknown (no GPU, no NVML).
 FIELDS = ("data_s", "h2d_s", "compute_s", "comm_s", "optim_s", "mem_peak_bytes", "gpu_util", "gpu_mem_bytes",
-          "gpu_temp_c", "gpu_power_w", "gpu_sm_mhz", "gpu_throttle")
+          "gpu_temp_c", "gpu_power_w", "gpu_sm_mhz", "gpu_throttle", "gpu_ecc_errors", "gpu_xid")
 UNKNOWN = -1.0
+INTEGERS = ("mem_peak_bytes", "gpu_mem_bytes", "gpu_throttle", "gpu_ecc_errors", "gpu_xid")
 HOST_ENV = "COCKPIT_HOSTNAME"  # a host name to report instead of the machine's (containers, tests)
 
 
@@ -41,22 +42,57 @@ def _nvml_handle(index: int) -> Any:
 def gpu_reading(device: torch.device) -> list[float]:
     """(util %, memory used bytes, temperature C, power W, SM clock MHz, throttle reason bits) of
     this rank's own GPU from NVML; UNKNOWN for each where there is none."""
-    out = [UNKNOWN] * 6
+    out = [UNKNOWN] * 8
     if device.type != "cuda":
         return out
+    readers = (
+        lambda p, h: p.nvmlDeviceGetUtilizationRates(h).gpu,
+        lambda p, h: p.nvmlDeviceGetMemoryInfo(h).used,
+        lambda p, h: p.nvmlDeviceGetTemperature(h, p.NVML_TEMPERATURE_GPU),
+        lambda p, h: p.nvmlDeviceGetPowerUsage(h) / 1000.0,
+        lambda p, h: p.nvmlDeviceGetClockInfo(h, p.NVML_CLOCK_SM),
+        lambda p, h: p.nvmlDeviceGetCurrentClocksThrottleReasons(h),
+        lambda p, h: p.nvmlDeviceGetTotalEccErrors(h, p.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, p.NVML_VOLATILE_ECC),
+        lambda p, h: _last_xid(p, h),
+    )
     try:
         import pynvml
 
         h = _nvml_handle(torch.cuda._get_nvml_device_index(device))  # honours CUDA_VISIBLE_DEVICES
-        out[0] = float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
-        out[1] = float(pynvml.nvmlDeviceGetMemoryInfo(h).used)
-        out[2] = float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
-        out[3] = pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0
-        out[4] = float(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM))
-        out[5] = float(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h))
-    except Exception:  # noqa: BLE001 - NVML missing, old or partial: what was read stands
-        pass
+    except Exception:  # noqa: BLE001 - no NVML: nothing known
+        return out
+    for i, read in enumerate(readers):
+        try:
+            out[i] = float(read(pynvml, h))
+        except Exception:  # noqa: BLE001 - a reading this GPU or driver lacks (ECC off, old NVML)
+            pass
     return out
+
+
+_XIDS: dict[Any, Any] = {}  # a GPU handle's NVML event set for critical XID errors, and the last XID seen
+_NO_XID = 0.0
+
+
+def _last_xid(p: Any, h: Any) -> float:
+    """The newest critical XID error NVML reported for this GPU since the run started (0: none);
+    read without waiting from an event set registered once."""
+    key = id(h)
+    if key not in _XIDS:
+        events = p.nvmlEventSetCreate()
+        p.nvmlDeviceRegisterEvents(h, p.nvmlEventTypeXidCriticalError, events)
+        _XIDS[key] = [events, _NO_XID]
+    entry = _XIDS[key]
+    while True:
+        try:
+            data = p.nvmlEventSetWait_v2(entry[0], 0)
+        except p.NVMLError:  # a timeout: nothing new
+            return entry[1]
+        entry[1] = float(data.eventData)
+
+
+def gpu_slots(device: torch.device) -> list[float]:
+    """One process's record with only its GPU's readings (a single-process run's GPU alerts)."""
+    return [UNKNOWN] * (len(FIELDS) - 8) + gpu_reading(device)
 
 
 def records(values: list[float], world: int, ids: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -67,8 +103,8 @@ def records(values: list[float], world: int, ids: list[dict[str, Any]]) -> list[
         slot = values[rank * n:(rank + 1) * n]
         rec: dict[str, Any] = {"rank": rank, **(ids[rank] if rank < len(ids) else {})}
         for name, value in zip(FIELDS, slot):
-            rec[name] = None if value == UNKNOWN else (int(value) if name in ("mem_peak_bytes", "gpu_mem_bytes", "gpu_throttle") else value)
-        rec["busy_s"] = sum(rec[k] for k in ("data_s", "h2d_s", "compute_s", "optim_s"))
+            rec[name] = None if value == UNKNOWN else (int(value) if name in INTEGERS else value)
+        rec["busy_s"] = sum(rec[k] or 0.0 for k in ("data_s", "h2d_s", "compute_s", "optim_s"))
         out.append(rec)
     return out
 
@@ -138,3 +174,49 @@ def straggler_message(s: dict[str, Any]) -> str:
     return (f"rank {s['rank']} on {s['host']} is a straggler: {s['ratio']:.1f}x the other ranks' median busy time "
             f"({s['busy_s'] * 1000:.0f} ms vs {s['median_s'] * 1000:.0f} ms a micro-batch); its extra "
             f"{s['extra_s'] * 1000:.0f} ms is {CAUSES[s['where']]}")
+
+
+#: NVML's clock-throttle reasons that mean a GPU is held back against the user's will (not idle,
+#: not an application clock setting): software power cap 0x4, hardware slowdown 0x8, software
+#: thermal slowdown 0x20, hardware thermal 0x40, hardware power brake 0x80.
+THROTTLES = {0x4: "power cap", 0x8: "hardware slowdown", 0x20: "thermal (software)", 0x40: "thermal (hardware)",
+             0x80: "power brake"}
+
+
+class GpuHealth:
+    """From each rank's NVML readings: throttling (one alert per rank and episode), new
+    uncorrected ECC errors and new critical XID errors (each one an alert)."""
+
+    def __init__(self) -> None:
+        self.throttled: set[int] = set()
+        self.ecc: dict[int, int] = {}
+        self.xid: dict[int, int] = {}
+
+    def feed(self, ranks: list[dict[str, Any]]) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """(kind, severity, message, fields) for each new finding."""
+        found = []
+        for rec in ranks:
+            r, where = rec["rank"], f"rank {rec['rank']} on {rec.get('host')} (GPU {rec.get('local_rank')})"
+            bits = rec.get("gpu_throttle") or 0
+            reasons = [name for bit, name in THROTTLES.items() if bits & bit]
+            if reasons and r not in self.throttled:
+                self.throttled.add(r)
+                found.append(("gpu_throttle", "warning", f"{where} is throttled: {', '.join(reasons)} (SM clock "
+                              f"{rec.get('gpu_sm_mhz')} MHz, {rec.get('gpu_temp_c')} C, {rec.get('gpu_power_w')} W)",
+                              {"rank": r, "host": rec.get("host"), "reasons": reasons, "throttle_bits": bits}))
+            elif not reasons:
+                self.throttled.discard(r)
+            ecc = rec.get("gpu_ecc_errors")
+            if ecc is not None:
+                if ecc > self.ecc.get(r, ecc):
+                    found.append(("gpu_ecc", "critical", f"{where}: {ecc - self.ecc[r]} new uncorrected ECC "
+                                  f"error(s) ({ecc} since the driver loaded)", {"rank": r, "host": rec.get("host"),
+                                                                                "ecc_errors": ecc}))
+                self.ecc[r] = ecc
+            xid = rec.get("gpu_xid")
+            if xid and xid != self.xid.get(r):
+                found.append(("gpu_xid", "critical", f"{where}: NVML reported XID {xid}, a critical GPU error "
+                              "(see NVIDIA's XID table)", {"rank": r, "host": rec.get("host"), "xid": xid}))
+            if xid is not None:
+                self.xid[r] = xid
+        return found

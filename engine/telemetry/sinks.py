@@ -102,8 +102,14 @@ SCALARS = {
 class TensorBoard:
     """Scalars in tb/, read by TensorBoard; a resume purges the points it recomputes."""
 
-    def __init__(self, folder: Path, resume_step: int | None):
+    #: What a `ranks` event gives each rank in TensorBoard with logging.tensorboard_ranks.
+    RANK_FIELDS = ("busy_s", "data_s", "compute_s", "comm_s", "optim_s", "mem_peak_bytes", "gpu_util", "gpu_temp_c",
+                   "gpu_power_w", "gpu_sm_mhz")
+
+    def __init__(self, folder: Path, resume_step: int | None, ranks: bool = False):
         from torch.utils.tensorboard import SummaryWriter
+
+        self.ranks = ranks  # per-rank scalars (ranks/<field>/rank<N>) from ranks events
 
         # purge_step makes TensorBoard drop points at or after it from the earlier session,
         # so a resumed run shows no duplicates for steps it trains again.
@@ -122,6 +128,11 @@ class TensorBoard:
         elif kind == "eval":
             for key, value in event["metrics"].items():
                 self.writer.add_scalar(f"val/{key}", value, step)
+        elif kind == "ranks" and self.ranks:
+            for rec in event["ranks"]:
+                for key in self.RANK_FIELDS:
+                    if isinstance(rec.get(key), (int, float)):
+                        self.writer.add_scalar(f"ranks/{key}/rank{rec['rank']}", rec[key], step)
         elif kind in ("checkpoint", "state"):  # on disk as soon as the checkpoint (a spot notice's too)
             self.writer.flush()
 

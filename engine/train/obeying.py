@@ -80,6 +80,7 @@ class Obeying:
     def urgent(self) -> None:
         """Between evaluation batches (and before an epoch): a spot notice stops the run at once,
         agreed by every rank at the same batch, so a long evaluation does not eat the window."""
+        self.progress.tick()  # a long evaluation still moves, for the hang watchdog
         if not self.watching:
             return
         plan = Plan()
@@ -168,7 +169,11 @@ class Obeying:
                   file=sys.stderr, flush=True)
         reason = str(exc) if isinstance(exc, Diverged) or not trace else f"{type(exc).__name__}: {exc}"
         if self.dist.active and collective_failure(exc):
-            reason = ("another rank died or stopped answering (collectives give up after "
+            lost = self.watchdog.culprit_now() if self.watchdog is not None else None
+            who = (f"rank {lost['rank']} on {lost['host']} (pid {lost['pid']}) "
+                   f"{'exited' if lost['why'] == 'exited' else 'stopped answering'}" if lost else
+                   "another rank died or stopped answering")
+            reason = (f"{who} (collectives give up after "
                       f"distributed.timeout_s = {self.cfg.distributed.timeout_s:g} s): {reason}")
         for p in self.unanswered:  # commands taken off the socket before the failure
             if not p.done.is_set():

@@ -9,7 +9,7 @@ import torch
 
 from engine.telemetry.doctor import suggest
 from engine.telemetry.flops import memory_fields, step_flops
-from engine.telemetry.ranks import records, straggler_message
+from engine.telemetry.ranks import gpu_slots, identity, records, straggler_message
 from engine.train.guard import Diverged
 from engine.train.step import StepMeter
 
@@ -19,7 +19,7 @@ class Reporting:
 
     def log_step(self, meter: StepMeter) -> None:
         """One step event; reading the loss here is the only host-device sync of the step."""
-        report = meter.report(self.dist)
+        report = meter.report(self.dist, ranks=self.cfg.logging.ranks)
         self.pos.samples += report["samples"]
         self.pos.train_seconds += report["wall_s"]
         self.last_loss = report["loss"]
@@ -47,6 +47,8 @@ class Reporting:
             self.alerts.throughput(self.pos.step, report["samples_per_s"])
             if "rank_slots" in report:
                 self._ranks(report["rank_slots"])
+            elif not self.dist.active and self.device.type == "cuda" and self.cfg.alerts.gpu:
+                self._gpu_alerts(records(gpu_slots(self.device), 1, [identity()]))
         self.doctor.add(report["data"] + report["h2d"], report["compute"] + report["optim"], report["comm"],
                         report.get("bubble", 0.0))
         verdict = self.doctor.changed()
@@ -63,11 +65,17 @@ class Reporting:
         ranks = records(slots, self.dist.world, self.rank_ids or [])
         slowest = max(ranks, key=lambda r: r["busy_s"])["rank"]
         self.tele.emit("ranks", step=self.pos.step, slowest=slowest, ranks=ranks)
+        if self.cfg.alerts.gpu:
+            self._gpu_alerts(ranks)
         if not self.cfg.alerts.straggler:
             return
         for s in self.stragglers.feed(ranks):
             field = ({"field": "data.num_workers"} if s["where"] == "input" else {})
             self.alerts.fire("straggler", "warning", self.pos.step, straggler_message(s), **s, **field)
+
+    def _gpu_alerts(self, ranks: list[dict]) -> None:
+        for kind, severity, message, fields in self.gpu_health.feed(ranks):
+            self.alerts.fire(kind, severity, self.pos.step, message, **fields)
 
     def _pipeline_fields(self, report: dict) -> dict:
         """A pipeline's idle time and its share of the schedule, beside the ideal share, and each

@@ -106,8 +106,9 @@ class StepMeter:
         """The summed loss not yet reported (a host-device sync; used before a save)."""
         return None if self.loss_sum is None else float(self.loss_sum.item())
 
-    def report(self, dist: Dist) -> dict[str, Any]:
-        """Averages since the last report over every rank (samples summed), then reset."""
+    def report(self, dist: Dist, ranks: bool = True) -> dict[str, Any]:
+        """Averages since the last report over every rank (samples summed), then reset; with
+        `ranks`, every rank's own record too (its slot in the same all-reduce)."""
         wall = time.perf_counter() - self.since
         # .item() here is the step's one host-device sync, on logging steps only
         names = list(self.part_sums)
@@ -121,7 +122,7 @@ class StepMeter:
         for kind, start, end in self.spans:  # complete: the .item() above waited for them
             setattr(self, kind, getattr(self, kind) + start.elapsed_time(end) / 1000)
         stages = self._stage_vectors()
-        slots = self._rank_slots(dist)  # every rank's record (engine.telemetry.ranks), in its slot
+        slots = self._rank_slots(dist) if ranks else []  # every rank's record (engine.telemetry.ranks), in its slot
         loss_sum, batches, samples, data, h2d, compute, optim, comm, correct, counted, known, bubble, *rest = dist.sum(
             [loss_sum, self.batches, self.samples, self.data, self.h2d, self.compute, self.optim, self.comm,
              correct, self.counted, self.loss_batches, self.bubble, *stages, *slots, *parts])

@@ -34,7 +34,8 @@ from engine.parallel.dist import Dist, device_for
 from engine.parallel.wrap import grad_scaler, wrap
 from engine.telemetry.alerts import Alerts
 from engine.telemetry.doctor import Doctor
-from engine.telemetry.ranks import Stragglers, identity
+from engine.telemetry.ranks import GpuHealth, Stragglers, identity
+from engine.telemetry.watchdog import Progress, Publisher, Watchdog, beat_for, store_of_group
 from engine.telemetry.flops import flops_per_sample, peak_tflops
 from engine.telemetry.sinks import Telemetry
 from engine.train.evaluate import EvalHook, evaluate, hooks_plan, improves
@@ -98,11 +99,16 @@ class Trainer(Reporting, Saving, Obeying):
         self.doctor = Doctor()
         self.peak = t.peak_tflops or (
             peak_tflops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None)
+        # where this rank is (step, phase), published for rank 0's watchdog without a collective
+        self.progress = Progress()
+        self.publisher = self._publisher()
         # who each rank is (host, local rank, pid): gathered once, named in `ranks` events and alerts
         self.rank_ids = self.dist.gather(identity()) if self.dist.active else None
         self.rank_pids = [r["pid"] for r in self.rank_ids] if self.rank_ids else None
         self.alerts = Alerts(cfg.alerts, self.tele.emit, active=self.dist.main)
         self.stragglers = Stragglers(cfg.alerts.straggler_ratio, cfg.alerts.straggler_steps)
+        self.gpu_health = GpuHealth()
+        self.watchdog = self._watchdog()
         # batches on the device as the converted model takes them (training, validation)
         self.prepare = lambda x: prepare_inputs(self.data.normalize_train(x), self.converters)
         self.prepare_val = lambda x: prepare_inputs(self.data.normalize(x), self.converters)
@@ -111,6 +117,24 @@ class Trainer(Reporting, Saving, Obeying):
         warning = warmup_warning(cfg.schedule, self.total_steps)
         if warning:
             self.tele.emit("log", level="warning", message=warning)
+
+    def _publisher(self) -> Publisher | None:
+        """Every rank, with several processes: its place in the store (published once now, so
+        that rank 0 finds every key after the identity gather that follows)."""
+        if not (self.dist.active and self.cfg.alerts.hang):
+            return None
+        pub = Publisher(store_of_group(), self.dist.rank, self.progress,
+                        beat_for(self.cfg.distributed.hang_warn_s))
+        pub.publish()
+        return pub
+
+    def _watchdog(self) -> Watchdog | None:
+        """Rank 0: hangs (several processes), stalls and the disk."""
+        if not self.dist.main:
+            return None
+        return Watchdog(self.progress, self.alerts, self.cfg.alerts, self.cfg.distributed.hang_warn_s,
+                        self.run.checkpoints, store=self.publisher.store if self.publisher else None,
+                        world=self.dist.world, ids=self.rank_ids, here=identity()["host"])
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.pos = restore(state, self.model, self.optimizer, self.scaler, self.dist)
@@ -134,8 +158,12 @@ class Trainer(Reporting, Saving, Obeying):
         # agreed, so that every rank takes part in the mid-evaluation agreement when any rank asks
         urgent = any(s.between_batches for s in self.sources)
         self.watching = bool(self.dist.agree_max([1.0 if urgent else 0.0])[0])
-        started: list[Source] = []
+        started: list[Any] = []
         try:
+            for thread in (self.publisher, self.watchdog):
+                if thread is not None:
+                    thread.start()
+                    started.append(thread)
             for source in self.sources:
                 source.start()
                 started.append(source)
@@ -176,18 +204,27 @@ class Trainer(Reporting, Saving, Obeying):
         self.model.train()
         self.meter = meter = StepMeter(self.device)
         accum = self.cfg.train.grad_accum_steps
+        progress = self.progress
+        progress.at("data")
         for x, y in meter.timed(self.loader):
+            progress.at("compute")
             last = (self.pos.batch + 1) % accum == 0 or self.pos.batch + 1 >= self.batches
             self.stepper.micro_step(x, y, meter, self.prepare, sync=last)
             self.pos.batch += 1
             if not last:
+                progress.at("data")
                 continue
+            progress.at("optimizer")
             if not self.stepper.optimizer_step(meter, self.current_lr()):
                 self.pos.skipped += 1
             self.pos.step += 1
+            progress.stepped_to(self.pos.step)
+            progress.at("boundary")
             self.after_step(meter)
             if self.pos.step >= self.total_steps:
                 break
+            progress.at("data")
+        progress.at("evaluation")
         self.end_epoch()
 
     def current_lr(self) -> float:
@@ -241,6 +278,7 @@ class Trainer(Reporting, Saving, Obeying):
         """Record a state change in the events and status.json (its reason stays in status.json
         for as long as the state lasts)."""
         self.state, self.state_reason = state, extra.get("reason")
+        self.progress.at(state if state in ("paused", "checkpointing", "stopping") else "boundary")
         self.tele.emit("state", state=state, step=self.pos.step, **extra)
         self.write_status(**extra)
 
