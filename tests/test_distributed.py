@@ -585,13 +585,14 @@ def test_the_documented_multinode_torchrun_line_trains_the_same_run(tmp_path, co
     port, runs = free_port(), tmp_path / "runs"
     line = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
-            "-m", "engine.cli", "run", str(config), "--run-id", "two-nodes", "--runs-dir", str(runs)]
+            "-m", "engine.cli", "run", str(config), "--run-id", "two-nodes", "--runs-dir", str(runs),
+            "--set", "logging.tensorboard=true", "--set", "logging.tensorboard_ranks=true"]
     nodes = []
     try:
-        for n in range(2):
+        for n in range(2):  # the two "hosts" are one machine: each agent says which node it is
             out = open(tmp_path / f"node{n}.txt", "w")
-            nodes.append(subprocess.Popen(line, env=engine_env(), stdout=out, stderr=subprocess.STDOUT,
-                                          cwd=tmp_path))
+            nodes.append(subprocess.Popen(line, env=dict(engine_env(), COCKPIT_HOSTNAME=f"node-{n}"), stdout=out,
+                                          stderr=subprocess.STDOUT, cwd=tmp_path))
         codes = [p.wait(timeout=HANG_S) for p in nodes]
     finally:
         for p in nodes:
@@ -607,3 +608,15 @@ def test_the_documented_multinode_torchrun_line_trains_the_same_run(tmp_path, co
         assert torch.equal(mine["model"][k], v), k
     # one process per node: config.toml keeps nproc (processes on this machine) at 1
     assert load_config(run / "config.toml").distributed.nproc == 1
+    # every rank in view, named by its node; each rank's record in TensorBoard too
+    ranks = [e for e in events_of(run) if e["type"] == "ranks"]
+    assert ranks and all(sorted(r["host"] for r in e["ranks"]) == ["node-0", "node-1"] for e in ranks)
+    assert all([r["local_rank"] for r in e["ranks"]] == [0, 0] for e in ranks)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    for rank in (0, 1):
+        points = acc.Scalars(f"ranks/busy_s/rank{rank}")
+        assert [p.step for p in points] == [e["step"] for e in ranks]
+        assert [p.value for p in points] == pytest.approx([e["ranks"][rank]["busy_s"] for e in ranks], rel=1e-6)
