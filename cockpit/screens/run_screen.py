@@ -69,9 +69,9 @@ class RunScreen(RunControl, SizedScreen):
         Binding("a", "swap_chart", "Acc/lr", id="swap-chart",
                 tooltip="Show the accuracy chart or the learning-rate chart (both side by side when wide)"),
         Binding("R", "ranks", "Ranks", id="ranks", show=False,
-                tooltip="Every rank of a run of several processes in a table: busy time, its split, memory, GPU"),
+                tooltip="Every rank in a table (several processes)"),
         Binding("exclamation_mark", "alerts", "Alerts", id="alerts", show=False,
-                tooltip="The run's alerts (stragglers, loss spikes, throughput drops...), newest first"),
+                tooltip="The run's alerts, newest first"),
     ]
 
     def __init__(self, runs_root: Path, run: Path | None = None, launch: tuple[str, list[str]] | None = None,

@@ -62,15 +62,14 @@ class GpuPane(TextPane):
             key = (g.host, g.local_rank)
             if len(self.rank_history) < 4 * LIST_ALL or key in self.rank_history:
                 self.rank_history.setdefault(key, deque(maxlen=60)).append(g.util)
-            t.append(f"{clean(g.host)[:12]}:{g.local_rank} {g.util:3.0f}% ", style="bold")
+            t.append(f"{clean(g.host)[:10]}:{g.local_rank} {g.util:3.0f}% ", style="bold")
             t.append(f"{size(g.mem_bytes)} ")
             if g.temperature is not None:
                 t.append(f"{g.temperature:.0f}°C ")
             if g.power_w is not None:
                 t.append(f"{g.power_w:.0f}W")
-            if g.throttled:
-                t.append(" throttled", style="bold")
-            t.append("\n" + spark(list(self.rank_history.get(key, ())), 30) + "\n")
+            t.append("\n" + spark(list(self.rank_history.get(key, ())), 22))
+            t.append(" throttled\n" if g.throttled else "\n", style="bold")
         t.rstrip()
         return t
 

@@ -19,8 +19,9 @@ from cockpit.widgets.pane import TextPane
 
 #: What marks the slowest rank's row (tests look for it too).
 SLOWEST = "▶"
-SPARK_WIDTH = 12
-HEADER = f"  {'rank':>5} {'host':<12} {'busy ms':>7} {'trend':<{SPARK_WIDTH}} {'data/comp/comm/opt ms':<21} {'mem':>6} {'gpu':>4}"
+SPARK_WIDTH = 8
+#: The columns: mark, rank, host, busy ms, its trend, data/compute/comm/optim ms, peak memory, GPU util.
+HEADER = f"  {'rank':>4} {'host':<10} {'busy ms':>7} {'trend':<{SPARK_WIDTH}} {'d/c/comm/opt ms':<16} {'mem':>5} {'gpu':>4}"
 
 
 def split_cell(rec: dict[str, Any]) -> str:
@@ -33,9 +34,9 @@ def row(rec: dict[str, Any], busy: Any, slowest: int | None) -> tuple[str, bool]
     rank = rec.get("rank")
     mark = rank == slowest and rank is not None
     trend = spark(list(busy or ()), SPARK_WIDTH)
-    host = clean(str(rec.get("host", "?")))[:12]
-    line = (f"{SLOWEST if mark else ' '} {str(rank):>5} {host:<12} {ms(rec.get('busy_s')):>7} {trend:<{SPARK_WIDTH}} "
-            f"{split_cell(rec):<21} {size(rec.get('mem_peak_bytes')):>6} {percent(rec.get('gpu_util')):>4}")
+    host = clean(str(rec.get("host", "?")))[:10]
+    line = (f"{SLOWEST if mark else ' '} {str(rank):>4} {host:<10} {ms(rec.get('busy_s')):>7} {trend:<{SPARK_WIDTH}} "
+            f"{split_cell(rec):<16} {size(rec.get('mem_peak_bytes')):>5} {percent(rec.get('gpu_util')):>4}")
     return line, mark
 
 
