@@ -77,7 +77,7 @@ async def in_app(run: Path, steps: int, updates: int) -> dict[str, float]:
     t0 = time.perf_counter()
     async with app.run_test(size=(160, 48)) as pilot:
         pane = app.run_screen.query_one(RanksPane)
-        while not (app.link and app.link.history.ranks.step == steps and pane.shown_version == app.link.history.ranks.version):
+        while not (app.link and app.link.history.ranks.step == steps and pane.shown_version == app.link.history.ranks.mark):
             await pilot.pause(0.01)
         out["attach_s"] = time.perf_counter() - t0
         h, world = app.link.history, len(app.link.history.ranks.records)

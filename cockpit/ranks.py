@@ -9,6 +9,7 @@ computed when a view draws, at most a few times a second, never per event.
 from __future__ import annotations
 
 import heapq
+import itertools
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ LIST_ALL = 16
 WORST = 5
 #: Alerts kept per run (the newest).
 MAX_ALERTS = 500
+_FOLDS = itertools.count()
+
 #: The columns a summary gives min, median and max of: (label, record field).
 METRICS = (("busy", "busy_s"), ("data", "data_s"), ("compute", "compute_s"), ("comm", "comm_s"),
            ("optim", "optim_s"), ("mem peak", "mem_peak_bytes"), ("gpu util", "gpu_util"))
@@ -41,6 +44,13 @@ class RanksFold:
     busy: dict[int, deque] = field(default_factory=dict)
     #: Counts the ranks events folded: a view redraws only when it moved.
     version: int = 0
+    #: Tells this fold from another run's (a view that followed one run may be shown another).
+    uid: int = field(default_factory=lambda: next(_FOLDS))
+
+    @property
+    def mark(self) -> tuple[int, int]:
+        """(uid, version): changes whenever there is something new to draw."""
+        return self.uid, self.version
 
     def fold(self, e: dict[str, Any]) -> None:
         """One ranks event: it becomes the newest, and each rank's busy time joins its history."""

@@ -48,7 +48,7 @@ class RanksScreen(Screen[None]):
         table = self.query_one(RanksTable)
         with link.lock:
             fold = link.history.ranks
-            if not fold.records or fold.version == table.shown_version:
+            if not fold.records or fold.mark == table.shown_version:
                 return
             step = "" if fold.step is None else f" at step {fold.step:.0f}"
             head = f"{len(fold.records)} ranks{step}; slowest {SLOWEST} rank {fold.slowest}"

@@ -32,15 +32,15 @@ class GpuPane(TextPane):
         self.util_history: dict[int, deque] = {}
         #: True once the run's ranks events carry GPU readings: those are shown, not local NVML.
         self.from_ranks = False
-        self.ranks_version = -1
+        self.ranks_version: tuple[int, int] | None = None
         self.rank_history: dict[tuple[str, object], deque] = {}
 
     def show(self, h: RunHistory) -> None:
         """Every node's GPUs from the newest ranks event, when its records have NVML readings."""
         fold = h.ranks
-        if fold.version == self.ranks_version:
+        if fold.mark == self.ranks_version:
             return
-        self.ranks_version = fold.version
+        self.ranks_version = fold.mark
         gpus = rank_gpus(fold.records)
         self.from_ranks = bool(gpus)
         if gpus:

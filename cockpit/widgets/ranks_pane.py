@@ -57,7 +57,7 @@ class RanksPane(TextPane):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.shown_version = -1
+        self.shown_version: tuple[int, int] | None = None
         #: The rank marked slowest in the newest draw (None before one).
         self.slowest: int | None = None
 
@@ -68,9 +68,9 @@ class RanksPane(TextPane):
     def show(self, h: RunHistory) -> None:
         fold = h.ranks
         self.display = bool(fold.records)
-        if not fold.records or fold.version == self.shown_version:
+        if not fold.records or fold.mark == self.shown_version:
             return  # nothing new: the newest event is drawn already
-        self.shown_version = fold.version
+        self.shown_version = fold.mark
         self.slowest = fold.slowest
         self.text = self.draw(fold)
 

@@ -58,7 +58,7 @@ class RanksTable(DataTable):
         #: The newest event's (record, busy history, mark style) per row, and the rows not yet shown so.
         self.latest: dict[str, tuple[dict[str, Any], tuple[float, ...], str]] = {}
         self.stale: set[str] = set()
-        self.shown_version = -1
+        self.shown_version: tuple[int, int] | None = None
         #: The rank marked slowest in the newest update.
         self.slowest: int | None = None
         self.by_busy = False
@@ -69,9 +69,9 @@ class RanksTable(DataTable):
 
     def show(self, fold: RanksFold, style: str = "bold") -> None:
         """Take the fold's newest event (call with the history locked) and update the rows in view."""
-        if fold.version == self.shown_version:
+        if fold.mark == self.shown_version:
             return
-        self.shown_version, self.slowest = fold.version, fold.slowest
+        self.shown_version, self.slowest = fold.mark, fold.slowest
         self.latest = {str(rec.get("rank")): (rec, tuple(fold.busy.get(rec.get("rank"), ())),
                                               style if rec.get("rank") == fold.slowest else "")
                        for rec in fold.records}
