@@ -45,7 +45,7 @@ class RanksFold:
     #: Counts the ranks events folded: a view redraws only when it moved.
     version: int = 0
     #: Tells this fold from another run's (a view that followed one run may be shown another).
-    uid: int = field(default_factory=lambda: next(_FOLDS))
+    uid: int = field(default_factory=lambda: next(_FOLDS), compare=False, repr=False)
 
     @property
     def mark(self) -> tuple[int, int]:

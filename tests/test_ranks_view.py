@@ -241,3 +241,24 @@ async def test_every_nodes_gpus_come_from_the_ranks_events(tmp_path: Path, monke
         at = [i for i, ln in enumerate(lines) if ln.startswith("node-000:1")][0]
         assert "throttled" in lines[at + 1] and sum("throttled" in ln for ln in lines) == 1  # by its sparkline
         assert "4 on 1 host" in gpu.border_title
+
+
+def test_a_replay_folds_ranks_events_as_one_at_a_time_would_and_keeps_the_newest_alerts():
+    from cockpit.history import RunHistory
+    from cockpit.ranks import MAX_ALERTS, SPARK_LEN
+
+    events = []
+    for step in range(1, 3 * SPARK_LEN):
+        events += [json.loads(step_event(step, 8)),
+                   json.loads(ranks_event(step, {step % 8: 0.05 + step * 1e-3}, 8))]
+    events += [json.loads(line("alert", kind="loss_spike", severity="warning", step=i, message=f"spike {i}"))
+               for i in range(MAX_ALERTS + 100)]
+    replayed, one_by_one = RunHistory(), RunHistory()
+    replayed.apply_many(events)
+    for e in events:
+        one_by_one.apply(e)
+    assert replayed.ranks == one_by_one.ranks and replayed.events_seen == one_by_one.events_seen
+    assert len(replayed.ranks.busy[0]) == SPARK_LEN and replayed.ranks.step == 3 * SPARK_LEN - 1
+    assert replayed.alerts == one_by_one.alerts and len(replayed.alerts) == MAX_ALERTS
+    assert replayed.alerts_total == MAX_ALERTS + 100 and replayed.alerts[0]["message"] == "spike 100"
+    assert replayed.loss.points() == one_by_one.loss.points()  # ranks events no longer split the runs of steps
