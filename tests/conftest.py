@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import warm
+from slurm_fixture import slurm  # noqa: F401  (the real Slurm cluster fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
