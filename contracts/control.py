@@ -21,7 +21,8 @@ from typing import Any
 from contracts.events import json_safe
 
 #: `prune`: stop like `stop`, with reason PRUNED, so the run ends "pruned" (a sweep trial given up on).
-COMMANDS = ("checkpoint", "pause", "continue", "stop", "prune", "set", "status")
+#: `requeue`: a Slurm job's engine checkpoints, requeues its job (scontrol requeue) and exits 3.
+COMMANDS = ("checkpoint", "pause", "continue", "stop", "prune", "set", "status", "requeue")
 #: A request longer than this is refused unread: one command never needs more.
 MAX_REQUEST_BYTES = 4096
 #: Longest Unix socket path we bind (the kernel limit is 108 bytes with the NUL).

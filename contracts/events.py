@@ -45,16 +45,21 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "checkpoint": ("path", "step", "seconds", "bytes", "reason", "best", "stall_s"),
     "s3": ("action", "what", "ok", "uri", "step", "file", "bytes", "seconds", "multipart", "pending", "error"),
     "trial": ("number", "params", "value", "state"),
+    "ranks": ("step", "slowest", "ranks"),
+    "alert": ("kind", "severity", "step", "message"),
+    "command_reply": ("id", "cmd", "reply"),
+    "slurm": ("job_id", "restart_count", "nodes", "node_list", "partition", "time_limit_s", "host"),
+    "requeue": ("job_id", "step", "checkpoint", "ok", "error"),
     "log": ("level", "message"),
     "error": ("message", "traceback"),
 }
 
 STATES = (
     "starting", "running", "paused", "checkpointing", "stopping",
-    "finished", "failed", "stopped", "preempted", "pruned",
+    "finished", "failed", "stopped", "preempted", "pruned", "requeued",
 )
-#: States after which the engine process is gone.
-FINAL_STATES = ("finished", "failed", "stopped", "preempted", "pruned")
+#: States after which the engine process is gone ("requeued": a Slurm job that will run again).
+FINAL_STATES = ("finished", "failed", "stopped", "preempted", "pruned", "requeued")
 
 
 # Exit codes of `cockpit-engine`, shared with the cockpit's banner.

@@ -24,8 +24,9 @@ class Reason(IntEnum):
     CHECKPOINT_COMMAND = 2  # the `checkpoint` command
     STOP_COMMAND = 3        # the `stop` command
     SIGNAL = 4              # SIGTERM or Ctrl+C, on any rank
-    PREEMPTED = 5           # the machine is being taken away (spot interruption notice)
-    PRUNED = 6              # a sweep's pruner gave up on this trial
+    REQUEUE = 5             # a Slurm job near its time limit (USR1, the requeue command): save, requeue, exit
+    PREEMPTED = 6           # the machine is being taken away (spot interruption notice)
+    PRUNED = 7              # a sweep's pruner gave up on this trial
 
     @property
     def stops(self) -> bool:
@@ -38,6 +39,7 @@ OUTCOMES: dict[Reason, tuple[str, int]] = {
     Reason.CONTINUE: ("finished", EXIT_FINISHED),
     Reason.STOP_COMMAND: ("stopped", EXIT_STOPPED),
     Reason.SIGNAL: ("stopped", EXIT_STOPPED),
+    Reason.REQUEUE: ("requeued", EXIT_STOPPED),
     Reason.PREEMPTED: ("preempted", EXIT_STOPPED),
     Reason.PRUNED: ("pruned", EXIT_STOPPED),
 }

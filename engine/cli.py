@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from importlib import resources
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_training(sub)  # run, demo, resume
     _add_send(sub)
+    _add_slurm(sub)
     _add_quantize(sub)
     _add_plugged_in(sub)  # cost, cloud, sweep: each command module adds its own
     p = sub.add_parser("example-config", help="print a complete, commented example config")
@@ -82,6 +84,9 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint", **sub_kw)
     p.add_argument("run", help="run directory, or run id under the runs directory")
+    p.add_argument("--or-start", action="store_true",
+                   help="a run directory with a config but no checkpoint yet starts from step 0 (what a Slurm "
+                        "job written by `slurm submit` runs at each start)")
     p.add_argument("--s3", metavar="s3://BUCKET/PREFIX",
                    help="the run is mirrored to PREFIX/RUN-ID in S3 (checkpoint.s3_uri): pull it when "
                         "the local directory is missing or older, as on a new instance")
@@ -98,7 +103,68 @@ def _add_send(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cmd", choices=COMMANDS, help="the command")
     p.add_argument("--lr", type=float, help="learning rate, for the set command")
     p.add_argument("--runs-dir", help="root of run directories")
+    p.add_argument("--via", choices=["auto", "socket", "file"], default="auto",
+                   help="the control socket (this host) or RUN/commands/ (an engine on another host, e.g. a "
+                        "Slurm node); auto: the socket where the engine runs on this host (default)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds to wait for the reply")
     p.set_defaults(func=cmd_send)
+
+
+SLURM_EPILOG = """\
+The job runs one srun task per node, each a torchrun agent (a c10d rendezvous on the job's first
+node); every start of the job resumes the run from its newest checkpoint. USR1 comes
+slurm.signal_lead_s (120) seconds before the time limit: the engine checkpoints, requeues the job
+(scontrol requeue) and exits; the requeued job resumes exactly. The run directory (config.toml,
+slurm/job.sh, slurm/job.json, slurm/job-<id>.out) must be on a file system the nodes share.
+
+examples:
+  cockpit-engine slurm submit run.toml --nodes 4 --gpus-per-node 8 --time 12:00:00 --partition gpu
+  cockpit-engine slurm submit run.toml --time 30 --dry-run          (print the script, submit nothing)
+  cockpit-engine send RUN pause                    (from the login node: through RUN/commands/)
+"""
+
+
+def _add_slurm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("slurm", help="run on a Slurm cluster: submit a run as a batch job")
+    slurm = p.add_subparsers(dest="slurm_command", required=True, metavar="COMMAND")
+    s = slurm.add_parser("submit", help="write the run's sbatch script into its run directory and submit it",
+                         epilog=SLURM_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("config", help="path of the TOML config file")
+    s.add_argument("--run-id", help="name of the run directory (default: time-name-random)")
+    s.add_argument("--runs-dir", help="root of run directories, on a shared file system (default: $COCKPIT_RUNS "
+                                      "or ./runs)")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config field (repeatable)")
+    s.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1)")
+    s.add_argument("--gpus-per-node", type=int, default=0, metavar="G",
+                   help="GPUs per node, one rank each (default 0: distributed.nproc ranks per node on the CPU)")
+    s.add_argument("--time", default="1:00:00", metavar="T",
+                   help="time limit, in Slurm's format (minutes, HH:MM:SS, D-HH:MM; default 1:00:00)")
+    s.add_argument("--partition", metavar="P", help="partition (default: the cluster's default)")
+    s.add_argument("--account", metavar="A", help="account to charge")
+    s.add_argument("--qos", metavar="Q", help="quality of service")
+    s.add_argument("--constraint", metavar="C", help="node features (sbatch --constraint)")
+    s.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="one more sbatch option for the script, e.g. --sbatch-arg=--mem=200G (repeatable)")
+    s.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
+    s.set_defaults(func=cmd_slurm_submit)
+
+
+def cmd_slurm_submit(args: argparse.Namespace) -> int:
+    from contracts.layout import new_run_id, runs_root
+    from engine.cluster import slurm
+
+    cfg = config_mod.load(args.config, args.set)
+    if args.gpus_per_node and cfg.train.device == "cpu":
+        raise BadInput(f"--gpus-per-node {args.gpus_per_node} with train.device = 'cpu': set train.device to "
+                       "'auto' or 'cuda', or leave --gpus-per-node out")
+    if args.gpus_per_node:
+        cfg.distributed.nproc = args.gpus_per_node
+    spec = slurm.JobSpec(args.nodes, args.gpus_per_node, args.time, args.partition, args.account, args.qos,
+                         args.constraint, args.sbatch_arg)
+    root = runs_root(args.runs_dir, cfg.logging.runs_dir)
+    run_id = args.run_id or new_run_id(cfg.logging.run_name or cfg.model.name)
+    return slurm.submit(cfg, config_mod.to_toml(cfg), root, run_id, spec, args.dry_run)
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
@@ -280,14 +346,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     args.set = args.set + _launch_sets(args)
     cfg = config_mod.load(RunLayout(run).config, args.set)  # refuse bad overrides before torch loads
     _fits_machine(cfg, str(RunLayout(run).config), args.set)
-    argv = ["resume", str(run), *[f"--set={s}" for s in args.set]]
+    argv = ["resume", str(run), *(["--or-start"] if args.or_start else []), *[f"--set={s}" for s in args.set]]
     if args.detach:
         return _spawn(argv, run)
     if _needs_launcher(cfg):
         return _torchrun(cfg, argv, args)
     from engine.run import session
 
-    return session.resume(run, args.set, args.json, detached=args.detached_child)
+    return session.resume(run, args.set, args.json, detached=args.detached_child, or_start=args.or_start)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -295,12 +361,25 @@ def cmd_send(args: argparse.Namespace) -> int:
     from contracts.layout import find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
+    extra = {"lr": args.lr} if args.cmd == "set" else {}
     try:
         status = json.loads(RunLayout(run).status.read_text())
-        socket_path = status["socket"]
-    except (OSError, ValueError, KeyError):
-        raise BadInput(f"run {str(run)!r}: no status.json naming a control socket; is it running?") from None
-    extra = {"lr": args.lr} if args.cmd == "set" else {}
+    except (OSError, ValueError):
+        status = {}
+    elsewhere = status.get("host") not in (None, socket.gethostname())
+    if args.via == "file" or (args.via == "auto" and elsewhere):
+        from contracts import command_files
+
+        ident = command_files.post(run, args.cmd, **extra)
+        try:
+            reply = command_files.wait_reply(run, ident, args.timeout)
+        except TimeoutError as exc:
+            raise BadInput(f"run {str(run)!r}: {exc}") from None
+        print(json.dumps(reply))
+        return 0 if reply.get("ok") else 1
+    socket_path = status.get("socket")
+    if not socket_path:
+        raise BadInput(f"run {str(run)!r}: no status.json naming a control socket; is it running?")
     try:
         reply = send_command(socket_path, args.cmd, **extra)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError):

@@ -174,6 +174,15 @@ class CostConfig(Section):
         return self
 
 
+class SlurmConfig(Section):
+    """Slurm jobs (cockpit-engine slurm submit): the time-limit warning and the requeue."""
+
+    signal_lead_s: Int = Field(
+        120, ge=10, le=3600, description="Ask Slurm for USR1 this many seconds before the time limit (sbatch "
+        "--signal=B:USR1@S): the engine checkpoints at its next step boundary, requeues the job and exits. Slurm may "
+        "send it up to 60 s earlier; leave time for a checkpoint")
+
+
 class SpotConfig(Section):
     """EC2 spot interruptions: the metadata service's notice stops the run with a checkpoint."""
 

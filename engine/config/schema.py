@@ -21,7 +21,7 @@ from engine.config.base import FeatureSection, Int, Section
 from engine.config.model_data import (
     BUILTIN_DATASETS, DATASETS_WITH_ROOT, AugmentConfig, DataConfig, ModelConfig)
 from engine.config.operations import (
-    SPOT_POLL_MAX_S, CheckpointConfig, CostConfig, DistributedConfig, LoggingConfig, SpotConfig)
+    SPOT_POLL_MAX_S, CheckpointConfig, CostConfig, DistributedConfig, LoggingConfig, SlurmConfig, SpotConfig)
 from engine.config.sweep import SpaceParam, SweepConfig, check_space, with_values
 from engine.config.training import (
     DistillConfig, OptimConfig, QuantizeConfig, ScheduleConfig, TrainConfig)
@@ -30,7 +30,7 @@ __all__ = [
     "AugmentConfig", "BUILTIN_DATASETS", "CheckpointConfig", "Config", "CostConfig", "DATASETS_WITH_ROOT",
     "DataConfig", "DistillConfig", "DistributedConfig", "FeatureSection", "Int", "LoggingConfig",
     "ModelConfig", "OptimConfig", "QuantizeConfig", "SPOT_POLL_MAX_S", "ScheduleConfig", "Section",
-    "SpaceParam", "SpotConfig", "SweepConfig", "TrainConfig", "with_values",
+    "SlurmConfig", "SpaceParam", "SpotConfig", "SweepConfig", "TrainConfig", "with_values",
 ]
 
 class Config(Section):
@@ -49,6 +49,7 @@ class Config(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     spot: SpotConfig = Field(default_factory=SpotConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @model_validator(mode="after")

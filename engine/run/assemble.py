@@ -16,9 +16,10 @@ from engine.data.sources import DataSpec
 from engine.model.convert import ChannelsLast, ModelConverter
 from engine.model.teacher import Teacher
 from engine.parallel.dist import Dist
-from engine.run.control import ControlServer
+from engine.run.control import ControlServer, FileInbox, Inboxes
 from engine.run.rundir import RunDir
-from engine.run.sources import Clock, Commands, Signals
+from engine.cluster.slurm import job_facts, under_slurm
+from engine.run.sources import Clock, Commands, Signals, SlurmSignal
 from engine.telemetry.sinks import Telemetry
 from engine.train.trainer import Trainer
 
@@ -43,7 +44,12 @@ def sources(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Any,
     """
     main = dist.main
     socket = run.socket_path() if main else None
-    server = ControlServer(socket, lambda: trainer().status()) if main else None
+    server = None
+    if main:  # the socket (this host) and the commands folder (a client on another host)
+        from engine.cluster.slurm import session_tag
+
+        server = Inboxes(ControlServer(socket, lambda: trainer().status()),
+                         FileInbox(run.path, lambda: trainer().status(), tele.emit, session_tag()))
     found: list[Source] = [
         Commands(server, cfg.optim.lr, lambda lr: trainer().highest_lr_if_set(lr)),
         Signals(),
@@ -54,6 +60,8 @@ def sources(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Any,
     spot = watcher_for(cfg, tele.emit, lambda: trainer().pos.step)
     if spot is not None:
         found.append(spot)
+    if under_slurm():  # USR1 straight to the engine (srun without a batch-script trap): save and requeue
+        found.append(SlurmSignal())
     if lease is not None:  # another engine took the run over in S3: stop (exit 3)
         from engine.cloud.s3run import LeaseWatch
 
@@ -69,6 +77,8 @@ def build_trainer(cfg: Config, spec: DataSpec, model: Any, run: RunDir, tele: Te
     if dist.main:
         for message in machine.check(cfg):
             tele.emit("log", level="warning", message=message)
+    if dist.main and under_slurm():  # this start of a Slurm job: its id, restart count, nodes
+        tele.emit("slurm", **job_facts())
     built: list[Trainer] = []
     found, socket = sources(cfg, run, tele, dist, lambda: built[0], lease)
     trainer = Trainer(cfg, spec, model, run, tele, resume=resume, dist=dist, teacher=teacher,

@@ -11,9 +11,11 @@ import os
 import queue
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
+from contracts import command_files
 from contracts.control import MAX_REQUEST_BYTES, Pending, ProtocolError, decode_request, encode_reply
 
 #: How long a client waits for the loop to act before it is told the engine is busy.
@@ -116,3 +118,95 @@ def _read_line(conn: socket.socket) -> bytes:
             break
         buf += chunk
     return buf.split(b"\n", 1)[0] if len(buf) <= MAX_REQUEST_BYTES else buf
+
+
+class FilePending(Pending):
+    """A command that came as a file (contracts.command_files): its reply is a `command_reply` event."""
+
+    def __init__(self, request: dict[str, Any], ident: str, emit: Callable[..., Any]):
+        super().__init__(request)
+        self.ident, self.emit = ident, emit
+
+    def answer(self, ok: bool = True, **fields: Any) -> None:
+        super().answer(ok, **fields)
+        self.emit(command_files.REPLY, id=self.ident, cmd=self.cmd, reply=self.reply)
+
+
+class FileInbox:
+    """RUN/commands/: the commands of a client on another host (a login node), read at step
+    boundaries at most every POLL_S. `status` is answered at once from `status()`.
+
+    Files already there when the engine starts are stale (their client has given up on an engine
+    that was not running) and are answered as such, except a `requeue` tagged with this Slurm
+    job's session (`slurm_run`): Slurm's USR1 may come while the engine is still starting."""
+
+    def __init__(self, run: Path, status: Callable[[], dict[str, Any]], emit: Callable[..., Any],
+                 session_tag: str | None = None):
+        self.run, self.status, self.emit, self.session_tag = run, status, emit, session_tag
+        self.last = 0.0
+        self.ready: list[Pending] = []
+
+    def start(self) -> None:
+        for ident, request, error in command_files.take(self.run):
+            if request is not None and request["cmd"] == "requeue" and self.session_tag and \
+                    request.get("slurm_run") == self.session_tag:
+                self.ready.append(FilePending(request, ident, self.emit))
+            else:
+                self.emit(command_files.REPLY, id=ident, cmd=(request or {}).get("cmd"),
+                          reply={"ok": False, "error": error or "stale: written before this engine started"})
+        self.last = time.monotonic()
+
+    def poll(self) -> list[Pending]:
+        now = time.monotonic()
+        if now - self.last < command_files.POLL_S and not self.ready:
+            return []
+        self.last = now
+        out, self.ready = self.ready, []
+        for ident, request, error in command_files.take(self.run):
+            if request is None:
+                self.emit(command_files.REPLY, id=ident, cmd=None, reply={"ok": False, "error": error})
+            elif request["cmd"] == "status":
+                FilePending(request, ident, self.emit).answer(True, **self.status())
+            else:
+                out.append(FilePending(request, ident, self.emit))
+        return out
+
+    def wait(self, timeout: float) -> Pending | None:
+        time.sleep(min(timeout, command_files.POLL_S))
+        got = self.poll()
+        self.ready = got[1:] + self.ready
+        return got[0] if got else None
+
+    def close(self) -> None:
+        pass
+
+
+class Inboxes:
+    """The control socket and the commands folder as one server for the Commands source."""
+
+    def __init__(self, *servers: Any):
+        self.servers = servers
+
+    def start(self) -> None:
+        for s in self.servers:
+            s.start()
+
+    def poll(self) -> list[Pending]:
+        return [p for s in self.servers for p in s.poll()]
+
+    def wait(self, timeout: float) -> Pending | None:
+        """The socket waits (the first server); the folder is looked at after it."""
+        first, *rest = self.servers
+        got = first.wait(timeout)
+        if got is not None:
+            return got
+        for s in rest:
+            more = s.poll()
+            if more:
+                s.ready = more[1:] + getattr(s, "ready", [])
+                return more[0]
+        return None
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.close()

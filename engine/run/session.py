@@ -191,7 +191,8 @@ def _create(cfg: Config, root: Path, run_id: str | None, dist: Dist, lease: list
     return str(run.path)
 
 
-def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool = False) -> int:
+def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool = False,
+           or_start: bool = False) -> int:
     """Continue a run from its newest valid checkpoint.
 
     Rank 0 finds the checkpoint (falling back past unusable ones) and sends its state to the
@@ -213,6 +214,9 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         spec, model = prepare(cfg, dist)
         teacher = load_teacher(cfg, spec)
         warnings: list[str] = []
+        fresh = dist.broadcast(or_start and not _has_checkpoints(run) if dist.main else None)
+        if fresh:  # a run directory made by `slurm submit`: its first start
+            return _start_in(run, cfg, spec, model, teacher, dist, json_mode, detached, lease)
         found = _find_checkpoint(run, cfg, dist, warnings, teacher) if dist.main else None
         sharded = dist.sharded
         if sharded:  # every rank reads its own shard file; the others need only the name
@@ -242,6 +246,24 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         if lease is not None:
             lease.release()  # idempotent: the mirror's close() normally did it
         dist.close()
+
+
+def _has_checkpoints(run: RunDir) -> bool:
+    try:
+        return any(p.name.startswith("step-") for p in run.checkpoints.iterdir())
+    except OSError:
+        return False
+
+
+def _start_in(run: RunDir, cfg: Config, spec: Any, model: Any, teacher: Any, dist: Dist, json_mode: bool,
+              detached: bool, lease: Any) -> int:
+    """Train from step 0 in an existing run directory that has no checkpoint (resume --or-start)."""
+    _detach_if(detached, run)
+    console = console_mode(json_mode, detached) if dist.main else "none"
+    announce(run, console, "new")
+    tele = telemetry_for(cfg, run, console, None, lease) if dist.main else Telemetry([])
+    trainer = build_trainer(cfg, spec, model, run, tele, dist, teacher=teacher, lease=lease)
+    return _train(trainer, tele, run, console)
 
 
 #: Fields whose change on resume makes the run differ from one started with the new value.
@@ -324,6 +346,11 @@ def _teacher_of(state: dict[str, Any]) -> str | None:
 def _train(trainer: Any, tele: Telemetry, run: RunDir, console: str) -> int:
     try:
         result = trainer.train()
+        if result.state == "requeued" and trainer.dist.main:  # every rank has saved (the final barrier)
+            from engine.cluster.slurm import requeue_self
+
+            latest = trainer.checkpoints.latest()
+            requeue_self(tele.emit, result.step, latest.name if latest else None)
     finally:
         tele.close()
     announce(run, console, result.state)

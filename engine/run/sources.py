@@ -7,6 +7,7 @@ and whatever else a run needs) and hands the list to the Trainer, which only fol
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from typing import Any, Callable
@@ -36,6 +37,29 @@ class Signals(Source):
 
     def poll(self) -> Plan:
         return Plan(Reason.SIGNAL, why=self.name) if self.name else Plan()
+
+
+class SlurmSignal(Source):
+    """Under Slurm, USR1 sent to the engine itself (`--signal=USR1@S` with one task per rank):
+    checkpoint at the next boundary, requeue the job, exit (the batch script written by
+    `slurm submit` turns its own USR1 into a `requeue` command instead)."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.previous: Any = None
+
+    def start(self) -> None:
+        self.previous = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGUSR1, self.previous)
+
+    def _on_signal(self, _signum: int, _frame: Any) -> None:
+        self.signalled = True
+
+    def poll(self) -> Plan:
+        return Plan(Reason.REQUEUE, why="Slurm sent USR1: the time limit is near") if self.signalled else Plan()
 
 
 class Clock(Source):
@@ -105,6 +129,11 @@ class Commands(Source):
             return Plan(pause=Pause.PAUSE if p.cmd == "pause" else Pause.CONTINUE, pending=[p])
         if p.cmd == "stop":
             return Plan(Reason.STOP_COMMAND, why="stop command", pending=[p])
+        if p.cmd == "requeue":
+            if not os.environ.get("SLURM_JOB_ID"):
+                p.answer(False, error="requeue: this engine is not a Slurm job (no SLURM_JOB_ID); use stop")
+                return Plan()
+            return Plan(Reason.REQUEUE, why=str(p.request.get("reason") or "requeue command"), pending=[p])
         if p.cmd == "prune":
             return Plan(Reason.PRUNED, why=str(p.request.get("reason") or "prune command"), pending=[p])
         if p.cmd == "set":

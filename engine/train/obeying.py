@@ -122,7 +122,7 @@ class Obeying:
         for source in self.sources:
             extra.update(source.outcome(plan))
         for p in plan.pending:
-            if p.cmd in ("stop", "prune"):
+            if p.cmd in ("stop", "prune", "requeue"):
                 p.answer(state=state, step=self.pos.step, path=str(latest) if latest else None)
         self.set_state(state, **({"reason": plan.why, "exit_code": code, **extra} if stops else {}))
         # Leave together: a rank that tears its process group down while another still talks
@@ -154,7 +154,7 @@ class Obeying:
         for p in plan.pending:
             if p.cmd == "checkpoint":
                 p.answer(False, error=why)
-            elif p.cmd in ("stop", "prune"):
+            elif p.cmd in ("stop", "prune", "requeue"):
                 p.answer(state=state, step=self.pos.step, path=str(latest) if latest else None, reason=why)
         self.set_state(state, reason=why, exit_code=code)
         self.dist.barrier()

@@ -1,0 +1,1 @@
+"""Clusters the engine runs on: Slurm (submit, requeue, the job's facts)."""
