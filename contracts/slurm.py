@@ -200,5 +200,9 @@ def jobs(env: Mapping[str, str] | None = None, job_ids: list[int] | None = None,
 
 
 def cancel(job_id: int | str, env: Mapping[str, str] | None = None) -> None:
-    """`scancel JOB` (SlurmError if scancel fails)."""
-    _run(["scancel", str(job_id)], env)
+    """`scancel JOB` (SlurmError if scancel fails; `-v`: scancel exits 0 and says nothing about a job id
+    it does not know unless asked to talk)."""
+    done = _run(["scancel", "-v", str(job_id)], env)
+    errors = [line.split("error:", 1)[1].strip() for line in done.stderr.splitlines() if "error:" in line]
+    if errors:
+        raise SlurmError(f"scancel {job_id}: {'; '.join(errors)}")
