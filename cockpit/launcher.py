@@ -85,3 +85,45 @@ def start_sweep(config: str, runs_root: Path, trials: int, parallel: int = 1, st
     done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     text = done.stdout.strip() if done.returncode == 0 else (done.stderr.strip() or done.stdout.strip())
     return Launch(done.returncode, None, "\n".join(text.splitlines()[-6:]))
+
+
+def slurm_submit_cmd(config: str, runs_root: Path, nodes: int = 1, gpus_per_node: int = 0, time: str = "1:00:00",
+                     partition: str = "", run_id: str | None = None) -> list[str]:
+    """`cockpit-engine slurm submit CONFIG [--run-id ID] --runs-dir D --nodes N --gpus-per-node G --time T
+    [--partition P]` (a blank partition: the cluster's default)."""
+    return _engine("slurm", "submit", config, *(["--run-id", run_id] if run_id else []),
+                   "--runs-dir", str(runs_root), "--nodes", str(nodes), "--gpus-per-node", str(gpus_per_node),
+                   "--time", time, *(["--partition", partition] if partition else []))
+
+
+@dataclass
+class Submitted:
+    """The outcome of `cockpit-engine slurm submit`: exit code, job id and run directory (when
+    submitted), and its message (the refusal on stderr, for exit 2: bad input)."""
+
+    code: int
+    job_id: int | None
+    run: Path | None
+    message: str
+
+
+def slurm_submit(config: str, runs_root: Path, nodes: int = 1, gpus_per_node: int = 0, time: str = "1:00:00",
+                 partition: str = "", run_id: str | None = None, env: dict[str, str] | None = None) -> Submitted:
+    """Submit a config to Slurm as a batch job (the command prints {"job_id", "run", "script"} as JSON)."""
+    import json
+
+    cmd = slurm_submit_cmd(config, runs_root, nodes, gpus_per_node, time, partition, run_id)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, timeout=300)
+    except subprocess.TimeoutExpired:
+        return Submitted(1, None, None, "cockpit-engine slurm submit: no answer within 300 s")
+    job_id, run = None, None
+    for line in done.stdout.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and str(record.get("job_id", "")).isdigit():
+            job_id, run = int(record["job_id"]), Path(str(record.get("run"))) if record.get("run") else None
+    text = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    return Submitted(done.returncode, job_id, run, "\n".join(text[-6:]))

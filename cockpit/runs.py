@@ -6,12 +6,16 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from contracts.layout import RunLayout
 from contracts.events import FINAL_STATES
+from contracts.slurm import Job
+
+#: What `cockpit-engine slurm submit` records in a run directory: {"job_id": ..., "script": "slurm/job.sh", ...}.
+SLURM_RECORD = Path("slurm") / "job.json"
 
 
 def runs_root(cli_value: str | None = None) -> Path:
@@ -48,6 +52,10 @@ class RunInfo:
     path: Path
     status: dict[str, Any]
     last_eval: dict[str, Any]
+    #: slurm/job.json, for a run submitted to Slurm ({} otherwise).
+    slurm: dict[str, Any] = field(default_factory=dict)
+    #: Its job as squeue lists it now (None: not a Slurm run, or the job has left the queue).
+    job: Job | None = None
 
     @property
     def name(self) -> str:
@@ -56,10 +64,22 @@ class RunInfo:
     @property
     def state(self) -> str:
         """The recorded state, or 'exited' when a live-looking engine has vanished."""
+        if not self.status and (self.job is not None or self.slurm):
+            return "queued"  # submitted to Slurm; no engine has written its status yet
         state = str(self.status.get("state", "unknown"))
         if state not in FINAL_STATES and self.local and not pid_alive(self.status.get("pid")):
             return "exited"
         return state
+
+    @property
+    def job_id(self) -> int | None:
+        """The Slurm job id: squeue's, else slurm/job.json's."""
+        if self.job is not None:
+            return self.job.job_id
+        value = self.slurm.get("job_id")
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
     @property
     def local(self) -> bool:
@@ -101,13 +121,50 @@ def last_eval(run: Path, tail_bytes: int = 65536) -> dict[str, Any]:
     return {}
 
 
-def list_runs(root: Path) -> list[RunInfo]:
-    """Every run under root, newest first."""
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if p.is_dir() and RunLayout(p).config.is_file()]
+def read_slurm_record(run: Path) -> dict[str, Any]:
+    """slurm/job.json ({} when the run was not submitted to Slurm, or the file is unreadable)."""
+    try:
+        data = json.loads((run / SLURM_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def list_runs(root: Path, jobs: list[Job] | None = None) -> list[RunInfo]:
+    """Every run under root, newest first, with its Slurm job where `jobs` (squeue's) has one.
+
+    A run matches a job by the job's `cockpit-run:<dir>` comment, else by the job id in its
+    slurm/job.json. A job whose run directory is not under root (or has nothing in it yet) is
+    listed too, after the runs, keyed by its run directory (or `slurm:<job id>`).
+    """
+    runs = []
+    if root.is_dir():
+        runs = [p for p in root.iterdir()
+                if p.is_dir() and (RunLayout(p).config.is_file() or (p / SLURM_RECORD).is_file())]
     runs.sort(key=lambda p: p.name, reverse=True)
-    return [RunInfo(p, read_status(p), last_eval(p)) for p in runs]
+    infos = [RunInfo(p, read_status(p), last_eval(p), read_slurm_record(p)) for p in runs]
+    if not jobs:
+        return infos
+    by_dir: dict[str, Job] = {}
+    by_id = {job.job_id: job for job in jobs}
+    for job in jobs:
+        if job.run_dir is not None:
+            by_dir[os.path.realpath(job.run_dir)] = job
+    base = os.path.realpath(root)
+    matched: set[int] = set()
+    for info in infos:
+        job = by_dir.get(os.path.join(base, info.path.name))
+        if job is None and info.job_id is not None:
+            job = by_id.get(info.job_id)
+        if job is not None:
+            info.job = job
+            matched.add(job.job_id)
+    for job in jobs:
+        if job.job_id in matched or job.run_dir is None:
+            continue  # a job the cockpit did not submit is not a run
+        path = job.run_dir
+        infos.append(RunInfo(path, read_status(path), last_eval(path), read_slurm_record(path), job))
+    return infos
 
 
 def find_run(arg: str, root: Path) -> Path | None:

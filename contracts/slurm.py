@@ -79,10 +79,10 @@ class Job:
 
     @property
     def label(self) -> str:
-        """The state as a person reads it: `PENDING (Resources)`, `RUNNING`, `PENDING (BeginTime)
-        requeued 1x`."""
+        """The state as a person reads it: `PENDING (Resources)`, `RUNNING`, `CANCELLED`, `PENDING
+        (BeginTime) requeued 1x` (the reason only while the job waits)."""
         text = self.state
-        if self.reason and self.state != "RUNNING":
+        if self.reason and self.pending:  # a finished job keeps the last reason it waited for
             text += f" ({self.reason})"
         if self.restart_count:
             text += f" requeued {self.restart_count}x"
@@ -160,6 +160,25 @@ def _path_of(env: Mapping[str, str] | None) -> str | None:
 def available(env: Mapping[str, str] | None = None, program: str = "squeue") -> bool:
     """Whether `squeue` (or another Slurm program) is on PATH (env's, if given)."""
     return shutil.which(program, path=_path_of(env)) is not None
+
+
+#: Where Slurm's clients look for slurm.conf when SLURM_CONF is not set (Debian's, the source
+#: build's default, and configless mode's cache on a node running slurmd or sackd).
+CONF_PATHS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/usr/local/etc/slurm.conf",
+              "/run/slurm/conf/slurm.conf", "/var/spool/slurmd/conf-cache/slurm.conf")
+
+
+def configured(env: Mapping[str, str] | None = None) -> bool:
+    """Whether squeue is on PATH and has a config to read (SLURM_CONF, else a usual place).
+
+    Without one squeue does not fail quickly: it looks for a configless controller and waits.
+    """
+    if not available(env):
+        return False
+    conf = (env if env is not None else os.environ).get("SLURM_CONF")
+    if conf:
+        return os.path.isfile(conf)
+    return any(os.path.isfile(p) for p in CONF_PATHS)
 
 
 def _run(args: list[str], env: Mapping[str, str] | None) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
-"""Modal screens: help, stop confirmation, the doctor's remedy, new-run prompt, quantization mode and
-report, spot launch, and the trials screen's forms (launch trials, promote the best trial).
+"""Modal screens: help, stop confirmation, the doctor's remedy, new-run prompt (local, or submitted to
+Slurm), a Slurm job's cancel confirmation, quantization mode and report, spot launch, and the trials
+screen's forms (launch trials, promote the best trial).
 
 A form that asks for several values dismisses with one of the typed answers below (None: cancelled).
 """
@@ -29,6 +30,18 @@ class SpotLaunch:
     s3_uri: str
     region: str = ""
     ami: str = ""
+
+
+@dataclass(frozen=True)
+class SlurmSubmit:
+    """NewRunScreen's answer when "submit to Slurm" is chosen: `cockpit-engine slurm submit CONFIG
+    --nodes N --gpus-per-node G --time T [--partition P]` (blank partition: the cluster's default)."""
+
+    config: str
+    nodes: int = 1
+    gpus_per_node: int = 0
+    time: str = "1:00:00"
+    partition: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,18 +141,104 @@ class ConfirmFix(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class NewRunScreen(ModalScreen[str | None]):
-    """Ask for a config file to start a new run from."""
+class ConfirmCancelJob(ModalScreen[bool]):
+    """Cancelling a Slurm job needs a second yes: `scancel` ends it (a pending job never runs)."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes", id="cancel-job-yes"),
+                Binding("n,escape", "answer(False)", "No", id="cancel-job-no")]
+
+    def __init__(self, job_id: int, run: str, state: str):
+        super().__init__()
+        self.job_id, self.run, self.state = job_id, run, state
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box"):
+            yield Label(f"Cancel Slurm job {self.job_id}? (y/n)\n{self.run} is {self.state}; scancel ends the job "
+                        "(a running engine gets SIGTERM: it checkpoints and stops; SIGKILL follows after the "
+                        "cluster's KillWait).",
+                        markup=False)
+            yield Button("Cancel the job", id="yes", variant="error")
+            yield Button("Keep it", id="no")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class NewRunScreen(ModalScreen["str | SlurmSubmit | None"]):
+    """Ask for a config file to start a new run from: a path (a local run), or, where `slurm` is
+    true (sbatch on PATH) and "submit to Slurm" is chosen, a SlurmSubmit with nodes, GPUs per node,
+    time and partition."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="new-cancel")]
 
+    def __init__(self, slurm: bool = False):
+        super().__init__()
+        self.slurm = slurm
+
     def compose(self) -> ComposeResult:
+        from textual.widgets import RadioButton, RadioSet
+
         with Vertical(id="new-box"):
             yield Label("Config file for the new run (Enter to start, Esc to cancel):")
             yield Input(placeholder="run.toml", id="config-path")
+            if self.slurm:
+                with RadioSet(id="new-where"):
+                    yield RadioButton("run here (local)", value=True, id="new-local")
+                    yield RadioButton("submit to Slurm (sbatch)", id="new-slurm")
+                yield Input(value="1", placeholder="nodes", id="slurm-nodes", classes="slurm-field")
+                yield Input(value="0", placeholder="GPUs per node", id="slurm-gpus", classes="slurm-field")
+                yield Input(value="1:00:00", placeholder="time limit (minutes, H:MM:SS or D-HH:MM:SS)",
+                            id="slurm-time", classes="slurm-field")
+                yield Input(placeholder="partition (blank: the cluster's default)", id="slurm-partition",
+                            classes="slurm-field")
+                yield Label("", id="new-error", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#config-path", Input).focus()
+        self._show_slurm_fields()
+
+    def to_slurm(self) -> bool:
+        """Whether "submit to Slurm" is chosen."""
+        if not self.slurm:
+            return False
+        from textual.widgets import RadioButton
+
+        return self.query_one("#new-slurm", RadioButton).value
+
+    def _show_slurm_fields(self) -> None:
+        shown = self.to_slurm()
+        for field in self.query(".slurm-field"):
+            field.display = shown
+
+    def on_radio_set_changed(self, event) -> None:
+        self._show_slurm_fields()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        config = self.query_one("#config-path", Input).value.strip()
+        if not self.to_slurm():
+            self.dismiss(config or None)
+            return
+        if not config:
+            self.query_one("#config-path", Input).focus()
+            return
+        numbers: dict[str, int] = {}
+        for field, what, least in (("slurm-nodes", "nodes", 1), ("slurm-gpus", "GPUs per node", 0)):
+            raw = self.query_one(f"#{field}", Input).value.strip()
+            if not raw.isdigit() or int(raw) < least:
+                self.query_one("#new-error", Label).update(f"{what}: expected a whole number of {least} or more")
+                self.query_one(f"#{field}", Input).focus()
+                return
+            numbers[what] = int(raw)
+        time_limit = self.query_one("#slurm-time", Input).value.strip()
+        if not time_limit:
+            self.query_one("#new-error", Label).update("time: expected a limit such as 30, 1:00:00 or 1-00:00:00")
+            self.query_one("#slurm-time", Input).focus()
+            return
+        self.dismiss(SlurmSubmit(config, numbers["nodes"], numbers["GPUs per node"], time_limit,
+                                 self.query_one("#slurm-partition", Input).value.strip()))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -11,7 +11,7 @@ from cockpit.link import RunLink
 from cockpit.messages import CommandAnswered
 from cockpit.sanitize import clean
 from cockpit.runs import pid_alive, read_status
-from cockpit.screens.modals import ConfirmFix, ConfirmStop, NewRunScreen
+from cockpit.screens.modals import ConfirmFix, ConfirmStop, NewRunScreen, SlurmSubmit
 from contracts.events import FINAL_STATES
 
 RESUMABLE = ("stopped", "failed", "preempted")
@@ -164,12 +164,39 @@ class RunControl:
         self.run_worker(work, thread=True, group="launch", name="fix")
 
     def action_new_run(self) -> None:
-        """Ask for a config file, start a run from it, and follow it."""
-        def chosen(path: str | None) -> None:
-            if path:
-                self.launch("run", [path])
+        """Ask for a config file, start a run from it, and follow it; where sbatch is on PATH the form
+        also offers "submit to Slurm" (then the runs list shows the job)."""
+        import shutil
 
-        self.app.push_screen(NewRunScreen(), chosen)
+        def chosen(answer: str | SlurmSubmit | None) -> None:
+            if isinstance(answer, SlurmSubmit):
+                self.submit_to_slurm(answer)
+            elif answer:
+                self.launch("run", [answer])
+
+        self.app.push_screen(NewRunScreen(slurm=shutil.which("sbatch") is not None), chosen)
+
+    def submit_to_slurm(self, answer: SlurmSubmit) -> None:
+        """`cockpit-engine slurm submit` in a worker; then the runs list, where the job shows."""
+        runs_root = self.runs_root
+
+        def work() -> None:
+            result = launcher.slurm_submit(answer.config, runs_root, answer.nodes, answer.gpus_per_node,
+                                           answer.time, answer.partition)
+            self.app.call_from_thread(self._submitted, result)
+
+        self.notify(f"submitting {Path(answer.config).name} to Slurm ({answer.nodes} node(s), "
+                    f"{answer.gpus_per_node} GPU(s) each, {answer.time})...", markup=False, timeout=10)
+        self.run_worker(work, thread=True, group="launch", name="slurm submit")
+
+    def _submitted(self, result: launcher.Submitted) -> None:
+        if result.code == 0 and result.job_id is not None:
+            self.notify(f"submitted Slurm job {result.job_id}"
+                        + (f" for {result.run.name}" if result.run else ""), markup=False, timeout=10)
+            self.app.switch_mode("runs")
+        else:
+            self.notify(f"the Slurm submission was refused (exit {result.code}):\n{clean(result.message)}",
+                        severity="error", markup=False, timeout=20)
 
     def on_command_answered(self, message: CommandAnswered) -> None:
         reply = message.reply

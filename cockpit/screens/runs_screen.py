@@ -14,11 +14,15 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Static
 
+from contracts import slurm
+from contracts.control import send_command
+from contracts.events import FINAL_STATES
 from contracts.layout import RunLayout
 from cockpit import launcher
 from cockpit.messages import RunChosen
 from cockpit.sanitize import clean
-from cockpit.screens.modals import QuantizeScreen, ReportScreen, SpotLaunch, SpotLaunchScreen
+from cockpit.screens.modals import (ConfirmCancelJob, ConfirmStop, QuantizeScreen, ReportScreen, SpotLaunch,
+                                    SpotLaunchScreen)
 from cockpit.screens.sized import SizedScreen
 from cockpit.widgets.runs_list import RunsList
 
@@ -50,7 +54,8 @@ class RunsScreen(SizedScreen):
     """Every run, newest first, re-read every few seconds while shown; Enter follows the
     highlighted run in the run screen, `l` or Escape goes back to the run followed, `z`
     quantizes the highlighted finished run (`cockpit-engine quantize`) and shows its report, `a`
-    launches a config on an EC2 spot instance (`cockpit-engine cloud launch`)."""
+    launches a config on an EC2 spot instance (`cockpit-engine cloud launch`), `s` stops the
+    highlighted run, or, on a Slurm job's row, cancels the job (`scancel`), after a confirmation."""
 
     BINDINGS = [
         Binding("l,escape", "back", "Back", id="runs-back", tooltip="Back to the run being followed"),
@@ -59,6 +64,9 @@ class RunsScreen(SizedScreen):
                 tooltip="Quantize the highlighted finished run to int8 and show what it buys"),
         Binding("a", "spot_launch", "Spot launch", id="runs-spot-launch",
                 tooltip="Train a config on an EC2 spot instance, mirrored to S3 (cockpit-engine cloud launch)"),
+        Binding("s", "stop", "Stop/cancel", id="runs-stop",
+                tooltip="Stop the highlighted run (checkpoint, then exit); on a Slurm job's row, cancel the job "
+                        "(scancel); asks first"),
         Binding("space", "mark", "Mark", id="runs-mark", tooltip="Mark the highlighted run for comparison (again: unmark)"),
         Binding("o", "compare", "Compare", id="runs-compare",
                 tooltip="Overlay the marked runs' loss and accuracy curves, each run in its own colour"),
@@ -77,10 +85,81 @@ class RunsScreen(SizedScreen):
 
     def on_screen_resume(self) -> None:
         self.query_one(RunsList).refresh_runs(force=True)
+        self.query_one(RunsList).poll_jobs(force=True)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
-        self.post_message(RunChosen(Path(str(event.row_key.value))))
+        run = Path(str(event.row_key.value))
+        info = self.query_one(RunsList).infos.get(str(run))
+        if info is not None and not RunLayout(run).events.is_file() and info.job_id is not None:
+            self.notify(f"Slurm job {info.job_id} has not started its engine yet: nothing to follow",
+                        severity="warning", markup=False)
+            return
+        self.post_message(RunChosen(run))
+
+    def action_stop(self) -> None:
+        """`s`: on a Slurm job's row (queued or running) cancel the job; on a local run's, stop the run
+        (checkpoint, then exit); each after a confirmation."""
+        run = self.highlighted()
+        info = self.query_one(RunsList).infos.get(str(run)) if run is not None else None
+        if info is None:
+            self.notify("no run highlighted", severity="warning")
+            return
+        if info.job is not None:
+            job = info.job
+
+            def cancel(yes: bool | None) -> None:
+                if yes:
+                    self.cancel_job(job.job_id)
+
+            self.app.push_screen(ConfirmCancelJob(job.job_id, info.name, job.label), cancel)
+            return
+        socket_path = info.socket
+        if info.state in ("queued", "exited", "unknown") or info.state in FINAL_STATES or not socket_path:
+            self.notify(f"{info.name} is {info.state}: nothing to stop", severity="warning", markup=False)
+            return
+
+        def stop(yes: bool | None) -> None:
+            if yes:
+                self.stop_run(info.name, socket_path)
+
+        self.app.push_screen(ConfirmStop(info.name), stop)
+
+    def cancel_job(self, job_id: int) -> None:
+        def work() -> None:
+            try:
+                slurm.cancel(job_id)
+                error = None
+            except slurm.SlurmError as e:
+                error = str(e)
+            self.app.call_from_thread(self._cancelled, job_id, error)
+
+        self.run_worker(work, thread=True, group="scancel", name=f"scancel {job_id}")
+
+    def _cancelled(self, job_id: int, error: str | None) -> None:
+        if error:
+            self.notify(f"cancel failed: {clean(error)}", severity="error", markup=False, timeout=20)
+        else:
+            self.notify(f"cancelled Slurm job {job_id}", markup=False)
+        self.query_one(RunsList).poll_jobs(force=True)
+
+    def stop_run(self, name: str, socket_path: str) -> None:
+        def work() -> None:
+            try:
+                reply = send_command(socket_path, "stop")
+            except Exception as e:  # noqa: BLE001  (no listener, a refused or broken connection)
+                reply = {"ok": False, "error": str(e)}
+            self.app.call_from_thread(self._stopped, name, reply)
+
+        self.notify(f"stopping {name}: it checkpoints first...", markup=False)
+        self.run_worker(work, thread=True, group="stop", name=f"stop {name}")
+
+    def _stopped(self, name: str, reply: dict) -> None:
+        if reply.get("ok"):
+            self.notify(f"{name} stopped at step {reply.get('step')}", markup=False)
+        else:
+            self.notify(f"stop {name}: {clean(str(reply.get('error', 'failed')))}", severity="error", markup=False)
+        self.query_one(RunsList).refresh_runs(force=True)
 
     def action_back(self) -> None:
         """Back to the run screen."""
