@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -67,11 +68,27 @@ def run_record(info) -> dict:
     return {"run": info.name, "path": str(info.path), "state": info.state, "step": _num(info.status.get("step")),
             "loss": _num(info.status.get("loss")), "accuracy": _num(metrics.get("accuracy")),
             "updated_at": updated, "age_s": None if updated is None else round(info.age_s, 1),
-            "host": info.status.get("host") if isinstance(info.status.get("host"), str) else None}
+            "host": info.status.get("host") if isinstance(info.status.get("host"), str) else None,
+            "slurm_job": info.job_id, "slurm_state": info.job.label if info.job is not None else None}
+
+
+def slurm_jobs() -> list | None:
+    """This user's Slurm jobs where Slurm is configured here (None otherwise, or if squeue fails)."""
+    from contracts import slurm
+
+    if not slurm.configured():
+        return None
+    import pwd
+
+    try:
+        return slurm.jobs(user=pwd.getpwuid(os.geteuid()).pw_name)
+    except (slurm.SlurmError, KeyError) as e:
+        print(f"cockpit: Slurm jobs not shown: {e}", file=sys.stderr)
+        return None
 
 
 def print_runs(root: Path, as_json: bool = False) -> int:
-    runs = list_runs(root)
+    runs = list_runs(root, slurm_jobs())
     if as_json:
         print(json.dumps([run_record(info) for info in runs], indent=1))
         return 0
@@ -81,14 +98,22 @@ def print_runs(root: Path, as_json: bool = False) -> int:
     from cockpit.sanitize import clean
     from cockpit.widgets.checkpoints_pane import fmt_age
 
-    print(f"{'run':<40} {'state':<11} {'step':>8} {'loss':>8} {'acc':>6} {'age':>6}  host")
+    slurm = any(info.job_id is not None for info in runs)  # the Slurm columns only where there is a job
+    head = f"{'run':<40} {'state':<11} {'step':>8} {'loss':>8} {'acc':>6} {'age':>6}  "
+    print(head + (f"{'host':<16}  {'job':<10} slurm" if slurm else "host"))
     for info in runs:
         r = run_record(info)
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else ""
         acc = f"{r['accuracy']:.3f}" if r["accuracy"] is not None else ""
         step = str(int(r["step"])) if r["step"] is not None else ""
         age = fmt_age(r["age_s"]) if r["age_s"] is not None else ""
-        print(clean(f"{info.name:<40} {r['state']:<11} {step:>8} {loss:>8} {acc:>6} {age:>6}  {r['host'] or ''}"))
+        line = f"{info.name:<40} {r['state']:<11} {step:>8} {loss:>8} {acc:>6} {age:>6}  "
+        if slurm:
+            job = "" if r["slurm_job"] is None else str(r["slurm_job"])
+            line += f"{r['host'] or '':<16}  {job:<10} {r['slurm_state'] or ''}".rstrip()
+        else:
+            line += r["host"] or ""
+        print(clean(line))
     return 0
 
 

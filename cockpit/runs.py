@@ -16,6 +16,9 @@ from contracts.slurm import Job
 
 #: What `cockpit-engine slurm submit` records in a run directory: {"job_id": ..., "script": "slurm/job.sh", ...}.
 SLURM_RECORD = Path("slurm") / "job.json"
+#: Job states after which a job outside the runs directory is no longer listed.
+ENDED_JOB_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+                    "DEADLINE", "OUT_OF_MEMORY")
 
 
 def runs_root(cli_value: str | None = None) -> Path:
@@ -135,7 +138,7 @@ def list_runs(root: Path, jobs: list[Job] | None = None) -> list[RunInfo]:
 
     A run matches a job by the job's `cockpit-run:<dir>` comment, else by the job id in its
     slurm/job.json. A job whose run directory is not under root (or has nothing in it yet) is
-    listed too, after the runs, keyed by its run directory (or `slurm:<job id>`).
+    listed too while it is queued or running, after the runs, keyed by its run directory.
     """
     runs = []
     if root.is_dir():
@@ -160,8 +163,8 @@ def list_runs(root: Path, jobs: list[Job] | None = None) -> list[RunInfo]:
             info.job = job
             matched.add(job.job_id)
     for job in jobs:
-        if job.job_id in matched or job.run_dir is None:
-            continue  # a job the cockpit did not submit is not a run
+        if job.job_id in matched or job.run_dir is None or job.state in ENDED_JOB_STATES:
+            continue  # a job the cockpit did not submit is not a run; an ended one elsewhere is history
         path = job.run_dir
         infos.append(RunInfo(path, read_status(path), last_eval(path), read_slurm_record(path), job))
     return infos

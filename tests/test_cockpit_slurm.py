@@ -171,3 +171,27 @@ def test_submitting_through_the_launcher_lists_the_job_and_bad_input_comes_back(
         if done is not None and done.job_id:
             slurm.run("scancel", str(done.job_id))
         slurm.run("scancel", str(busy))
+
+
+def test_cockpit_runs_shows_the_job(slurm_env, tmp_path: Path, capsys):
+    from cockpit import cli
+
+    slurm = slurm_env
+    run = tmp_path / "runs" / "queued-run"
+    run.joinpath("slurm").mkdir(parents=True)
+    busy = slurm.submit("--wrap", "sleep 600", "--exclusive", "--job-name=busy")
+    job = slurm.submit("--wrap", "sleep 600", f"--comment=cockpit-run:{run}", "--job-name=cockpit-queued-run")
+    run.joinpath("slurm", "job.json").write_text(json.dumps({"job_id": str(job), "script": "slurm/job.sh"}))
+    try:
+        wait_for(lambda: job_state(slurm, job) == "PENDING", timeout=60, what="the job to wait")
+        assert cli.main(["--runs-dir", str(run.parent), "runs", "--json"]) == 0
+        (record,) = [r for r in json.loads(capsys.readouterr().out) if r["run"] == "queued-run"]
+        assert record["state"] == "queued" and record["slurm_job"] == job
+        assert record["slurm_state"].startswith("PENDING")
+        assert cli.main(["--runs-dir", str(run.parent), "runs"]) == 0
+        head, *rows = capsys.readouterr().out.splitlines()
+        (row,) = [r for r in rows if r.startswith("queued-run ")]
+        assert head.split()[-2:] == ["job", "slurm"] and f" {job} " in row and "PENDING" in row
+    finally:
+        slurm.run("scancel", str(job))
+        slurm.run("scancel", str(busy))
