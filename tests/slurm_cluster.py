@@ -33,6 +33,9 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 #: Generous: on a loaded 2-core machine slurmctld may take a while to answer its first RPC.
 START_TIMEOUT_S = 60.0
+#: At the end, how long cancelled jobs get to end (their SIGTERM: an engine checkpoints) before
+#: the daemons stop and whatever is left is killed.
+STOP_WAIT_S = 45.0
 
 
 class SlurmUnavailable(RuntimeError):
@@ -234,7 +237,8 @@ class SlurmCluster:
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
             try:
                 self.cancel_all()
-            except (OSError, subprocess.TimeoutExpired):
+                self._wait_jobs_gone(timeout=STOP_WAIT_S)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
                 pass
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.get(name)
@@ -254,19 +258,34 @@ class SlurmCluster:
                 proc.wait(timeout=10)
         self._kill_job_steps()
 
+    def _wait_jobs_gone(self, timeout: float) -> None:
+        """Until squeue lists no job that still has processes (cancelled jobs get SIGTERM, then
+        SIGKILL after KillWait), at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.run("squeue", "-h", "-t", "RUNNING,COMPLETING,CONFIGURING,SUSPENDED", "-o", "%i", timeout=20)
+            if done.returncode != 0 or not done.stdout.strip():
+                return
+            time.sleep(0.2)
+
     def _kill_job_steps(self) -> None:
-        """slurmstepd processes of this cluster (they read our config) that outlived slurmd."""
+        """Whatever this cluster started that outlived its daemons: slurmstepd, and the jobs' own
+        processes (a job's environment holds SLURM_CONF=<this cluster's config>, as sbatch exports it)."""
+        mine = f"SLURM_CONF={self.conf}".encode() + b"\0"
+        spared = {os.getpid(), os.getppid()}
         for proc_dir in Path("/proc").iterdir():
-            if not proc_dir.name.isdigit():
+            if not proc_dir.name.isdigit() or int(proc_dir.name) in spared:
                 continue
             try:
                 cmdline = (proc_dir / "cmdline").read_bytes()
-                if b"slurmstepd" not in cmdline:
-                    continue
                 environ = (proc_dir / "environ").read_bytes()
             except OSError:
                 continue
-            if f"SLURM_CONF={self.conf}".encode() in environ or str(self.folder).encode() in cmdline:
+            if not cmdline:
+                continue  # a zombie, or a kernel thread
+            ours = (b"slurmstepd" in cmdline and str(self.folder).encode() in environ + cmdline) or (
+                mine in environ and (b"SLURM_JOB_ID=" in environ or b"slurmstepd" in cmdline))
+            if ours:
                 try:
                     os.kill(int(proc_dir.name), signal.SIGKILL)
                 except OSError:

@@ -76,6 +76,11 @@ async def test_pending_then_running_and_s_cancels_a_pending_job(slurm_env, tmp_p
             assert cells[len(COLUMNS)] == str(a) and cells[SLURM_COL + 1] == "1"
             assert cells[SLURM_COL + 2] == "0:10:00"  # pending: its whole limit is left
             assert cells[1] == "queued"  # no engine has written its status
+            table.move_cursor(row=table.get_row_index(str(waiting)), animate=False)
+            await pilot.press("enter")  # nothing to follow yet: said, and the list stays
+            await until(pilot, lambda: any(f"Slurm job {a} has not started its engine yet" in n for n in notes(app)),
+                        what="the nothing-to-follow note")
+            assert isinstance(app.screen, RunsScreen)
             # the run directory with only slurm/job.json is one row (not two)
             await until(pilot, lambda: row_cells(table, str(doomed))[SLURM_COL:SLURM_COL + 1] in
                         (["PENDING (Resources)"], ["PENDING (Priority)"]), timeout=60, what="the doomed row")

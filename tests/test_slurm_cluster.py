@@ -116,3 +116,30 @@ def test_both_json_layouts_read_alike():
     assert pending.state == "REQUEUED" and pending.reason == "BeginTime" and pending.time_limit_s is None
     assert pending.pending and pending.time_left_s is None
     assert slurm_api.parse_job(dict(old, time_limit=0xFFFFFFFF)).time_limit_s is None
+
+
+def test_a_requeued_job_shows_its_requeue_then_runs_again(slurm):
+    """`scontrol requeue` (an admin's preemption): the job waits again (BeginTime: Slurm holds it
+    for AuthInfo's cred_expire, 10 s here) with restart count 1, then runs again."""
+    out = slurm.folder / "jobs" / "requeue-%j.out"
+    job_id = slurm.submit("--requeue", "--wrap", "echo start $SLURM_RESTART_COUNT; sleep 300", f"--output={out}")
+    try:
+        wait_for(lambda: (j := job_of(slurm, job_id)) and j.state == "RUNNING", timeout=120, what="the first run")
+        done = slurm.run("scontrol", "requeue", str(job_id))
+        assert done.returncode == 0, done.stderr
+        seen: set[str] = set()
+
+        def again():
+            job = job_of(slurm, job_id)
+            if job is not None and job.restart_count == 1:
+                seen.add(job.label)
+                return job.state == "RUNNING" and job
+            return None
+
+        job = wait_for(again, timeout=300, what="the requeued job to run again")
+        assert job.label == "RUNNING requeued 1x"
+        assert any(label.startswith(("PENDING", "REQUEUED")) and label.endswith("requeued 1x") for label in seen), seen
+        path = Path(str(out).replace("%j", str(job_id)))
+        wait_for(lambda: path.is_file() and "start 1" in path.read_text(), timeout=60, what="the second start")
+    finally:
+        slurm.run("scancel", str(job_id))
