@@ -13,8 +13,8 @@ from cockpit.runs import find_run, list_runs, runs_root
 
 EPILOG = """keys: c checkpoint, p pause/continue, s stop, r resume, n new run, l runs list,
 f apply the doctor's remedy (resumes with the field it names changed), in the runs list
-space marks runs and o compares them, y log-scale loss, a accuracy/lr chart, t sweep trials,
-b TensorBoard, ctrl+t theme, ? help,
+space marks runs, o compares them and s cancels a Slurm job (scancel),
+y log-scale loss, a accuracy/lr chart, t sweep trials, b TensorBoard, ctrl+t theme, ? help,
 q quit (the engine keeps training), ctrl+p palette.
 
 examples:
