@@ -1,1 +1,0 @@
-"""Clusters the engine runs on: Slurm (submit, requeue, the job's facts)."""

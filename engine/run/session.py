@@ -350,7 +350,7 @@ def _train(trainer: Any, tele: Telemetry, run: RunDir, console: str) -> int:
             from engine.cluster.slurm import requeue_self
 
             latest = trainer.checkpoints.latest()
-            requeue_self(tele.emit, result.step, latest.name if latest else None)
+            requeue_self(tele.emit, trainer.pos.step, latest.name if latest else None)
     finally:
         tele.close()
     announce(run, console, result.state)
