@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,8 +13,11 @@ from cockpit import series_file
 from cockpit.follower import EventFollower
 from cockpit.history import RunHistory
 from cockpit.runs import pid_alive, read_status
-from contracts.control import send_command
+from contracts import command_files
 from contracts.events import FINAL_STATES
+
+#: An engine on another host whose status.json stays unchanged this long is taken for gone.
+REMOTE_SILENCE_S = 300.0
 
 
 class RunLink:
@@ -62,7 +66,12 @@ class RunLink:
         self.poll()  # its last words may have landed since
         if self.history.state in FINAL_STATES:
             return False
-        if not pid_alive(status["pid"]):
+        if status.get("host") not in (None, socket.gethostname()):
+            # an engine on another host (a Slurm node): its pid means nothing here; it is gone once
+            # its status.json has not been rewritten for REMOTE_SILENCE_S
+            if time.time() - float(status.get("updated_at") or time.time()) > REMOTE_SILENCE_S:
+                self.vanished = True
+        elif not pid_alive(status["pid"]):
             self.vanished = True
         return self.vanished
 
@@ -83,10 +92,10 @@ class RunLink:
 
     def send(self, cmd: str, **args: Any) -> dict[str, Any]:
         """Send one command; never raises (a failure is an {"ok": false} reply)."""
-        sock = read_status(self.run).get("socket")
-        if not sock:
+        status = read_status(self.run)
+        if not status.get("socket") and not command_files.via_file(status):
             return {"ok": False, "error": "the engine is not running (no control socket)"}
-        try:
-            return send_command(sock, cmd, timeout=600.0, **args)
-        except (OSError, ValueError) as exc:
+        try:  # the socket on this host; the run directory's commands folder for an engine elsewhere
+            return command_files.send(self.run, cmd, timeout=600.0, **args)
+        except (OSError, ValueError, TimeoutError) as exc:
             return {"ok": False, "error": f"the engine did not answer: {exc}"}

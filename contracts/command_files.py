@@ -104,3 +104,37 @@ def wait_reply(run: Path, ident: str, timeout: float, poll_s: float = 0.2) -> di
             raise TimeoutError(f"no reply to {ident} in {timeout:g} s (is the engine running? it reads "
                                f"{folder(run)} at its step boundaries)")
         time.sleep(poll_s)
+
+
+#: Set to "file" to send every command through the run directory (a test forcing the
+#: cross-host channel on one host, or a cluster whose login node shares no socket path).
+VIA_ENV = "COCKPIT_COMMANDS_VIA"
+
+
+def via_file(status: dict[str, Any], via: str = "auto") -> bool:
+    """Whether a command to the engine of this status goes through the run directory: asked for,
+    or the engine runs on another host (its Unix socket is not reachable from here)."""
+    import socket
+
+    via = via if via != "auto" else os.environ.get(VIA_ENV, "auto")
+    if via in ("file", "socket"):
+        return via == "file"
+    host = status.get("host")
+    return host is not None and host != socket.gethostname()
+
+
+def send(run: Path, cmd: str, timeout: float = 600.0, via: str = "auto", **args: Any) -> dict[str, Any]:
+    """One command to the engine of `run`, by its socket or its commands folder; the reply
+    (OSError, TimeoutError or ProtocolError when none comes)."""
+    from contracts.control import send_command
+
+    try:
+        status = json.loads((Path(run) / "status.json").read_text())
+    except (OSError, ValueError):
+        status = {}
+    if via_file(status, via):
+        return wait_reply(run, post(run, cmd, **args), timeout)
+    sock = status.get("socket")
+    if not sock:
+        raise FileNotFoundError(f"{run}: no status.json naming a control socket (is the engine running?)")
+    return send_command(sock, cmd, timeout=timeout, **args)

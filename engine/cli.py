@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from importlib import resources
 
@@ -105,7 +104,8 @@ def _add_send(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", help="root of run directories")
     p.add_argument("--via", choices=["auto", "socket", "file"], default="auto",
                    help="the control socket (this host) or RUN/commands/ (an engine on another host, e.g. a "
-                        "Slurm node); auto: the socket where the engine runs on this host (default)")
+                        "Slurm node); auto: the socket where the engine runs on this host, else the folder "
+                        "(COCKPIT_COMMANDS_VIA=file forces the folder)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds to wait for the reply")
     p.set_defaults(func=cmd_send)
 
@@ -361,15 +361,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     from contracts.layout import find_run, runs_root
 
     run = find_run(args.run, runs_root(args.runs_dir, None))
+    from contracts import command_files
+
     extra = {"lr": args.lr} if args.cmd == "set" else {}
     try:
         status = json.loads(RunLayout(run).status.read_text())
     except (OSError, ValueError):
         status = {}
-    elsewhere = status.get("host") not in (None, socket.gethostname())
-    if args.via == "file" or (args.via == "auto" and elsewhere):
-        from contracts import command_files
-
+    if command_files.via_file(status, args.via):
         ident = command_files.post(run, args.cmd, **extra)
         try:
             reply = command_files.wait_reply(run, ident, args.timeout)

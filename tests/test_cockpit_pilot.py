@@ -89,6 +89,29 @@ async def test_keys_checkpoint_pause_stop_resume_quit(live_run: Path):
     wait_for(lambda: read_status(live_run)["step"] > step, what="the engine to keep training")
 
 
+async def test_keys_reach_an_engine_on_another_host_through_the_run_directory(live_run: Path, monkeypatch):
+    """The channel the cockpit takes when status.json names another host (a Slurm node), forced
+    here on one host: the keys' commands go to RUN/commands/ and come back as command_reply events."""
+    from conftest import events_of
+
+    monkeypatch.setenv("COCKPIT_COMMANDS_VIA", "file")
+    app = CockpitApp(live_run.parent, run=live_run, user=Settings(), poll_gpu=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        h = lambda: app.link.history  # noqa: E731
+        await until(pilot, lambda: h().state == "running" and h().last_step, what="running")
+        await pilot.press("p")
+        await until(pilot, lambda: h().state == "paused", what="paused")
+        await pilot.press("c")
+        await until(pilot, lambda: any("checkpoint saved at step" in n for n in notes(app)), what="save")
+        await pilot.press("p")
+        await until(pilot, lambda: h().state == "running", what="running again")
+        await pilot.press("q")
+    replies = [e for e in events_of(live_run) if e["type"] == "command_reply"]
+    assert [(e["cmd"], e["reply"]["ok"]) for e in replies] == [("pause", True), ("checkpoint", True),
+                                                               ("continue", True)], replies
+    assert not list((live_run / "commands").glob("*.json"))
+
+
 async def test_new_run_key_starts_a_detached_engine_and_attaches(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     config = tmp_path / "tiny.toml"
