@@ -62,6 +62,8 @@ class RunHistory:
     #: The run's `alert` events, newest last (at most MAX_ALERTS), and how many came in all.
     alerts: deque = field(default_factory=lambda: deque(maxlen=MAX_ALERTS))
     alerts_total: int = 0
+    #: A Slurm job's life (`slurm` and `requeue` events): its id, starts, time waited, requeues.
+    slurm: dict[str, Any] = field(default_factory=dict)
     events_seen: int = 0
     ema: float | None = None
 
@@ -172,6 +174,20 @@ class RunHistory:
     def _on_error(self, e: dict[str, Any]) -> None:
         self.error = e
         self.logs.append(("error", str(e.get("message", ""))))
+
+    def _on_slurm(self, e: dict[str, Any]) -> None:
+        s = self.slurm
+        s["job_id"] = str(e.get("job_id"))[:20]
+        s["starts"] = s.get("starts", 0) + 1
+        s["restart_count"] = _number(e.get("restart_count")) or 0
+        s["node_list"] = str(e.get("node_list") or "")[:60]
+        waited = _number(e.get("waited_s"))
+        if waited is not None:
+            s["waited_s"] = s.get("waited_s", 0.0) + waited
+
+    def _on_requeue(self, e: dict[str, Any]) -> None:
+        if e.get("ok"):
+            self.slurm["requeues"] = self.slurm.get("requeues", 0) + 1
 
     def _on_cost(self, e: dict[str, Any]) -> None:
         self.cost = _numbers_only(e, COST_NUMBERS)

@@ -48,7 +48,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "ranks": ("step", "slowest", "ranks"),
     "alert": ("kind", "severity", "step", "message"),
     "command_reply": ("id", "cmd", "reply"),
-    "slurm": ("job_id", "restart_count", "nodes", "node_list", "partition", "time_limit_s", "host"),
+    "slurm": ("job_id", "restart_count", "nodes", "node_list", "partition", "host", "waited_s"),
     "requeue": ("job_id", "step", "checkpoint", "ok", "error"),
     "log": ("level", "message"),
     "error": ("message", "traceback"),

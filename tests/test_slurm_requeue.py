@@ -175,6 +175,20 @@ def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_and_resumes_
     assert "USR1" in stop["reason"] and 0 < stop["step"] < STEPS
     (resumed,) = [e for e in events if e["type"] == "resume"]
     assert resumed["step"] == stop["step"] == requeue["step"]
+    # the wait of each start: from the submission, then from the requeued start's last event
+    assert all(e["waited_s"] > 0 for e in starts) and starts[1]["waited_s"] < starts[1]["t"] - requeue["t"] + 1
+    # the cockpit's cost pane counts them
+    from cockpit.history import RunHistory
+    from cockpit.widgets.cost_pane import CostPane
+
+    history = RunHistory()
+    history.apply_many(events)
+    assert history.slurm["starts"] == 2 and history.slurm["requeues"] == 1
+    pane = CostPane()
+    pane.show(history)
+    text = pane.text.plain
+    assert f"Slurm job {job}, start 2" in text and "waiting (queue and set-up, 2 starts)" in text
+    assert "1 requeue before the time limit" in text
     mine = weights(run)
     for k, v in reference.items():
         assert torch.equal(mine[k], v), k

@@ -20,9 +20,25 @@ class CostPane(TextPane):
         c = h.cost
         if c:
             self._money(t, c)
-        else:
+        elif not h.slurm:
             t.append(self.PLACEHOLDER)
+        if h.slurm:
+            self._queue(t, h.slurm)
         self.text = t
+
+    @staticmethod
+    def _queue(t: Text, s: dict) -> None:
+        """A Slurm job: the time its starts waited (queue and set-up) and its requeues."""
+        if t.plain and not t.plain.endswith("\n"):
+            t.append("\n")
+        starts = int(_num(s.get("starts")))
+        t.append(f"Slurm job {clean(str(s.get('job_id')))}, start {starts}"
+                 f"{' on ' + clean(s['node_list']) if s.get('node_list') else ''}\n")
+        if _is_num(s.get("waited_s")):
+            t.append(f"{_duration(s['waited_s'])} waiting (queue and set-up, {starts} start"
+                     f"{'s' if starts != 1 else ''})\n", style="yellow" if s["waited_s"] > 600 else "")
+        if s.get("requeues"):
+            t.append(f"{s['requeues']} requeue{'s' if s['requeues'] != 1 else ''} before the time limit", style="yellow")
 
     @staticmethod
     def _money(t: Text, c: dict) -> None:
@@ -56,3 +72,12 @@ def _age(seconds) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f} {unit} old"
     return f"{seconds:.0f} s old"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

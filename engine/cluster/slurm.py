@@ -57,13 +57,42 @@ def session_tag() -> str | None:
     return f"{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
 
 
-def job_facts() -> dict[str, Any]:
-    """The `slurm` event of this start of the job (rank 0, at start)."""
+def job_facts(run: Path | None = None) -> dict[str, Any]:
+    """The `slurm` event of this start of the job (rank 0, at start), with `waited_s`: the time
+    from the submission (first start) or from the previous start's last event (a requeue) to
+    now, the queue's wait and this start's set-up; where the run directory tells."""
     env = os.environ
-    return {"job_id": env.get("SLURM_JOB_ID"), "restart_count": int(env.get("SLURM_RESTART_COUNT") or 0),
-            "nodes": int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1),
-            "node_list": env.get("SLURM_JOB_NODELIST"), "partition": env.get("SLURM_JOB_PARTITION"),
-            "host": socket.gethostname()}
+    facts: dict[str, Any] = {
+        "job_id": env.get("SLURM_JOB_ID"), "restart_count": int(env.get("SLURM_RESTART_COUNT") or 0),
+        "nodes": int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1),
+        "node_list": env.get("SLURM_JOB_NODELIST"), "partition": env.get("SLURM_JOB_PARTITION"),
+        "host": socket.gethostname()}
+    since = _last_words(run) if run is not None else None
+    if since is None and run is not None:
+        try:
+            since = float(json.loads((run / FOLDER / RECORD).read_text())["submitted"])
+        except (OSError, ValueError, KeyError, TypeError):
+            since = None
+    if since is not None:
+        facts["waited_s"] = max(0.0, time.time() - since)
+    return facts
+
+
+def _last_words(run: Path) -> float | None:
+    """The time of the last event of the run's previous start (None before the first)."""
+    try:
+        with open(run / "events.jsonl", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail):
+        try:
+            return float(json.loads(line)["t"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def requeue_self(emit: Callable[..., Any], step: int, checkpoint: str | None) -> bool:

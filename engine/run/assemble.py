@@ -18,7 +18,7 @@ from engine.model.teacher import Teacher
 from engine.parallel.dist import Dist
 from engine.run.control import ControlServer, FileInbox, Inboxes
 from engine.run.rundir import RunDir
-from engine.cluster.slurm import job_facts, under_slurm
+from engine.cluster.slurm import under_slurm
 from engine.run.sources import Clock, Commands, Signals, SlurmSignal
 from engine.telemetry.sinks import Telemetry
 from engine.train.trainer import Trainer
@@ -77,8 +77,6 @@ def build_trainer(cfg: Config, spec: DataSpec, model: Any, run: RunDir, tele: Te
     if dist.main:
         for message in machine.check(cfg):
             tele.emit("log", level="warning", message=message)
-    if dist.main and under_slurm():  # this start of a Slurm job: its id, restart count, nodes
-        tele.emit("slurm", **job_facts())
     built: list[Trainer] = []
     found, socket = sources(cfg, run, tele, dist, lambda: built[0], lease)
     trainer = Trainer(cfg, spec, model, run, tele, resume=resume, dist=dist, teacher=teacher,

@@ -113,6 +113,9 @@ def console_mode(json_mode: bool, detached: bool) -> str:
 def telemetry_for(cfg: Config, run: RunDir, console: str, resume_step: int | None, lease=None) -> Telemetry:
     """Rank 0's sinks: events.jsonl, engine.log, TensorBoard, the console, the cost meter, and
     the S3 mirror (first, so that its close() waits for uploads while the other sinks are open)."""
+    from engine.cluster.slurm import job_facts, under_slurm
+
+    slurm = job_facts(run.path) if under_slurm() else None  # read before this session writes anything
     sinks: list = [EventsFile(run.events, cfg.logging.max_step_events_per_s), LogFile(run.log)]
     if cfg.logging.tensorboard:
         sinks.append(TensorBoard(run.tb, resume_step, ranks=cfg.logging.tensorboard_ranks))
@@ -124,6 +127,8 @@ def telemetry_for(cfg: Config, run: RunDir, console: str, resume_step: int | Non
 
         tele.sinks.insert(0, s3run.mirror(cfg, run.path, tele.emit, lease))
     tele.add(meter_for(cfg, run.events, resume_step, tele))
+    if slurm is not None:  # this start of a Slurm job: its id, restart count, nodes, the wait before it
+        tele.emit("slurm", **slurm)
     return tele
 
 
