@@ -51,6 +51,11 @@ class Obeying:
 
     def _carry_out(self, plan: Plan) -> None:
         """Act on an agreed plan (every rank), answering rank 0's commands."""
+        if plan.reason == Reason.REQUEUE and self.finished():  # done: nothing is left to requeue for
+            for p in plan.pending:
+                if p.cmd == "requeue":
+                    p.answer(False, error="the run has trained its last step: it finishes instead of requeueing")
+            plan = Plan(pause=plan.pause, lr=plan.lr, pending=[p for p in plan.pending if p.cmd != "requeue"])
         by_cmd: dict[str, list[Pending]] = {}
         for p in plan.pending:
             by_cmd.setdefault(p.cmd, []).append(p)
