@@ -37,6 +37,10 @@ SAMPLE = {
     "what": "checkpoint", "ok": True, "uri": "s3://bucket/runs/x/checkpoints/step-00000120.pt",
     "file": "step-00000120.pt", "multipart": True, "pending": ["step-00000130.pt"], "error": "timed out",
     "current": 0, "changes": {"data.num_workers": [0, 3]}, "overrides": ["data.num_workers=3"], "exact": True,
+    "slowest": 1, "ranks": [{"rank": 0, "host": "node-a", "busy_s": 0.01}, {"rank": 1, "host": "node-b", "busy_s": 0.03}],
+    "severity": "warning", "id": "01732406400123456789-42-a1b2c3",
+    "cmd": "pause", "reply": {"ok": True, "state": "paused", "step": 120}, "job_id": "4242", "restart_count": 1,
+    "nodes": 4, "node_list": "gpu[01-04]", "partition": "gpu", "waited_s": 73.5,
 }
 
 
