@@ -27,11 +27,17 @@ class Reason(IntEnum):
     REQUEUE = 5             # a Slurm job near its time limit (USR1, the requeue command): save, requeue, exit
     PREEMPTED = 6           # the machine is being taken away (spot interruption notice)
     PRUNED = 7              # a sweep's pruner gave up on this trial
+    TARGET_REACHED = 8      # an evaluation reached train.target with train.stop_at_target: an early finish
 
     @property
     def stops(self) -> bool:
         """True for the reasons that end the run (after a checkpoint)."""
         return self >= Reason.STOP_COMMAND
+
+    @property
+    def finishes(self) -> bool:
+        """True for a reason that ends the run early as finished (exit 0), not stopped."""
+        return OUTCOMES[self][0] == "finished" and self.stops
 
 
 #: How a run that stopped for a reason ends: its final state and exit code.
@@ -42,6 +48,7 @@ OUTCOMES: dict[Reason, tuple[str, int]] = {
     Reason.REQUEUE: ("requeued", EXIT_STOPPED),
     Reason.PREEMPTED: ("preempted", EXIT_STOPPED),
     Reason.PRUNED: ("pruned", EXIT_STOPPED),
+    Reason.TARGET_REACHED: ("finished", EXIT_FINISHED),
 }
 
 
@@ -118,7 +125,7 @@ class Source:
 
 #: Words for a stop reason that came from another rank (this rank's sources said nothing).
 ELSEWHERE = {Reason.STOP_COMMAND: "stop command", Reason.SIGNAL: "a signal on another rank",
-             Reason.PREEMPTED: "preempted", Reason.PRUNED: "pruned"}
+             Reason.PREEMPTED: "preempted", Reason.PRUNED: "pruned", Reason.TARGET_REACHED: "target reached"}
 
 
 class StopRun(Exception):

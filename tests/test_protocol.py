@@ -41,6 +41,9 @@ SAMPLE = {
     "severity": "warning", "id": "01732406400123456789-42-a1b2c3",
     "cmd": "pause", "reply": {"ok": True, "state": "paused", "step": 120}, "job_id": "4242", "restart_count": 1,
     "nodes": 4, "node_list": "gpu[01-04]", "partition": "gpu", "waited_s": 73.5,
+    "metric": "val_accuracy", "target": 0.98, "reached": False, "projected_step": 4100, "projected_s": 720.0,
+    "projected_dollars": 0.41, "interval": {"low": 3800, "high": None}, "asymptote": 0.991,
+    "residuals": [0.001, -0.002, 0.0005], "law": "a - b * step^-c", "points": 3, "s_per_step": 0.2,
 }
 
 

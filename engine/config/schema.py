@@ -69,6 +69,10 @@ class Config(Section):
             self._check_pipeline()
         if self.sweep.space:
             check_space(self)
+        target = self.train.target
+        if target is not None and target.metric == "val_perplexity" and self.data.name != "text":
+            raise ValueError(f"train.target.metric = 'val_perplexity' with data.name = {self.data.name!r}: "
+                             "perplexity is a language model's (data.name = 'text'); use val_accuracy or val_loss")
         return self
 
     def _check_pipeline(self) -> None:

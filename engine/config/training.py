@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from engine.config.base import Int, Section
+from engine.config.base import Int, Section, suggest
 
 
 class OptimConfig(Section):
@@ -45,6 +45,40 @@ class ScheduleConfig(Section):
     final_div_factor: float = Field(1e4, ge=1, description="Onecycle: final lr = initial / this")
 
 
+#: The metrics a target may name (as checkpoint.best_metric names them) and which way is better.
+TARGET_METRICS = {"val_accuracy": "up", "val_loss": "down", "val_perplexity": "down"}
+
+
+class TargetConfig(Section):
+    """What the run is for: a validation metric's value (train.target)."""
+
+    metric: str = Field("val_accuracy", description="val_accuracy (up), val_loss or val_perplexity (down)")
+    value: float = Field(description="The value to reach")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TargetConfig":
+        if self.metric not in TARGET_METRICS:
+            raise ValueError(f"metric = {self.metric!r}: expected one of {', '.join(TARGET_METRICS)}"
+                             f"{suggest(self.metric, TARGET_METRICS)}")
+        v = self.value
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"value = {v!r}: expected a finite number")
+        if self.metric == "val_accuracy" and not 0 < v <= 1:
+            raise ValueError(f"value = {v!r}: val_accuracy is a share, expected 0 < value <= 1")
+        if self.metric == "val_loss" and v <= 0:
+            raise ValueError(f"value = {v!r}: val_loss targets are above 0")
+        if self.metric == "val_perplexity" and v <= 1:
+            raise ValueError(f"value = {v!r}: val_perplexity targets are above 1")
+        return self
+
+    @property
+    def up(self) -> bool:
+        return TARGET_METRICS[self.metric] == "up"
+
+    def met(self, value: float) -> bool:
+        return value >= self.value if self.up else value <= self.value
+
+
 class TrainConfig(Section):
     """The loop itself."""
 
@@ -73,6 +107,12 @@ class TrainConfig(Section):
         None, gt=0, description="The device's peak TFLOP/s for MFU (default: a table of common GPUs)")
     compile: bool = Field(False, description="torch.compile the model (falls back to eager on failure)")
     compile_mode: str = Field("default", description="torch.compile mode")
+    target: Optional[TargetConfig] = Field(
+        None, description="What the run is for, e.g. { metric = \"val_accuracy\", value = 0.98 }: after each "
+        "evaluation (from the third) a learning curve fitted to the run's evaluations projects the step, time "
+        "and dollars to reach it (`projection` events)")
+    stop_at_target: bool = Field(
+        False, description="Finish the run (state finished, exit 0) at the evaluation that reaches train.target")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -83,6 +123,9 @@ class TrainConfig(Section):
             raise ValueError(
                 f"device={self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
             )
+        if self.stop_at_target and self.target is None:
+            raise ValueError("stop_at_target = true needs train.target, e.g. "
+                             "target = { metric = \"val_accuracy\", value = 0.98 }")
         return self
 
 

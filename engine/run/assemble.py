@@ -82,4 +82,29 @@ def build_trainer(cfg: Config, spec: DataSpec, model: Any, run: RunDir, tele: Te
     trainer = Trainer(cfg, spec, model, run, tele, resume=resume, dist=dist, teacher=teacher,
                       converters=converters(cfg, spec), sources=found, socket=socket)
     built.append(trainer)
+    target(cfg, run, tele, dist, trainer, resume is not None)
     return trainer
+
+
+def target(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Trainer, resumed: bool) -> None:
+    """train.target: rank 0 projects the cost of reaching it after each evaluation (a telemetry
+    sink, `projection` events); with train.stop_at_target every rank finishes the run there."""
+    goal = cfg.train.target
+    if goal is None:
+        return
+    if cfg.train.stop_at_target:
+        from engine.train.target import StopAtTarget
+
+        trainer.eval_hooks.append(StopAtTarget(goal))
+    if dist.main:
+        from contracts.events import read_events, replay
+        from engine.telemetry.projection import Projection, prior_history
+
+        history: list = []
+        if resumed:
+            try:
+                with open(run.events, "rb") as f:
+                    history = prior_history(replay(list(read_events(f))), goal.metric)
+            except OSError:
+                pass
+        tele.add(Projection(goal.metric, goal.value, trainer.total_steps, tele.emit, history))

@@ -106,7 +106,8 @@ class Obeying:
     def _finish(self, plan: Plan) -> RunResult:
         """The last checkpoint, then the final state the reason decides (finished, stopped...)."""
         state, code = OUTCOMES[plan.reason]
-        stops = plan.reason.stops
+        early = plan.reason.finishes  # an early finish (the target reached): a final save, exit 0
+        stops = plan.reason.stops and not early
         if stops:
             self.set_state("stopping", reason=plan.why)
         checkpoint_asked = [p for p in plan.pending if p.cmd == "checkpoint"]  # answered by this save
@@ -129,7 +130,7 @@ class Obeying:
         for p in plan.pending:
             if p.cmd in ("stop", "prune", "requeue"):
                 p.answer(state=state, step=self.pos.step, path=str(latest) if latest else None)
-        self.set_state(state, **({"reason": plan.why, "exit_code": code, **extra} if stops else {}))
+        self.set_state(state, **({"reason": plan.why, "exit_code": code, **extra} if stops or early else {}))
         # Leave together: a rank that tears its process group down while another still talks
         # to it can abort at exit (seen once with two torchrun agents). A no-op in one process.
         self.dist.barrier()
