@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cockpit.ranks import MAX_ALERTS, RanksFold
+from cockpit.sanitize import clean
 from cockpit.series import Series
 from cockpit.step_fold import fold, from_events
 from cockpit.step_fold import number as _number, numbers_only as _numbers_only
@@ -20,6 +21,8 @@ from cockpit.step_fold import number as _number, numbers_only as _numbers_only
 #: Checkpoint events remembered (plus the newest best): far more than any keep_last.
 MAX_CHECKPOINTS = 64
 CHECKPOINT_NUMBERS = ("t", "step", "seconds", "bytes")
+PROJECTION_NUMBERS = ("step", "target", "value", "projected_step", "projected_s", "projected_dollars", "asymptote",
+                      "points")
 COST_NUMBERS = ("price_per_hour", "accumulated", "projected", "price_age_s", "savings", "lost", "lost_steps",
                 "per_epoch", "per_1k_samples", "on_demand_per_hour")
 
@@ -64,6 +67,8 @@ class RunHistory:
     alerts_total: int = 0
     #: A Slurm job's life (`slurm` and `requeue` events): its id, starts, time waited, requeues.
     slurm: dict[str, Any] = field(default_factory=dict)
+    #: The newest `projection` event (train.target): what reaching the target will take.
+    projection: dict[str, Any] = field(default_factory=dict)
     events_seen: int = 0
     ema: float | None = None
 
@@ -158,6 +163,8 @@ class RunHistory:
         self.ema = ys[-1] if ys else None
         self.logs.append(("info", f"resumed from {e.get('checkpoint')} at step {int(step)}"))
         self.spot = {}  # the notice was for the session before; this one says where it runs
+        if (_number(self.projection.get("step")) or 0) > step:
+            self.projection = {}  # made from evaluations this resume superseded
 
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
         self.checkpoints[str(e["path"])] = _numbers_only(e, CHECKPOINT_NUMBERS)
@@ -188,6 +195,15 @@ class RunHistory:
     def _on_requeue(self, e: dict[str, Any]) -> None:
         if e.get("ok"):
             self.slurm["requeues"] = self.slurm.get("requeues", 0) + 1
+
+    def _on_projection(self, e: dict[str, Any]) -> None:
+        interval = e.get("interval") if isinstance(e.get("interval"), dict) else {}
+        self.projection = {
+            **_numbers_only(e, PROJECTION_NUMBERS),
+            "metric": clean(str(e.get("metric", ""))), "message": clean(str(e.get("message", ""))),
+            "reached": e.get("reached") is True,
+            "low": _number(interval.get("low")), "high": _number(interval.get("high")),
+        }
 
     def _on_cost(self, e: dict[str, Any]) -> None:
         self.cost = _numbers_only(e, COST_NUMBERS)
