@@ -50,6 +50,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "command_reply": ("id", "cmd", "reply"),
     "slurm": ("job_id", "restart_count", "nodes", "node_list", "partition", "host", "waited_s"),
     "requeue": ("job_id", "step", "checkpoint", "ok", "error"),
+    "ledger": ("step", "steps", "sessions", "total_s", "goodput", "dollars", "classes", "worst", "final"),
     "projection": ("metric", "target", "step", "value", "reached", "projected_step", "projected_s",
                    "projected_dollars", "interval", "asymptote", "residuals", "params", "law", "points",
                    "s_per_step", "message"),

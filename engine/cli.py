@@ -196,6 +196,10 @@ def _add_plugged_in(sub: argparse._SubParsersAction) -> None:
 
     add_cost(sub)  # cost RUN [--json]
 
+    from engine.telemetry.goodput_report import add_parser as add_goodput
+
+    add_goodput(sub)  # goodput RUN ... | --sweep STUDY [--json]
+
     from engine.cloud.commands import add_parser as add_cloud
 
     add_cloud(sub)  # cloud launch|status|stop|exists (EC2 spot instances, S3)

@@ -128,6 +128,11 @@ class TensorBoard:
         elif kind == "eval":
             for key, value in event["metrics"].items():
                 self.writer.add_scalar(f"val/{key}", value, step)
+        elif kind == "ledger" and event.get("total_s"):  # each class's share of the run's time
+            total = event["total_s"]
+            self.writer.add_scalar("goodput/goodput", event["goodput"], step)
+            for name, entry in (event.get("classes") or {}).items():
+                self.writer.add_scalar(f"goodput/{name}", entry["seconds"] / total, step)
         elif kind == "ranks" and self.ranks:
             for rec in event["ranks"]:
                 for key in self.RANK_FIELDS:

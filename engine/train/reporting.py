@@ -42,6 +42,11 @@ class Reporting:
             **self._pipeline_fields(report),
             **({"mem_peak_ranks_bytes": report["mem_peak_ranks"]} if "mem_peak_ranks" in report else {}),
         )
+        if self.ledger is not None:
+            spans = report["spans"]
+            self.ledger.spans(self.pos.step, report["steps"], spans["productive"], spans["data"],
+                              spans["communication"], spans["bubble"])
+            self.ledger.send()
         if self.dist.main:
             self.alerts.loss(self.pos.step, report["loss"])
             self.alerts.throughput(self.pos.step, report["samples_per_s"])

@@ -41,7 +41,10 @@ class Saving:
             for source in self.sources:
                 source.saved()  # checkpoint.every_minutes counts from the start of a save
         try:
+            began = time.monotonic()
             reply = self.checkpoints.save(self.pos.step, reason, self.snapshot, best, pending, wait)
+            if self.ledger is not None:
+                self.ledger.add("checkpoint", time.monotonic() - began)
         except DiskFull as full:
             if not patient:
                 if entering:

@@ -135,7 +135,11 @@ class StepMeter:
                "steps_per_s": self.steps / wall if wall > 0 else 0.0, "data": data / n, "h2d": h2d / n,
                "compute": compute / n, "optim": optim / n, "comm": comm / n,
                "losses": {name: value / k for name, value in zip(names, parts)},
-               "accuracy": correct / counted if counted else None}
+               "accuracy": correct / counted if counted else None,
+               # the period's seconds, each rank's average (the goodput ledger's step classes)
+               "steps": self.steps, "spans": {"productive": (h2d + compute + optim) / dist.world,
+                                              "data": data / dist.world, "communication": comm / dist.world,
+                                              "bubble": bubble / dist.world}}
         if slots:
             from engine.telemetry.ranks import FIELDS
 

@@ -35,6 +35,9 @@ from engine.parallel.wrap import grad_scaler, wrap
 from engine.telemetry.alerts import Alerts
 from engine.telemetry.doctor import Doctor
 from engine.telemetry.ranks import GpuHealth, Stragglers, identity
+from contracts.events import FINAL_STATES
+from engine.telemetry.cost import CostMeter, process_start
+from engine.telemetry.ledger import Ledger, last_ledger
 from engine.telemetry.watchdog import Progress, Publisher, Watchdog, beat_for, store_of_group
 from engine.telemetry.flops import flops_per_sample, peak_tflops
 from engine.telemetry.sinks import Telemetry
@@ -109,11 +112,14 @@ class Trainer(Reporting, Saving, Obeying):
         self.stragglers = Stragglers(cfg.alerts.straggler_ratio, cfg.alerts.straggler_steps)
         self.gpu_health = GpuHealth()
         self.watchdog = self._watchdog()
+        self.paused_at: float | None = None
+        self.ledger: Ledger | None = None
         # batches on the device as the converted model takes them (training, validation)
         self.prepare = lambda x: prepare_inputs(self.data.normalize_train(x), self.converters)
         self.prepare_val = lambda x: prepare_inputs(self.data.normalize(x), self.converters)
         if resume is not None:
             self._restore(resume)
+        self.ledger = self._ledger()  # rank 0: where this run's seconds and dollars went (from the resumed step)
         warning = warmup_warning(cfg.schedule, self.total_steps)
         if warning:
             self.tele.emit("log", level="warning", message=warning)
@@ -135,6 +141,18 @@ class Trainer(Reporting, Saving, Obeying):
         return Watchdog(self.progress, self.alerts, self.cfg.alerts, self.cfg.distributed.hang_warn_s,
                         self.run.checkpoints, store=self.publisher.store if self.publisher else None,
                         world=self.dist.world, ids=self.rank_ids, here=identity()["host"])
+
+    def _ledger(self) -> Ledger | None:
+        """Rank 0's goodput ledger, carried on from the run's earlier sessions (engine.telemetry.ledger)."""
+        if not self.dist.main:
+            return None
+        meter = next((s for s in self.tele.sinks if isinstance(s, CostMeter)), None)
+
+        def price() -> Any:
+            return meter.price.per_hour if meter is not None and meter.price is not None else None
+
+        return Ledger(self.tele.emit, process_start(), price, previous=last_ledger(self.run.events),
+                      resume_step=self.pos.step)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.pos = restore(state, self.model, self.optimizer, self.scaler, self.dist)
@@ -168,6 +186,8 @@ class Trainer(Reporting, Saving, Obeying):
                 source.start()
                 started.append(source)
             self.set_state("running")
+            if self.ledger is not None:
+                self.ledger.loop_started()
             self._announce_teacher()
             try:
                 while not self.finished():
@@ -252,10 +272,13 @@ class Trainer(Reporting, Saving, Obeying):
             return
         # DDP's wrapper is for training; FSDP needs its own forward (it gathers the weights)
         self.model.eval()
+        began = time.monotonic()
         metrics = evaluate(self.model if self.dist.replicated else self.forward, self.data.val, self.task,
                            self.device, self.cfg.train.precision,
                            self.prepare_val,
                            self.data.val_valid, self.dist.sum, self.urgent)
+        if self.ledger is not None:
+            self.ledger.add("evaluation", time.monotonic() - began)
         self.model.train()
         self.metrics = metrics
         self.tele.emit("eval", step=self.pos.step, epoch=self.pos.epoch, metrics=metrics)
@@ -277,6 +300,14 @@ class Trainer(Reporting, Saving, Obeying):
     def set_state(self, state: str, **extra: Any) -> None:
         """Record a state change in the events and status.json (its reason stays in status.json
         for as long as the state lasts)."""
+        if self.ledger is not None and (state == "paused") != (self.state == "paused"):
+            if state == "paused":
+                self.paused_at = time.monotonic()
+            elif self.paused_at is not None:
+                self.ledger.add("paused", time.monotonic() - self.paused_at)
+                self.paused_at = None
+        if self.ledger is not None and state in FINAL_STATES:
+            self.ledger.send(final=True)  # the session's last ledger, before its final state
         self.state, self.state_reason = state, extra.get("reason")
         self.progress.at(state if state in ("paused", "checkpointing", "stopping") else "boundary")
         self.tele.emit("state", state=state, step=self.pos.step, **extra)
