@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cockpit.goodput import fold_ledger
 from cockpit.ranks import MAX_ALERTS, RanksFold
 from cockpit.sanitize import clean
 from cockpit.series import Series
@@ -69,6 +70,8 @@ class RunHistory:
     slurm: dict[str, Any] = field(default_factory=dict)
     #: The newest `projection` event (train.target): what reaching the target will take.
     projection: dict[str, Any] = field(default_factory=dict)
+    #: The newest `ledger` event (cockpit/goodput.py): where the run's time and dollars went.
+    ledger: dict[str, Any] = field(default_factory=dict)
     events_seen: int = 0
     ema: float | None = None
 
@@ -204,6 +207,9 @@ class RunHistory:
             "reached": e.get("reached") is True,
             "low": _number(interval.get("low")), "high": _number(interval.get("high")),
         }
+
+    def _on_ledger(self, e: dict[str, Any]) -> None:
+        self.ledger = fold_ledger(e)  # cumulative over the sessions: the newest is the whole story
 
     def _on_cost(self, e: dict[str, Any]) -> None:
         self.cost = _numbers_only(e, COST_NUMBERS)
