@@ -50,6 +50,8 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "command_reply": ("id", "cmd", "reply"),
     "slurm": ("job_id", "restart_count", "nodes", "node_list", "partition", "host", "waited_s"),
     "requeue": ("job_id", "step", "checkpoint", "ok", "error"),
+    "checkpoint_interval": ("step", "every_steps", "interval_s", "stall_s", "stall_measured", "mtbi_s", "source",
+                            "step_s", "expected_lost_s"),
     "ledger": ("step", "steps", "sessions", "total_s", "goodput", "dollars", "classes", "worst", "final"),
     "projection": ("metric", "target", "step", "value", "reached", "projected_step", "projected_s",
                    "projected_dollars", "interval", "asymptote", "residuals", "params", "law", "points",

@@ -159,3 +159,80 @@ def test_the_ledger_adds_up_across_a_pause_a_kill_and_a_resume(tmp_path):
     acc.Reload()
     shares = acc.Scalars("goodput/goodput")
     assert shares and shares[-1].value == pytest.approx(final["goodput"], rel=1e-5)
+
+
+# ---- checkpoint.every_steps = "auto" (#22 part 3) ----------------------------------------------
+
+def test_the_young_daly_interval_from_known_stall_and_interruption_rate():
+    from engine.checkpoint.interval import AutoInterval, mtbi_for, young_daly
+
+    assert young_daly(2.0, 3600.0) == pytest.approx(120.0)  # sqrt(2 x 2 s x 1 h)
+    mtbi, source = mtbi_for(6.0, spot=True)
+    assert mtbi == 600.0 and source == "spot.interruptions_per_hour = 6"
+    assert mtbi_for(None, spot=True)[0] == 7200.0 and mtbi_for(None, spot=False)[0] == 86400.0
+    auto = AutoInterval(3600.0, "test")
+    first = auto.update(0.5)  # no save measured yet: a stall of 1 s assumed
+    assert first["every_steps"] == round(young_daly(1.0, 3600.0) / 0.5) == 170 and not first["stall_measured"]
+    auto.stalled(2.0)
+    second = auto.update(0.5)
+    assert second["every_steps"] == 240 and second["interval_s"] == pytest.approx(120.0)
+    assert second["expected_lost_s"] == pytest.approx(60.0)  # half an interval's work, on average
+    assert auto.update(0.51) is None  # within 10%: no new event
+    auto.stalled(8.0)  # a slower save moves the average (0.7 x 2 + 0.3 x 8 = 3.8 s)
+    assert auto.update(0.5)["stall_s"] == pytest.approx(3.8)
+
+
+def test_killed_at_random_moments_a_run_with_auto_checkpoints_loses_at_most_an_interval(tmp_path):
+    """Interruptions every second (spot.interruptions_per_hour = 3600) make the interval a few
+    steps; three SIGKILLs at random moments each redo at most the interval in force."""
+    import random
+
+    (tmp_path / "models.py").write_text(MODELS)
+    (tmp_path / "run.toml").write_text(CONFIG.replace("every_steps = 40", 'every_steps = "auto"\nasync_save = false')
+                                       .replace("max_steps = 320", "max_steps = 200")
+                                       + "[spot]\ninterruptions_per_hour = 3600\n")
+    env = engine_env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    run = tmp_path / "runs" / "auto"
+    rng = random.Random(20261203)
+    args = ["run", str(tmp_path / "run.toml"), "--run-id", "auto", "--runs-dir", str(tmp_path / "runs")]
+    for kill in range(3):
+        proc = popen_engine(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            at = status_of(run).get("step", 0) if run.exists() else 0
+            wait_for(lambda: status_of(run).get("step", 0) >= at + 10 and status_of(run).get("state") == "running",
+                     timeout=120, what="training")
+            time.sleep(rng.uniform(0.0, 1.5))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        args = ["resume", str(run)]
+    proc = popen_engine(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.wait(timeout=240) == 0
+    events = events_of(run)
+    intervals = [e for e in events if e["type"] == "checkpoint_interval"]
+    assert intervals and all(e["mtbi_s"] == 1.0 and e["source"] == "spot.interruptions_per_hour = 3600"
+                             for e in intervals)
+    assert intervals[-1]["stall_measured"]
+    # each session: the last step it reached (status and step events are coalesced: take its
+    # highest step event) against the checkpoint the next session resumed from
+    sessions, current = [], []
+    for e in events:
+        if e["type"] == "state" and e["state"] == "starting" or e["type"] == "resume":
+            if current:
+                sessions.append(current)
+            current = []
+        current.append(e)
+    sessions.append(current)
+    resumes = [e["step"] for e in events if e["type"] == "resume"]
+    assert len(resumes) == 3
+    for session, resumed in zip(sessions, resumes):
+        reached = max(e["step"] for e in session if e["type"] == "step")
+        every = [e["every_steps"] for e in session if e["type"] == "checkpoint_interval"]
+        assert every, "each session announces its interval"
+        assert reached - resumed <= max(every) + 1, (reached, resumed, every)
+    ledger = [e for e in events if e["type"] == "ledger"][-1]
+    assert ledger["sessions"] == 4 and ledger["checkpoint_interval"]["every_steps"] >= 1

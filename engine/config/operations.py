@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
@@ -95,9 +95,9 @@ class DistributedConfig(Section):
 class CheckpointConfig(Section):
     """When checkpoints are written and which are kept."""
 
-    every_steps: Optional[Int] = Field(
-        None, ge=1, description="Save every this many optimizer steps (default: off)"
-    )
+    every_steps: Optional[Union[Int, Literal["auto"]]] = Field(
+        None, description="Save every this many optimizer steps (default: off); 'auto': as often as it pays, "
+        "sqrt(2 x the measured checkpoint stall x the mean time between interruptions) (Young-Daly)")
     every_minutes: Optional[float] = Field(
         None, gt=0, description="Save when this many minutes passed since the last save"
     )
@@ -119,6 +119,12 @@ class CheckpointConfig(Section):
         "that died frees the run after this)")
     s3_wait_s: float = Field(
         100.0, ge=0, description="On exit, wait at most this long for pending S3 uploads")
+
+    @model_validator(mode="after")
+    def _check_every(self) -> "CheckpointConfig":
+        if isinstance(self.every_steps, int) and self.every_steps < 1:
+            raise ValueError(f"every_steps = {self.every_steps}: expected a number of steps of at least 1, or 'auto'")
+        return self
 
     @model_validator(mode="after")
     def _check_s3(self) -> "CheckpointConfig":
@@ -190,6 +196,9 @@ class SpotConfig(Section):
         False, description="Watch for interruption notices even where the machine does not say it is "
         "EC2 (false: watch on EC2 only; nothing is ever sent to the metadata address elsewhere; "
         "AWS_EC2_METADATA_DISABLED=true turns it off everywhere)")
+    interruptions_per_hour: Optional[float] = Field(
+        None, gt=0, description="How often this capacity is interrupted, for checkpoint.every_steps = 'auto' "
+        "(default: every 2 h on spot, every 24 h elsewhere)")
     poll_s: float = Field(
         5.0, gt=0, le=SPOT_POLL_MAX_S,
         description="Seconds between polls of the notice (AWS advises 5 s or faster: the notice comes "

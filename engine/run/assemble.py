@@ -19,7 +19,7 @@ from engine.parallel.dist import Dist
 from engine.run.control import ControlServer, FileInbox, Inboxes
 from engine.run.rundir import RunDir
 from engine.cluster.slurm import under_slurm
-from engine.run.sources import Clock, Commands, Signals, SlurmSignal
+from engine.run.sources import AutoCheckpoint, Clock, Commands, Signals, SlurmSignal
 from engine.telemetry.sinks import Telemetry
 from engine.train.trainer import Trainer
 
@@ -60,6 +60,11 @@ def sources(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Any,
     spot = watcher_for(cfg, tele.emit, lambda: trainer().pos.step)
     if spot is not None:
         found.append(spot)
+    if cfg.checkpoint.every_steps == "auto" and main:  # rank 0 decides when; the ranks agree
+        from engine.checkpoint.interval import AutoInterval, mtbi_for
+
+        mtbi, why = mtbi_for(cfg.spot.interruptions_per_hour, cfg.spot.enabled)
+        found.append(AutoCheckpoint(AutoInterval(mtbi, why), trainer, tele.emit))
     if under_slurm():  # USR1 straight to the engine (srun without a batch-script trap): save and requeue
         found.append(SlurmSignal())
     if lease is not None:  # another engine took the run over in S3: stop (exit 3)

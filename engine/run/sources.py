@@ -62,6 +62,32 @@ class SlurmSignal(Source):
         return Plan(Reason.REQUEUE, why="Slurm sent USR1: the time limit is near") if self.signalled else Plan()
 
 
+class AutoCheckpoint(Source):
+    """checkpoint.every_steps = "auto" as a source (rank 0 decides; the plan is agreed): a
+    checkpoint once the Young-Daly interval (engine.checkpoint.interval) has passed in steps,
+    recomputed from the measured stall and step time, each new interval a `checkpoint_interval`
+    event."""
+
+    def __init__(self, auto: Any, trainer: Callable[[], Any], emit: Callable[..., Any]):
+        self.auto, self.trainer, self.emit = auto, trainer, emit
+        self.seen_stalls = 0
+
+    def poll(self) -> Plan:
+        t = self.trainer()
+        for stall in t.stalls[self.seen_stalls:]:
+            self.auto.stalled(stall)
+        if len(t.stalls) != self.seen_stalls or self.auto.every is None:
+            self.seen_stalls = len(t.stalls)
+            if t.step_s:
+                changed = self.auto.update(t.step_s)
+                if changed:
+                    self.emit("checkpoint_interval", step=t.pos.step, **changed)
+                    t.interval = changed
+        if self.auto.every and t.pos.step - max(0, t.checkpoints.last_step) >= self.auto.every:
+            return Plan(Reason.CHECKPOINT_DUE, why="auto")
+        return Plan()
+
+
 class Clock(Source):
     """checkpoint.every_minutes as a source (rank 0's clock decides)."""
 

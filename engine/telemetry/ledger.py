@@ -64,6 +64,7 @@ class Ledger:
         self.step = resume_step
         self.started_loop: float | None = None
         self.last_sent = -1e18
+        self.interval: dict[str, Any] | None = None  # checkpoint.every_steps = "auto": the interval now
         if previous:
             self._carry(previous, resume_step)
 
@@ -131,7 +132,8 @@ class Ledger:
                 "dollars": float(sum(self.dollars.values())) if price is not None or any(self.dollars.values())
                 else None,
                 "classes": {c: {"seconds": self.seconds[c], "dollars": float(self.dollars[c])} for c in CLASSES},
-                "worst": worst(self.seconds)}
+                "worst": worst(self.seconds),
+                **({"checkpoint_interval": self.interval} if self.interval else {})}
 
     def send(self, final: bool = False) -> None:
         """A `ledger` event: at most every EVERY_S at logging steps, and at a session's end."""

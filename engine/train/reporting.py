@@ -42,7 +42,9 @@ class Reporting:
             **self._pipeline_fields(report),
             **({"mem_peak_ranks_bytes": report["mem_peak_ranks"]} if "mem_peak_ranks" in report else {}),
         )
+        self.step_s = report["wall_s"] / report["steps"] if report["steps"] else self.step_s
         if self.ledger is not None:
+            self.ledger.interval = self.interval
             spans = report["spans"]
             self.ledger.spans(self.pos.step, report["steps"], spans["productive"], spans["data"],
                               spans["communication"], spans["bubble"])

@@ -43,8 +43,9 @@ class Saving:
         try:
             began = time.monotonic()
             reply = self.checkpoints.save(self.pos.step, reason, self.snapshot, best, pending, wait)
+            self.stalls.append(time.monotonic() - began)
             if self.ledger is not None:
-                self.ledger.add("checkpoint", time.monotonic() - began)
+                self.ledger.add("checkpoint", self.stalls[-1])
         except DiskFull as full:
             if not patient:
                 if entering:

@@ -114,6 +114,9 @@ class Trainer(Reporting, Saving, Obeying):
         self.watchdog = self._watchdog()
         self.paused_at: float | None = None
         self.ledger: Ledger | None = None
+        self.stalls: list[float] = []  # each save's stall on the loop (checkpoint.every_steps = "auto")
+        self.step_s: float | None = None  # seconds per step over the last logging period (agreed numbers)
+        self.interval: dict[str, Any] | None = None  # the automatic checkpoint interval, when there is one
         # batches on the device as the converted model takes them (training, validation)
         self.prepare = lambda x: prepare_inputs(self.data.normalize_train(x), self.converters)
         self.prepare_val = lambda x: prepare_inputs(self.data.normalize(x), self.converters)
@@ -256,7 +259,7 @@ class Trainer(Reporting, Saving, Obeying):
         if self.pos.step % self.cfg.logging.every_steps == 0 or self.pos.step == self.total_steps:
             self.log_step(meter)
         c = self.cfg.checkpoint
-        if c.every_steps and self.pos.step % c.every_steps == 0:
+        if isinstance(c.every_steps, int) and self.pos.step % c.every_steps == 0:
             self.save("periodic")
         full = self.checkpoints.check()
         if full is not None:  # a background write found the disk full: write this step instead
