@@ -143,7 +143,7 @@ def test_a_stall_and_a_disk_nearly_full_are_alerted_once_each(tmp_path):
     config, env = setup(tmp_path, "stall_at = 40")
     done = run_engine("run", str(config), "--runs-dir", str(tmp_path / "runs"), "--run-id", "stall",
                       "--set", "alerts.stall_min_s=1.5", "--set", "alerts.disk_free_checkpoints=1e15",
-                      "--set", "checkpoint.every_steps=10", env=env)
+                      "--set", "checkpoint.every_steps=10", "--set", "alerts.throughput_drop=false", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     alerts = [e for e in events_of(tmp_path / "runs" / "stall") if e["type"] == "alert"]
     assert sorted(a["kind"] for a in alerts) == ["disk_full", "stall"], alerts

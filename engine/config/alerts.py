@@ -30,6 +30,9 @@ class AlertsConfig(Section):
         "optimizer) passes this many times the median of the other ranks'")
     straggler_steps: Int = Field(
         3, ge=1, description="... for this many logging steps in a row")
+    straggler_min_s: float = Field(
+        0.005, ge=0, description="... and by at least this many seconds a micro-batch (a millisecond or two "
+        "between fast ranks is noise, not a straggler)")
 
     hang: bool = Field(True, description="Alert when the ranks stand still and one of them is the reason "
                        "(several processes; after distributed.hang_warn_s)")

@@ -126,8 +126,8 @@ class Stragglers:
     """A rank whose busy time passes `ratio` x the median of the others' for `steps` logging steps
     in a row; one alert per episode (it ends when the rank keeps up again)."""
 
-    def __init__(self, ratio: float, steps: int):
-        self.ratio, self.steps = ratio, steps
+    def __init__(self, ratio: float, steps: int, min_s: float = 0.0):
+        self.ratio, self.steps, self.min_s = ratio, steps, min_s
         self.streak: dict[int, int] = {}
         self.alerted: set[int] = set()
 
@@ -142,7 +142,7 @@ class Stragglers:
         for i, rec in enumerate(ranks):
             median = _median_without(busy, place[i])
             r = rec["rank"]
-            if median > 0 and rec["busy_s"] > self.ratio * median:
+            if median > 0 and rec["busy_s"] > self.ratio * median and rec["busy_s"] - median >= self.min_s:
                 self.streak[r] = self.streak.get(r, 0) + 1
             else:
                 self.streak[r] = 0

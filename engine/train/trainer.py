@@ -109,7 +109,7 @@ class Trainer(Reporting, Saving, Obeying):
         self.rank_ids = self.dist.gather(identity()) if self.dist.active else None
         self.rank_pids = [r["pid"] for r in self.rank_ids] if self.rank_ids else None
         self.alerts = Alerts(cfg.alerts, self.tele.emit, active=self.dist.main)
-        self.stragglers = Stragglers(cfg.alerts.straggler_ratio, cfg.alerts.straggler_steps)
+        self.stragglers = Stragglers(cfg.alerts.straggler_ratio, cfg.alerts.straggler_steps, cfg.alerts.straggler_min_s)
         self.gpu_health = GpuHealth()
         self.watchdog = self._watchdog()
         self.paused_at: float | None = None
