@@ -28,6 +28,7 @@ from cockpit.widgets.banner import RunBanner
 from cockpit.widgets.checkpoints_pane import CheckpointsPane
 from cockpit.widgets.cost_pane import CostPane
 from cockpit.widgets.distill_pane import DistillPane
+from cockpit.widgets.goodput_pane import GoodputPane
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.log_pane import LogPane
 from cockpit.widgets.loss_pane import LossPane
@@ -109,6 +110,7 @@ class RunScreen(RunControl, SizedScreen):
                     yield ThroughputPane()
                     yield StepTimePane()
                     yield CostPane()
+                    yield GoodputPane()
                     yield SpotPane(clock=self.clock)
                     yield DistillPane()
             with Horizontal(id="bottom"):
