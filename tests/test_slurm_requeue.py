@@ -189,6 +189,10 @@ def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_and_resumes_
     text = pane.text.plain
     assert f"Slurm job {job}, start 2" in text and "waiting (queue and set-up, 2 starts)" in text
     assert "1 requeue before the time limit" in text
+    # the goodput ledger: the redone steps (none: the requeue saved first) and the waits beside it
+    ledger = [e for e in events if e["type"] == "ledger"][-1]
+    assert ledger["sessions"] == 2 and ledger["classes"]["lost"]["seconds"] == 0.0
+    assert ledger["queued_s"] == pytest.approx(sum(e["waited_s"] for e in starts), rel=1e-6)
     mine = weights(run)
     for k, v in reference.items():
         assert torch.equal(mine[k], v), k

@@ -22,7 +22,8 @@ def report(run: Path) -> dict[str, Any]:
         raise BadInput(f"{run}: no ledger yet (the engine writes one at its logging steps and at each session's end)")
     return {"run": run.name, "step": ledger.get("step"), "sessions": ledger.get("sessions"),
             "total_s": ledger["total_s"], "goodput": ledger["goodput"], "dollars": ledger.get("dollars"),
-            "classes": ledger["classes"], "worst": ledger.get("worst"), "final": ledger.get("final", False)}
+            "classes": ledger["classes"], "worst": ledger.get("worst"), "final": ledger.get("final", False),
+            "queued_s": ledger.get("queued_s", 0.0)}
 
 
 def combined(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -47,6 +48,8 @@ def table(r: dict[str, Any]) -> str:
     for name, entry in order:
         lines.append(f"  {name:<14}{entry['seconds']:>12,.1f}{entry['seconds'] / total:>8.1%}"
                      f"{entry['dollars']:>12.4f}")
+    if r.get("queued_s"):
+        lines.append(f"  waiting to start (a Slurm job's queue and set-up, outside the total): {r['queued_s']:,.1f} s")
     if r.get("worst"):
         lines.append(f"  largest loss: {r['worst']['class']} ({r['worst']['seconds']:,.1f} s): {r['worst']['remedy']}")
     return "\n".join(lines) + "\n"

@@ -54,12 +54,16 @@ class Ledger:
     """Rank 0's ledger of this session, carried on from the run's earlier sessions."""
 
     def __init__(self, emit: Callable[..., Any], started_at: float, price: Callable[[], Decimal | None],
-                 previous: dict[str, Any] | None = None, resume_step: int = 0, clock: Callable[[], float] = time.time):
+                 previous: dict[str, Any] | None = None, resume_step: int = 0, clock: Callable[[], float] = time.time,
+                 queued_s: float = 0.0):
+        """`queued_s`: how long this session waited to start (a Slurm job's queue and set-up), kept
+        beside the classes: it is no engine's life."""
         self.emit_event, self.started_at, self.price, self.clock = emit, started_at, price, clock
         self.seconds = dict.fromkeys(CLASSES, 0.0)
         self.dollars = dict.fromkeys(CLASSES, Decimal(0))
         self.counted = dict.fromkeys(CLASSES, 0.0)  # seconds already priced into dollars
         self.before_total, self.before_steps, self.sessions = 0.0, 0, 1
+        self.queued_s = queued_s
         self.steps = 0  # steps trained in this session (redone ones included)
         self.step = resume_step
         self.started_loop: float | None = None
@@ -79,6 +83,7 @@ class Ledger:
         self.before_total = float(prev.get("total_s") or 0.0)
         self.before_steps = int(prev.get("steps") or 0)
         self.sessions = int(prev.get("sessions") or 1) + 1
+        self.queued_s += float(prev.get("queued_s") or 0.0)
         redone = int(prev.get("step") or 0) - resume_step
         step_s = sum(self.seconds[c] for c in STEP_CLASSES)
         if redone > 0 and self.before_steps > 0 and step_s > 0:
@@ -133,7 +138,8 @@ class Ledger:
                 else None,
                 "classes": {c: {"seconds": self.seconds[c], "dollars": float(self.dollars[c])} for c in CLASSES},
                 "worst": worst(self.seconds),
-                **({"checkpoint_interval": self.interval} if self.interval else {})}
+                **({"checkpoint_interval": self.interval} if self.interval else {}),
+                **({"queued_s": self.queued_s} if self.queued_s else {})}
 
     def send(self, final: bool = False) -> None:
         """A `ledger` event: at most every EVERY_S at logging steps, and at a session's end."""
@@ -155,11 +161,16 @@ def worst(seconds: dict[str, float]) -> dict[str, Any] | None:
 
 def last_ledger(events: Path) -> dict[str, Any] | None:
     """The newest `ledger` event of a run's events file (read before this session writes)."""
+    return last_event(events, "ledger")
+
+
+def last_event(events: Path, kind: str) -> dict[str, Any] | None:
+    """The newest event of this type in a run's events file."""
     found = None
     try:
         with open(events, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if '"type":"ledger"' in line or '"type": "ledger"' in line:
+                if f'"type":"{kind}"' in line or f'"type": "{kind}"' in line:
                     try:
                         found = json.loads(line)
                     except ValueError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import time
 from typing import Any
 
@@ -37,7 +38,7 @@ from engine.telemetry.doctor import Doctor
 from engine.telemetry.ranks import GpuHealth, Stragglers, identity
 from contracts.events import FINAL_STATES
 from engine.telemetry.cost import CostMeter, process_start
-from engine.telemetry.ledger import Ledger, last_ledger
+from engine.telemetry.ledger import Ledger, last_event, last_ledger
 from engine.telemetry.watchdog import Progress, Publisher, Watchdog, beat_for, store_of_group
 from engine.telemetry.flops import flops_per_sample, peak_tflops
 from engine.telemetry.sinks import Telemetry
@@ -154,8 +155,9 @@ class Trainer(Reporting, Saving, Obeying):
         def price() -> Any:
             return meter.price.per_hour if meter is not None and meter.price is not None else None
 
+        slurm = last_event(self.run.events, "slurm") if os.environ.get("SLURM_JOB_ID") else None
         return Ledger(self.tele.emit, process_start(), price, previous=last_ledger(self.run.events),
-                      resume_step=self.pos.step)
+                      resume_step=self.pos.step, queued_s=float((slurm or {}).get("waited_s") or 0.0))
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.pos = restore(state, self.model, self.optimizer, self.scaler, self.dist)
