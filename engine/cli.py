@@ -8,6 +8,7 @@ import os
 import sys
 from importlib import resources
 
+from engine.telemetry import startup  # first: its import time ends the interpreter's start-up
 from engine.config import loading as config_mod
 from engine.config.schema import Config
 from contracts.errors import BadInput
@@ -305,6 +306,7 @@ def _start(cfg: Config, args: argparse.Namespace, positional: list[str]) -> int:
         return _torchrun(cfg, argv, args)
     from engine.run import session  # torch is imported only once the config is valid
 
+    startup.mark("imports")
     return session.start(cfg, root, args.run_id, args.json, detached=args.detached_child)
 
 
@@ -357,6 +359,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return _torchrun(cfg, argv, args)
     from engine.run import session
 
+    startup.mark("imports")
     return session.resume(run, args.set, args.json, detached=args.detached_child, or_start=args.or_start)
 
 

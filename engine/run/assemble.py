@@ -21,6 +21,7 @@ from engine.run.rundir import RunDir
 from engine.cluster.slurm import under_slurm
 from engine.run.sources import AutoCheckpoint, Clock, Commands, Signals, SlurmSignal
 from engine.telemetry.sinks import Telemetry
+from engine.telemetry.startup import StartupMarks
 from engine.train.trainer import Trainer
 
 
@@ -51,6 +52,7 @@ def sources(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Any,
         server = Inboxes(ControlServer(socket, lambda: trainer().status()),
                          FileInbox(run.path, lambda: trainer().status(), tele.emit, session_tag()))
     found: list[Source] = [
+        StartupMarks(tele.emit if main else None),  # only watches: start-up's phases, logged once
         Commands(server, cfg.optim.lr, lambda lr: trainer().highest_lr_if_set(lr)),
         Signals(),
         Clock(cfg.checkpoint.every_minutes if main else None),

@@ -1,0 +1,215 @@
+"""A short run, whole process: the engine's fixed cost against a plain PyTorch loop, in pairs.
+
+What a user waits for, from typing the command to getting the prompt back:
+
+    engine:  python -m engine.cli run CONFIG --runs-dir TMP     (everything a run normally does on)
+    plain:   python plain.py                                     (a self-contained script, torch only)
+
+Both train the same small CNN (engine/model/zoo.py's SmallCNN, width 16, written out again in
+the plain script) on the same synthetic images (the engine's `synthetic` source: 3x32x32, 10
+classes, normalized), batch 32, AdamW (the engine's defaults), fp32, for --steps steps (one epoch), then
+do what the engine does at the end of such a run: one pass over the validation split and a
+checkpoint of the model and optimizer (torch.save). The plain script prints the loss every 10
+steps (the engine reads it as often). Neither sets thread counts: torch's defaults, as a new
+user gets them.
+
+The two alternate, engine first in even pairs and plain first in odd ones, so that a drift in
+the machine's load favours neither. Each pair's ratio is engine wall / plain wall; the result is
+the median of the pairs' ratios and their range. CPU time (user + system, from the children's
+rusage) is reported beside the wall time: on a machine busy with other work it is steadier.
+
+    python bench/short_run.py --pairs 5
+    python bench/short_run.py --pairs 7 --steps 128 --json-out /tmp/short.json
+
+The engine's own split of its start-up (engine.telemetry.startup.phases(), as its `startup` log
+line reports it) is printed for each engine run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+PLAIN = '''\
+import sys
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+STEPS, BATCH, K, SHAPE, W, OUT = {steps}, {batch}, 10, {shape}, {width}, {out!r}
+torch.manual_seed(0)
+
+
+def block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+model = nn.Sequential(block(SHAPE[0], W), block(W, W), nn.MaxPool2d(2), block(W, 2 * W),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(2 * W, K))
+g = torch.Generator().manual_seed(777)
+protos = torch.rand(K, *SHAPE, generator=g)
+
+
+def make(n):
+    labels = torch.randint(0, K, (n,), generator=g)
+    images = 0.5 * protos[labels] + 0.5 * torch.rand(n, *SHAPE, generator=g)
+    return TensorDataset((images - 0.5) / 0.25, labels)
+
+
+n = STEPS * BATCH
+train, val = make(n), make(max(1, int(n * 0.2)))
+loader = DataLoader(train, batch_size=BATCH, shuffle=True)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+loss_fn = nn.CrossEntropyLoss()
+model.train()
+for step, (x, y) in enumerate(loader, 1):
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if step % 10 == 0:
+        print(f"step {{step}} loss {{loss.item():.4f}}", flush=True)
+model.eval()
+correct = 0
+with torch.no_grad():
+    for x, y in DataLoader(val, batch_size=BATCH):
+        correct += (model(x).argmax(1) == y).sum().item()
+print(f"val_accuracy {{correct / len(val):.4f}}")
+torch.save({{"model": model.state_dict(), "optimizer": optimizer.state_dict()}}, OUT)
+'''
+
+
+def engine_config(steps: int, batch: int, width: int, shape: list[int]) -> str:
+    return f"""\
+[model]
+name = "small_cnn"
+factory_args = {{ width = {width} }}
+[data]
+name = "synthetic"
+synthetic_samples = {steps * batch}
+synthetic_shape = {list(shape)}
+synthetic_classes = 10
+num_workers = 0
+[data.augment]
+random_crop_padding = 0
+horizontal_flip = false
+[train]
+batch_size = {batch}
+epochs = 1
+max_steps = {steps}
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds of the child and its children, the result)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall, cpu, proc
+
+
+def startup_of(run_dir: Path) -> dict | None:
+    """The engine's `startup` log line, as a dict of phases (None where it wrote none)."""
+    events = run_dir / "events.jsonl"
+    for line in events.read_text().splitlines():
+        if '"startup"' in line:
+            e = json.loads(line)
+            if e.get("type") == "log" and str(e.get("message", "")).startswith("startup"):
+                return e.get("phases") or {k: float(v) for k, v in
+                                           re.findall(r"(\w+) ([\d.]+) s", e["message"])}
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--pairs", type=int, default=5, help="engine+plain pairs")
+    p.add_argument("--steps", type=int, default=128, help="training steps (one epoch)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--width", type=int, default=16, help="small_cnn's channel width")
+    p.add_argument("--shape", type=int, nargs=3, default=[3, 32, 32], metavar=("C", "H", "W"),
+                   help="synthetic image shape")
+    p.add_argument("--engine-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra --set override for the engine run (repeatable)")
+    p.add_argument("--json-out", help="also write every measurement to this JSON file")
+    a = p.parse_args(argv)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from engine_vs_plain import machine
+
+    work = Path(tempfile.mkdtemp(prefix="bench-short-"))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    cfg = work / "short.toml"
+    cfg.write_text(engine_config(a.steps, a.batch_size, a.width, a.shape))
+    plain = work / "plain.py"
+    plain.write_text(PLAIN.format(steps=a.steps, batch=a.batch_size, shape=tuple(a.shape), width=a.width, out=str(work / "plain.pt")))
+    m = machine()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    print(f"small_cnn width {a.width}, {'x'.join(map(str, a.shape))} images, batch {a.batch_size}, {a.steps} steps, {a.pairs} pairs, at {commit}")
+    print(f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, "
+          f"load average {m['load_avg_1m']:.2f}\n")
+    print(f"{'pair':>4} {'engine s':>9} {'plain s':>8} {'ratio':>7} {'engine cpu':>11} {'plain cpu':>10} "
+          f"{'cpu ratio':>9}  engine start-up phases (s)", flush=True)
+    rows = []
+    try:
+        for i in range(a.pairs):
+            run_id = f"short-{i}"
+            eng_cmd = [sys.executable, "-m", "engine.cli", "run", str(cfg), "--runs-dir", str(work / "runs"),
+                       "--run-id", run_id, *[f"--set={s}" for s in a.engine_set]]
+            pla_cmd = [sys.executable, str(plain)]
+            if i % 2 == 0:
+                ew, ec, _ = timed(eng_cmd, env)
+                pw, pc, _ = timed(pla_cmd, env)
+            else:
+                pw, pc, _ = timed(pla_cmd, env)
+                ew, ec, _ = timed(eng_cmd, env)
+            phases = startup_of(work / "runs" / run_id)
+            row = {"pair": i, "first": "engine" if i % 2 == 0 else "plain", "engine_s": ew, "plain_s": pw,
+                   "ratio": ew / pw, "engine_cpu_s": ec, "plain_cpu_s": pc, "cpu_ratio": ec / pc,
+                   "startup": phases, "load_avg_1m": os.getloadavg()[0]}
+            rows.append(row)
+            ph = " ".join(f"{k} {v:.2f}" for k, v in (phases or {}).items())
+            print(f"{i:>4} {ew:>9.2f} {pw:>8.2f} {ew / pw:>6.3f}x {ec:>11.2f} {pc:>10.2f} {ec / pc:>8.3f}x  {ph}",
+                  flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratios = [r["ratio"] for r in rows]
+    cpus = [r["cpu_ratio"] for r in rows]
+    summary = {
+        "median_ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+        "median_engine_s": statistics.median(r["engine_s"] for r in rows),
+        "median_plain_s": statistics.median(r["plain_s"] for r in rows),
+        "median_cpu_ratio": statistics.median(cpus), "cpu_min": min(cpus), "cpu_max": max(cpus),
+    }
+    print(f"\nwall: engine {summary['median_engine_s']:.2f} s, plain {summary['median_plain_s']:.2f} s (medians); "
+          f"ratio per pair: median {summary['median_ratio']:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}")
+    print(f"CPU time ratio per pair: median {summary['median_cpu_ratio']:.3f}, range {min(cpus):.3f}-{max(cpus):.3f}; "
+          f"load average now {os.getloadavg()[0]:.2f}")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps({"args": vars(a), "machine": m, "commit": commit, "pairs": rows,
+                                                "summary": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
