@@ -12,8 +12,8 @@ from typing import Any
 from cockpit.sanitize import clean
 from cockpit.step_fold import number
 
-#: The ledger's top-level numbers.
-NUMBERS = ("step", "steps", "sessions", "total_s", "goodput", "dollars")
+#: The ledger's top-level numbers (`queued_s`: a Slurm job's waits, outside the total).
+NUMBERS = ("step", "steps", "sessions", "total_s", "goodput", "dollars", "queued_s")
 #: The `checkpoint_interval` numbers (checkpoint.every_steps = "auto").
 INTERVAL_NUMBERS = ("every_steps", "interval_s", "stall_s", "mtbi_s", "step_s", "expected_lost_s")
 #: At most this many classes are kept (the engine sends ten), names at most this long.

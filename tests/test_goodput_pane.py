@@ -147,8 +147,9 @@ def test_the_fold_keeps_numbers_and_clean_strings_only():
     assert led["worst"]["remedy"] == "warm up?"
     assert "checkpoint_interval" not in led
     assert shares(led) == [("productive", 0.8), ("startup", 0.2)]  # no total: the classes' sum
-    h.apply({"type": "ledger", "step": 4, "total_s": 10.0, "classes": {"productive": {"seconds": 10.0}}})
+    h.apply({"type": "ledger", "step": 4, "total_s": 10.0, "queued_s": 90.0, "classes": {"productive": {"seconds": 10.0}}})
     assert h.ledger["step"] == 4 and "worst" not in h.ledger  # only the newest is kept
+    assert h.ledger["queued_s"] == 90.0
 
 
 def test_the_bar_cells_add_up_to_the_width_and_the_interval_line_names_c_and_m():

@@ -41,6 +41,8 @@ class GoodputPane(TextPane):
         if total is not None:
             sessions = int(led.get("sessions") or 1)
             t.append(f" of {_duration(total)}" + (f", {sessions} sessions" if sessions > 1 else ""))
+        if led.get("queued_s"):
+            t.append(f" (+{_duration(led['queued_s'])} queued)", style="dim")
         t.append("\n")
         parts = shares(led)
         for (name, _), n in zip(parts, cells(parts, WIDTH)):
