@@ -102,6 +102,7 @@ def test_the_ledger_adds_up_across_a_pause_a_kill_and_a_resume(tmp_path):
             if ledgers(run)[-1]["step"] > newest_checkpoint():
                 break
             assert send_command(sock, "continue")["ok"]
+        killed = time.time()
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:
@@ -128,15 +129,19 @@ def test_the_ledger_adds_up_across_a_pause_a_kill_and_a_resume(tmp_path):
     classes = final["classes"]
     assert set(classes) == set(CLASSES) and all(c["seconds"] >= 0 for c in classes.values())
     assert sum(c["seconds"] for c in classes.values()) == pytest.approx(final["total_s"], rel=1e-9)
+    # the killed engine's tail: from its last ledger to its last event (it stood paused), counted lost
+    last_words = max(e["t"] for e in events_of(run) if e["t"] <= killed + 0.001)
+    tail = last_words - first["t"]
+    assert tail >= 0
     # the second engine's life, from outside: from asking for it to seeing its final state
-    lived = final["total_s"] - first["total_s"]
+    lived = final["total_s"] - first["total_s"] - tail
     assert lived == pytest.approx(ended - started, rel=0.01), (lived, ended - started)
     # the redone steps (from the checkpoint resumed to the killed session's last ledger) are lost:
     # their share of that session's step time
     (resumed,) = [e for e in events_of(run) if e["type"] == "resume"]
     assert 40 <= resumed["step"] < killed_at
     step_s = sum(first["classes"][c]["seconds"] for c in ("productive", "data", "communication", "bubble"))
-    expected = step_s * (killed_at - resumed["step"]) / first["steps"]
+    expected = step_s * (killed_at - resumed["step"]) / first["steps"] + tail
     assert classes["lost"]["seconds"] == pytest.approx(expected, rel=0.05)
     assert final["steps"] == 320  # steps that count: the redone ones once
     assert classes["paused"]["seconds"] >= 1.0 and classes["startup"]["seconds"] > 0

@@ -76,7 +76,18 @@ class RunShape:
 
 
 def process_start() -> float:
-    """When this process started (Unix seconds): the engine's billing starts there."""
+    """When this process started (Unix seconds): the engine's billing starts there. On Linux from
+    /proc (its start in clock ticks since boot against the uptime, both to 10 ms: psutil's
+    create_time adds the boot time, which /proc/stat gives in whole seconds)."""
+    try:
+        import os
+        from pathlib import Path
+
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import psutil
 

@@ -55,7 +55,7 @@ class Ledger:
 
     def __init__(self, emit: Callable[..., Any], started_at: float, price: Callable[[], Decimal | None],
                  previous: dict[str, Any] | None = None, resume_step: int = 0, clock: Callable[[], float] = time.time,
-                 queued_s: float = 0.0):
+                 queued_s: float = 0.0, last_words: float | None = None):
         """`queued_s`: how long this session waited to start (a Slurm job's queue and set-up), kept
         beside the classes: it is no engine's life."""
         self.emit_event, self.started_at, self.price, self.clock = emit, started_at, price, clock
@@ -70,10 +70,12 @@ class Ledger:
         self.last_sent = -1e18
         self.interval: dict[str, Any] | None = None  # checkpoint.every_steps = "auto": the interval now
         if previous:
-            self._carry(previous, resume_step)
+            self._carry(previous, resume_step, last_words)
 
-    def _carry(self, prev: dict[str, Any], resume_step: int) -> None:
-        """The earlier sessions' ledger, with the steps this session redoes moved to `lost`."""
+    def _carry(self, prev: dict[str, Any], resume_step: int, last_words: float | None) -> None:
+        """The earlier sessions' ledger, with the steps this session redoes moved to `lost`, and
+        the previous engine's life after its last ledger (a SIGKILL's tail: up to its last event of
+        any kind) counted as lost too."""
         classes = prev.get("classes") or {}
         for c in CLASSES:
             entry = classes.get(c) or {}
@@ -81,6 +83,10 @@ class Ledger:
             self.counted[c] = self.seconds[c]
             self.dollars[c] = Decimal(str(entry.get("dollars") or 0))
         self.before_total = float(prev.get("total_s") or 0.0)
+        tail = (last_words - float(prev["t"])) if last_words is not None and prev.get("t") else 0.0
+        if tail > 0 and not prev.get("final"):  # killed: its last steps, unaccounted, are redone
+            self.before_total += tail
+            self.seconds["lost"] += tail
         self.before_steps = int(prev.get("steps") or 0)
         self.sessions = int(prev.get("sessions") or 1) + 1
         self.queued_s += float(prev.get("queued_s") or 0.0)
@@ -157,6 +163,26 @@ def worst(seconds: dict[str, float]) -> dict[str, Any] | None:
         return None
     c = max(losses, key=losses.get)
     return {"class": c, "seconds": losses[c], "remedy": REMEDIES[c]}
+
+
+def last_words(events: Path, before: float) -> float | None:
+    """The time of the newest event written before `before` (this engine's start): the previous
+    engine's last words (read from the file's last MiB)."""
+    try:
+        with open(events, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - (1 << 20)))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            t = float(json.loads(line)["t"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if t < before:
+            return t
+    return None
 
 
 def last_ledger(events: Path) -> dict[str, Any] | None:

@@ -38,7 +38,7 @@ from engine.telemetry.doctor import Doctor
 from engine.telemetry.ranks import GpuHealth, Stragglers, identity
 from contracts.events import FINAL_STATES
 from engine.telemetry.cost import CostMeter, process_start
-from engine.telemetry.ledger import Ledger, last_event, last_ledger
+from engine.telemetry.ledger import Ledger, last_event, last_ledger, last_words
 from engine.telemetry.watchdog import Progress, Publisher, Watchdog, beat_for, store_of_group
 from engine.telemetry.flops import flops_per_sample, peak_tflops
 from engine.telemetry.sinks import Telemetry
@@ -156,8 +156,10 @@ class Trainer(Reporting, Saving, Obeying):
             return meter.price.per_hour if meter is not None and meter.price is not None else None
 
         slurm = last_event(self.run.events, "slurm") if os.environ.get("SLURM_JOB_ID") else None
-        return Ledger(self.tele.emit, process_start(), price, previous=last_ledger(self.run.events),
-                      resume_step=self.pos.step, queued_s=float((slurm or {}).get("waited_s") or 0.0))
+        started = process_start()
+        return Ledger(self.tele.emit, started, price, previous=last_ledger(self.run.events),
+                      resume_step=self.pos.step, queued_s=float((slurm or {}).get("waited_s") or 0.0),
+                      last_words=last_words(self.run.events, started))
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.pos = restore(state, self.model, self.optimizer, self.scaler, self.dist)
