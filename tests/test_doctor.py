@@ -73,6 +73,16 @@ def test_slow_data_is_input_bound_and_a_big_model_compute_bound(tmp_path: Path):
         verdicts[name] = doctors[-1]
     assert verdicts["slow"]["bound"] == "input" and verdicts["slow"]["field"] == "data.num_workers"
     assert verdicts["big"]["bound"] == "compute" and verdicts["big"]["field"] == "train.precision"
+    # the verdict names a value f applies, or says plainly that nothing in the config helps on this CPU
+    import torch
+
+    from engine.telemetry.flops import bf16_native
+
+    big = verdicts["big"]
+    if bf16_native(torch.device("cpu")):
+        assert (big["current"], big["value"]) == ("fp32", "bf16") and "set train.precision = 'bf16'" in big["message"]
+    else:
+        assert "value" not in big and "nothing in the config will speed this up on this CPU" in big["message"]
     steps = [e for e in events_of(only_run(tmp_path / "big")) if e["type"] == "step"]
     assert all(e["tflops"] > 0 for e in steps), "achieved TFLOP/s come from torch's FLOP counter"
 

@@ -207,3 +207,86 @@ def test_f_on_a_live_input_bound_run_stops_it_and_resumes_it_with_the_change(tmp
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# ---- every verdict is actionable: a value f applies, or plainly nothing -------------------------
+
+def test_a_compute_bound_verdict_names_a_value_or_says_nothing_will_help():
+    from engine.telemetry.doctor import nothing_to_change
+
+    cpu = dict(num_workers=0, pin_memory=False, batch_size=64, on_gpu=False)
+    # a CPU without native bf16: nothing in the config, and it says so
+    assert suggest("compute", **cpu, precision="fp32", bf16=False, conv=True) is None
+    words = nothing_to_change("compute", **cpu, precision="fp32")
+    assert "nothing in the config will speed this up on this CPU" in words and "no native bf16" in words
+    assert suggest("compute", **cpu, precision="fp32", bf16=True) == ("train.precision", "fp32", "bf16")
+    assert suggest("compute", **cpu, precision="bf16", bf16=True, conv=True) is None
+    gpu = dict(cpu, on_gpu=True)
+    assert suggest("compute", **gpu, precision="fp32", bf16=True) == ("train.precision", "fp32", "bf16")
+    assert suggest("compute", **gpu, precision="fp32", bf16=False) == ("train.precision", "fp32", "fp16")
+    assert suggest("compute", **gpu, precision="bf16", bf16=True, conv=True) == ("train.channels_last", False, True)
+    assert suggest("compute", **gpu, precision="bf16", bf16=True, conv=False) == ("train.compile", False, True)
+    assert suggest("compute", **gpu, precision="bf16", conv=True, channels_last=True, compile=True) is None
+    assert "nothing more in the config" in nothing_to_change("compute", **gpu, precision="bf16")
+    # a pipeline: twice the micro-batches, else the next count that divides the batch, else nothing
+    assert suggest("bubble", **cpu, microbatches=4) == ("distributed.microbatches", 4, 8)
+    assert suggest("bubble", **dict(cpu, batch_size=12), microbatches=4) == ("distributed.microbatches", 4, 6)
+    assert suggest("bubble", **dict(cpu, batch_size=12), microbatches=12) is None
+    # every bound on every device, with every remedy taken: a value, or words that say nothing helps
+    for bound in ("input", "communication", "compute", "bubble"):
+        for on_gpu in (False, True):
+            facts = dict(num_workers=64, pin_memory=True, batch_size=8, on_gpu=on_gpu, precision="bf16", bf16=True,
+                         conv=True, channels_last=True, compile=True, microbatches=8)
+            assert suggest(bound, **facts) is None, (bound, on_gpu)
+            words = nothing_to_change(bound, **facts)
+            assert words.startswith(("nothing", "no value to name")), (bound, on_gpu, words)
+            d = Diagnosis(bound, 0.9, "x.y", words)
+            assert d.message() == f"{bound}-bound: 90% of each step; {words}"
+
+
+def test_f_and_the_pane_say_the_same_when_nothing_will_help(tmp_path: Path, monkeypatch):
+    import asyncio
+
+    from cockpit import launcher
+    from cockpit.app import CockpitApp
+    from cockpit.settings import Settings
+    from cockpit.widgets.steptime_pane import StepTimePane
+    from cockpit_helpers import copy_recorded, notes, until
+    from contracts.events import encode_event, make_event
+    from engine.telemetry.doctor import nothing_to_change
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    run = copy_recorded(tmp_path)
+    words = nothing_to_change("compute", 0, False, 32, False, precision="fp32")
+    verdict = Diagnosis("compute", 0.97, "train.precision", words)
+    with open(run / "events.jsonl", "a") as f:
+        f.write(encode_event(make_event("doctor", t=1767268900.0, step=60, bound="compute", share=0.97,
+                                        field="train.precision", remedy=words, message=verdict.message())))
+    calls = []
+    monkeypatch.setattr(launcher, "resume_run", lambda r, overrides=(): calls.append(r)
+                        or launcher.Launch(2, None, "refused in the test"))
+    app = CockpitApp(run.parent, run=run, user=Settings(), poll_gpu=False)
+    line = f"compute-bound: 97%; {words}"
+
+    async def go():
+        async with app.run_test(size=(160, 40)) as pilot:
+            await until(pilot, lambda: app.link is not None and app.link.history.doctor.get("bound") == "compute",
+                        what="the doctor's verdict")
+            await until(pilot, lambda: "compute-bound" in app.query_one(StepTimePane).text.plain, what="the pane")
+            assert line in " ".join(app.query_one(StepTimePane).text.plain.split())
+            await pilot.press("f")
+            await until(pilot, lambda: any("nothing for f to apply" in n for n in notes(app)), what="f's answer")
+            (said,) = [n for n in notes(app) if "nothing for f to apply" in n]
+            assert said == f"nothing for f to apply: {line}" and "(yet)" not in said
+
+    asyncio.run(go())
+    assert calls == []
+
+
+def test_the_pane_shows_the_value_f_applies():
+    from cockpit.widgets.steptime_pane import verdict_line
+
+    assert verdict_line({"bound": "compute", "share": 0.9, "field": "train.precision", "value": "bf16",
+                         "current": "fp32"}) == "compute-bound: 90%; set train.precision = 'bf16' (f applies it)"
+    assert verdict_line({"bound": "input", "share": 0.5, "field": "data.pin_memory", "value": True}) == \
+        "input-bound: 50%; set data.pin_memory = true (f applies it)"

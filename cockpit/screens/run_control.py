@@ -12,6 +12,7 @@ from cockpit.messages import CommandAnswered
 from cockpit.sanitize import clean
 from cockpit.runs import pid_alive, read_status
 from cockpit.screens.modals import ConfirmFix, ConfirmStop, NewRunScreen, SlurmSubmit
+from cockpit.widgets.steptime_pane import verdict_line
 from contracts.events import FINAL_STATES
 
 RESUMABLE = ("stopped", "failed", "preempted")
@@ -137,7 +138,11 @@ class RunControl:
         link, verdict = self.link, self.link.history.doctor
         field, value = verdict.get("field"), verdict.get("value")
         if not isinstance(field, str) or value is None or isinstance(value, (dict, list)):
-            self.notify("the doctor names no value to change (yet): wait for its verdict", severity="warning")
+            if verdict.get("bound"):  # the pane's own words: nothing for f to apply, and why
+                self.notify(f"nothing for f to apply: {verdict_line(verdict)}", severity="warning", markup=False)
+            else:
+                self.notify("the doctor has no verdict yet: it gives one after the first logging steps",
+                            severity="warning")
             return
         new, old = toml_value(value), toml_value(verdict.get("current"))
         why = f"{verdict.get('bound')}-bound: {float(verdict.get('share') or 0):.0%} of each step"

@@ -47,9 +47,27 @@ class StepTimePane(TextPane):
         t.append(f"data {s.data:.0%} compute {s.compute:.0%} optim {s.optim:.0%}"
                  + (f" comm {s.comm:.0%}" if s.comm >= 0.005 else "")
                  + (f" bubble {s.bubble:.0%}" if s.bubble >= 0.005 else ""), style="dim")
-        if verdict.get("bound") and verdict.get("field"):
-            t.append(f"\n{clean(str(verdict['bound']))}-bound: {float(verdict.get('share', 0)):.0%}; "
-                     f"change {clean(str(verdict['field']))}")
+        if verdict.get("bound") and (verdict.get("field") or verdict.get("message")):
+            t.append("\n" + verdict_line(verdict))
         else:
             t.append("\n" + diagnose(s))
         self.text = t
+
+
+def verdict_line(verdict: dict) -> str:
+    """The doctor's verdict as the pane shows it and f repeats it: the value f sets, or the
+    engine's own words for why there is none (an older engine's: the field to change)."""
+    share = verdict.get("share")
+    share = f"{share:.0%}" if isinstance(share, (int, float)) and not isinstance(share, bool) else "?"
+    head = f"{clean(str(verdict.get('bound')))}-bound: {share}"
+    value = verdict.get("value")
+    if isinstance(verdict.get("field"), str) and value is not None and not isinstance(value, (dict, list)):
+        return f"{head}; set {clean(verdict['field'])} = {clean(toml_text(value))} (f applies it)"
+    if verdict.get("remedy"):
+        return f"{head}; {clean(str(verdict['remedy']))}"
+    return f"{head}; change {clean(str(verdict.get('field')))} (the doctor names no value)"
+
+
+def toml_text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
+

@@ -37,6 +37,8 @@ class Diagnosis:
     current: Any = None  # its value now
 
     def message(self) -> str:
+        """What the step-time pane shows and what the cockpit's f says: a value to set (f sets it),
+        or the remedy, which `nothing_to_change` makes say plainly that f has nothing to apply."""
         if self.value is not None:
             return (f"{self.bound}-bound: {self.share:.0%} of each step; set {self.field} = "
                     f"{_toml(self.value)} (now {_toml(self.current)}; f in the cockpit applies it)")
@@ -55,13 +57,19 @@ def _toml(value: Any) -> str:
 
 def suggest(bound: str, num_workers: int, pin_memory: bool, batch_size: int, on_gpu: bool,
             mem_peak_bytes: int | None = None, mem_total_bytes: int | None = None,
-            cpus: int | None = None) -> tuple[str, Any, Any] | None:
-    """(field, current value, new value) the doctor names for a verdict, or None.
+            cpus: int | None = None, precision: str | None = None, bf16: bool = False,
+            conv: bool = False, channels_last: bool = False, compile: bool = False,
+            microbatches: int | None = None) -> tuple[str, Any, Any] | None:
+    """(field, current value, new value) the doctor names for a verdict, or None (then
+    `nothing_to_change` says why, in words).
 
     input: data.num_workers = the CPU count minus one (the trainer's own), at most MAX_WORKERS;
     once that many, data.pin_memory = true on a GPU. communication: the largest batch that fits,
     from the measured peak memory (a GPU's allocator peak; the batch scales it linearly), rounded
-    down to a multiple of 8."""
+    down to a multiple of 8. compute (given `precision`): on a GPU, fp32 -> bf16 (fp16 where the
+    GPU has no bf16), then channels_last for a conv net, then compile; on a CPU, fp32 -> bf16 only
+    where the CPU computes bf16 natively (`bf16`), else nothing. bubble (given `microbatches`):
+    twice the micro-batches, else the next count that divides the batch."""
     if bound == "input":
         workers = max(1, min(MAX_WORKERS, (cpus if cpus is not None else os.cpu_count() or 1) - 1))
         if num_workers < workers:
@@ -74,7 +82,43 @@ def suggest(bound: str, num_workers: int, pin_memory: bool, batch_size: int, on_
         fits = fits // 8 * 8 if fits >= 16 else fits
         if fits > batch_size:
             return "train.batch_size", batch_size, fits
+    if bound == "compute" and precision is not None:
+        if precision == "fp32" and (on_gpu or bf16):
+            return "train.precision", precision, "bf16" if bf16 else "fp16"
+        if on_gpu and conv and not channels_last:
+            return "train.channels_last", False, True
+        if on_gpu and not compile:
+            return "train.compile", False, True
+    if bound == "bubble" and microbatches:
+        more = [m for m in range(microbatches + 1, batch_size + 1) if batch_size % m == 0]
+        if more:
+            return "distributed.microbatches", microbatches, 2 * microbatches if 2 * microbatches in more else more[0]
     return None
+
+
+def nothing_to_change(bound: str, num_workers: int, pin_memory: bool, batch_size: int, on_gpu: bool,
+                      precision: str | None = None, microbatches: int | None = None, **_: Any) -> str:
+    """The plain words for a verdict `suggest` names no value for: why nothing in the config will
+    help on this device (or, for communication, why the choice is the user's)."""
+    if bound == "compute":
+        if not on_gpu and precision == "fp32":
+            return ("nothing in the config will speed this up on this CPU: it has no native bf16 "
+                    "(train.precision = 'bf16' would be emulated, and slower); a GPU would")
+        if not on_gpu:
+            return f"nothing more in the config will speed this up on this CPU (train.precision is already {precision!r})"
+        return ("nothing more in the config will speed this up on this GPU (reduced precision, channels_last "
+                "and compile are on): a faster GPU or a smaller model would")
+    if bound == "input":
+        pinned = " and data.pin_memory = true" if on_gpu and pin_memory else ""
+        return (f"nothing more in the config will help on this machine: data.num_workers is already {num_workers}"
+                f"{pinned}; cache decoded samples or simplify augmentation in the data itself")
+    if bound == "communication":
+        return ("no value to name: a larger train.batch_size or train.grad_accum_steps synchronizes less often, "
+                "but changes the effective batch (and the learning rate it needs); choose it yourself")
+    if bound == "bubble":
+        return (f"nothing more in the config will help: distributed.microbatches = {microbatches} already splits "
+                f"the batch of {batch_size} as finely as it divides; fewer pipeline stages would")
+    return "nothing in the config will help"
 
 
 class Doctor:

@@ -40,6 +40,25 @@ def flops_per_sample(model, sample_shape: tuple[int, ...], dtype=None) -> float 
         return None
 
 
+def bf16_native(device) -> bool:
+    """Whether `device` computes bf16 natively, so that train.precision = 'bf16' can be faster
+    than fp32: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX (where torch cannot
+    tell those, oneDNN's own bf16 check)."""
+    import torch
+
+    try:
+        if device.type == "cuda":
+            return bool(torch.cuda.is_bf16_supported())
+        if device.type != "cpu":
+            return False
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        if any(checks):
+            return any(bool(check()) for check in checks if check is not None)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - unknown: say no (the doctor then names no bf16)
+        return False
+
+
 def step_flops(flops: float | None, samples_per_s: float, peak: float | None) -> dict[str, float]:
     """Achieved TFLOP/s for one process, and MFU where the device's peak is known."""
     if not flops:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.telemetry.doctor import suggest
-from engine.telemetry.flops import memory_fields, step_flops
+from engine.telemetry.doctor import nothing_to_change, suggest
+from engine.telemetry.flops import bf16_native, memory_fields, step_flops
 from engine.telemetry.ranks import gpu_slots, identity, records, straggler_message
 from engine.train.guard import Diverged
 from engine.train.step import StepMeter
@@ -60,9 +60,12 @@ class Reporting:
                         report.get("bubble", 0.0))
         verdict = self.doctor.changed()
         if verdict is not None:
-            named = self._doctor_value(verdict.bound)
+            facts = self._doctor_facts()
+            named = suggest(verdict.bound, **facts)
             if named is not None:
                 verdict.field, verdict.current, verdict.value = named
+            else:  # say plainly that nothing in the config will help (the pane and f say the same)
+                verdict.remedy = nothing_to_change(verdict.bound, **facts)
             self.tele.emit("doctor", step=self.pos.step, bound=verdict.bound, share=verdict.share,
                            field=verdict.field, remedy=verdict.remedy, message=verdict.message(),
                            **({"value": verdict.value, "current": verdict.current} if named else {}))
@@ -97,13 +100,13 @@ class Reporting:
                 "pipeline_bubble_ideal": ideal_bubble(pipe.stages, pipe.microbatches, pipe.per_rank),
                 "stage_forward_s": report["stage_forward"], "stage_backward_s": report["stage_backward"]}
 
-    def _doctor_value(self, bound: str):
-        """(field, current, new) the doctor can name for this verdict (doctor.suggest), or None."""
-        if bound == "bubble":
-            pipe, batch = self.net.pipeline, self.cfg.train.batch_size
-            more = pipe.microbatches * 2
-            return ("distributed.microbatches", pipe.microbatches, more) if batch % more == 0 else None
-        d, gpu = self.cfg.data, self.device.type == "cuda"
-        peak = memory_fields(self.device).get("mem_peak_bytes")
-        total = torch.cuda.get_device_properties(self.device).total_memory if gpu else None
-        return suggest(bound, d.num_workers, d.pin_memory, self.cfg.train.batch_size, gpu, peak, total)
+    def _doctor_facts(self) -> dict:
+        """What doctor.suggest needs to name a value for a verdict: the config's values and this device's."""
+        d, t, gpu = self.cfg.data, self.cfg.train, self.device.type == "cuda"
+        pipe = getattr(self.net, "pipeline", None)
+        return {"num_workers": d.num_workers, "pin_memory": d.pin_memory, "batch_size": t.batch_size, "on_gpu": gpu,
+                "mem_peak_bytes": memory_fields(self.device).get("mem_peak_bytes"),
+                "mem_total_bytes": torch.cuda.get_device_properties(self.device).total_memory if gpu else None,
+                "precision": t.precision, "bf16": bf16_native(self.device), "channels_last": t.channels_last,
+                "conv": any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.model.modules()),
+                "compile": t.compile, "microbatches": pipe.microbatches if pipe is not None else None}
