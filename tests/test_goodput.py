@@ -241,3 +241,32 @@ def test_killed_at_random_moments_a_run_with_auto_checkpoints_loses_at_most_an_i
         assert reached - resumed <= max(every) + 1, (reached, resumed, every)
     ledger = [e for e in events if e["type"] == "ledger"][-1]
     assert ledger["sessions"] == 4 and ledger["checkpoint_interval"]["every_steps"] >= 1
+
+
+def test_goodput_of_a_sweeps_trials_together(tmp_path):
+    """`goodput --sweep STUDY` reads every trial run (STUDY-tNNN) and adds them up."""
+    from contracts.events import encode_event, make_event
+
+    def trial(n: int, productive: float, startup: float) -> None:
+        run = tmp_path / f"study-t{n:03d}"
+        run.mkdir()
+        classes = {c: {"seconds": 0.0, "dollars": 0.0} for c in CLASSES}
+        classes["productive"]["seconds"], classes["startup"]["seconds"] = productive, startup
+        total = productive + startup
+        (run / "events.jsonl").write_text(encode_event(make_event(
+            "ledger", step=10, steps=10, sessions=1, total_s=total, goodput=productive / total, dollars=None,
+            classes=classes, worst={"class": "startup", "seconds": startup, "remedy": "keep it warm"}, final=True)))
+
+    trial(0, 30.0, 10.0)
+    trial(1, 50.0, 10.0)
+    (tmp_path / "other-t000").mkdir()  # another study's trial is left out
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "goodput", "--sweep", "study", "--runs-dir",
+                           str(tmp_path), "--json"], capture_output=True, text=True, env=engine_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [r["run"] for r in out["runs"]] == ["study-t000", "study-t001"]
+    assert out["total"]["total_s"] == 100.0 and out["total"]["goodput"] == pytest.approx(0.8)
+    assert out["total"]["classes"]["startup"]["seconds"] == 20.0 and out["total"]["worst"]["class"] == "startup"
+    missing = subprocess.run([sys.executable, "-m", "engine.cli", "goodput", "--sweep", "nosuch", "--runs-dir",
+                              str(tmp_path)], capture_output=True, text=True, env=engine_env(), timeout=60)
+    assert missing.returncode == 2 and "no trial runs named nosuch-tNNN" in missing.stderr
