@@ -107,14 +107,16 @@ class TensorBoard:
                    "gpu_power_w", "gpu_sm_mhz")
 
     def __init__(self, folder: Path, resume_step: int | None, ranks: bool = False):
-        from torch.utils.tensorboard import SummaryWriter
+        # the file format, written by the standard library: torch's SummaryWriter would import
+        # tensorboard, protobuf and boto3 first (~0.3 s of a start); see engine/telemetry/tbfile.py
+        from engine.telemetry.tbfile import ScalarWriter
 
         self.ranks = ranks  # per-rank scalars (ranks/<field>/rank<N>) from ranks events
 
         # purge_step makes TensorBoard drop points at or after it from the earlier session,
         # so a resumed run shows no duplicates for steps it trains again.
         purge = resume_step + 1 if resume_step is not None else None
-        self.writer = SummaryWriter(str(folder), purge_step=purge, flush_secs=10)
+        self.writer = ScalarWriter(folder, purge_step=purge, flush_secs=10)
 
     def emit(self, event: dict[str, Any]) -> None:
         kind, step = event["type"], event.get("step")

@@ -1,11 +1,11 @@
 """Where this process's start-up went, from the interpreter's start to the first training step.
 
-Standard library only (psutil where installed): importing it costs nothing, so the command
-line imports it first and its import time marks the interpreter's own start-up.
+Importing it costs next to nothing (the standard library and contracts), so the command line
+imports it first and its import time marks the interpreter's own start-up.
 
 The phases, in order (seconds each; each ends where the next begins):
 
-* interpreter: from the process's creation (psutil's create_time, else /proc/self/stat) to this
+* interpreter: from the process's creation (engine.telemetry.cost.process_start) to this
   module's import by engine.cli: Python itself, site-packages, the command line's first lines.
 * imports: from there to the session module being imported (torch, the engine, pydantic).
 * build: from there to the training loop's start: the config's checks, the run directory, the
@@ -20,7 +20,6 @@ there. A forked engine (tests/warm.py) was created after the imports, so its pha
 
 from __future__ import annotations
 
-import os
 import time
 
 _IMPORTED = time.time()  # engine.cli imports this module first: the interpreter's part ends here
@@ -44,20 +43,13 @@ def process_start() -> float:
 
 
 def _created() -> float:
+    """The ledger's own clock for it (engine.telemetry.cost.process_start: /proc, else psutil), so
+    that the phases add up to the ledger's start-up; imported late, when torch is in already."""
     try:
-        import psutil
+        from engine.telemetry.cost import process_start as created
 
-        return float(psutil.Process().create_time())
-    except Exception:  # noqa: BLE001 - no psutil: /proc, else this module's import
-        pass
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        ticks = int(fields[19])  # starttime (field 22): clock ticks after boot
-        with open("/proc/stat", "rb") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        return created()
+    except Exception:  # noqa: BLE001 - no start time known: from this module's import
         return _ENDS["interpreter"]
 
 
