@@ -157,6 +157,12 @@ def markdown(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for row in r["rows"]:
+            if row["message"].split(": ", 1)[-1].startswith("reached") or " reached at step" in row["message"]:
+                lines.append(f"| {r['run']} ({r['metric']} {r['final']:.4g} at step {r['total_steps']}) | "
+                             f"{row['target']} ({row['target_value']:.4g}) | {row['progress']:.0%} | "
+                             f"{row['evaluations']} | already reached at step {row['actual_step']} | | | | | | "
+                             f"{row['residuals_rms']:.4f} / {row['residuals_max']:.4f} |")
+                continue
             iv = row["interval"] or {}
             span = f" ({iv.get('low')}-{iv.get('high') or 'never'})" if iv else ""
             proj = (f"{row['projected_s']:.0f} s / ${row['projected_dollars']:.3f}" if "projected_s" in row
