@@ -147,3 +147,23 @@ def test_bad_targets_exit_2_naming_the_field(tiny_config, tmp_path, sets, expect
     for words in expect:
         assert words in result.stderr
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_the_cockpit_folds_projections_and_shows_them_beside_the_eta():
+    from cockpit.history import RunHistory
+    from cockpit.widgets.throughput_pane import fmt_projection
+
+    h = RunHistory()
+    h.apply({"type": "projection", "metric": "val_accuracy", "target": 0.98, "step": 500, "reached": False,
+             "projected_step": 4100, "interval": {"low": 3800, "high": 4600}, "projected_s": 720.0,
+             "projected_dollars": 0.41, "message": "target val_accuracy 0.98: ~step 4,100 (3,800-4,600), 12 min, $0.41"})
+    assert fmt_projection(h.projection) == "target val_accuracy 0.98: ~step 4,100 (3,800-4,600), 12 min, $0.41"
+    words = "target val_accuracy 0.98: not reached within this run's steps: the curve levels off near 0.962"
+    h.apply({"type": "projection", "metric": "val_accuracy", "target": 0.98, "step": 600, "reached": False,
+             "projected_step": None, "interval": None, "message": words + "\x1b[31m"})
+    assert fmt_projection(h.projection) == words  # escapes stripped
+    h.apply({"type": "resume", "step": 550, "checkpoint": "step-00000550.pt"})
+    assert h.projection == {}  # made from an evaluation the resume superseded
+    h.apply({"type": "projection", "metric": "val_accuracy", "target": 0.98, "step": 700, "reached": True,
+             "projected_step": 700, "message": "target val_accuracy 0.98 reached at step 700 (0.981)"})
+    assert fmt_projection(h.projection) == "target val_accuracy 0.98: reached at step 700"

@@ -252,7 +252,8 @@ def project(history: list[tuple[int, float]], metric: str, target: float, total_
             out["projected_dollars"] = round(out["projected_s"] / 3600 * float(price_per_hour), 4)
             when += f", ${out['projected_dollars']:.2f}"
     iv = out["interval"]
-    span = ("" if exact else f" ({_steps(iv['low']) if iv['low'] is not None else '?'}-"
+    span = (f" (from {len(history)} evaluations: no interval yet)" if exact else
+            f" ({_steps(iv['low']) if iv['low'] is not None else '?'}-"
             f"{_steps(iv['high']) if iv['high'] is not None else 'never'})")
     if total_steps is not None and at > total_steps:
         out["message"] = (f"{name}: not reached within this run's steps ({_steps(total_steps)}): projected at "
