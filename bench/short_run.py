@@ -19,7 +19,7 @@ the median of the pairs' ratios and their range. CPU time (user + system, from t
 rusage) is reported beside the wall time: on a machine busy with other work it is steadier.
 
     python bench/short_run.py --pairs 5
-    python bench/short_run.py --pairs 7 --steps 128 --json-out /tmp/short.json
+    git worktree add /tmp/before 8dbb84f && python bench/short_run.py --pairs 6 --before /tmp/before
 
 The engine's own split of its start-up (engine.telemetry.startup.phases(), as its `startup` log
 line reports it) is printed for each engine run.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -113,11 +112,11 @@ max_steps = {steps}
 """
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, subprocess.CompletedProcess]:
+def timed(cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> tuple[float, float, subprocess.CompletedProcess]:
     """(wall seconds, CPU seconds of the child and its children, the result)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -130,11 +129,10 @@ def startup_of(run_dir: Path) -> dict | None:
     """The engine's `startup` log line, as a dict of phases (None where it wrote none)."""
     events = run_dir / "events.jsonl"
     for line in events.read_text().splitlines():
-        if '"startup"' in line:
+        if '"startup: ' in line:
             e = json.loads(line)
-            if e.get("type") == "log" and str(e.get("message", "")).startswith("startup"):
-                return e.get("phases") or {k: float(v) for k, v in
-                                           re.findall(r"(\w+) ([\d.]+) s", e["message"])}
+            if e.get("type") == "log" and isinstance(e.get("phases"), dict):
+                return e["phases"]
     return None
 
 
@@ -149,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="synthetic image shape")
     p.add_argument("--engine-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra --set override for the engine run (repeatable)")
+    p.add_argument("--before", metavar="CHECKOUT",
+                   help="also run the engine of this other checkout (e.g. a `git worktree` of an older "
+                   "commit) in every round: before/plain beside engine/plain, under the same load")
     p.add_argument("--json-out", help="also write every measurement to this JSON file")
     a = p.parse_args(argv)
 
@@ -156,57 +157,80 @@ def main(argv: list[str] | None = None) -> int:
     from engine_vs_plain import machine
 
     work = Path(tempfile.mkdtemp(prefix="bench-short-"))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+
+    def env_for(repo: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+        return env
+
+    def rev(repo: Path) -> str:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                              text=True).stdout.strip()
+
     cfg = work / "short.toml"
     cfg.write_text(engine_config(a.steps, a.batch_size, a.width, a.shape))
     plain = work / "plain.py"
-    plain.write_text(PLAIN.format(steps=a.steps, batch=a.batch_size, shape=tuple(a.shape), width=a.width, out=str(work / "plain.pt")))
+    plain.write_text(PLAIN.format(steps=a.steps, batch=a.batch_size, shape=tuple(a.shape), width=a.width,
+                                  out=str(work / "plain.pt")))
+    sides = {"engine": REPO, "plain": None}
+    if a.before:
+        sides["before"] = Path(a.before).resolve()
     m = machine()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    print(f"small_cnn width {a.width}, {'x'.join(map(str, a.shape))} images, batch {a.batch_size}, {a.steps} steps, {a.pairs} pairs, at {commit}")
+    commit = rev(REPO)
+    print(f"small_cnn width {a.width}, {'x'.join(map(str, a.shape))} images, batch {a.batch_size}, {a.steps} steps, "
+          f"{a.pairs} rounds, engine at {commit}" + (f", before at {rev(sides['before'])}" if a.before else ""))
     print(f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, "
           f"load average {m['load_avg_1m']:.2f}\n")
-    print(f"{'pair':>4} {'engine s':>9} {'plain s':>8} {'ratio':>7} {'engine cpu':>11} {'plain cpu':>10} "
-          f"{'cpu ratio':>9}  engine start-up phases (s)", flush=True)
+    names = list(sides)
+    print(f"{'round':>5} " + " ".join(f"{n + ' s':>9}" for n in names) + " " +
+          " ".join(f"{n + '/plain':>13}" for n in names if n != "plain") + "  cpu ratios  engine start-up phases (s)",
+          flush=True)
     rows = []
     try:
         for i in range(a.pairs):
-            run_id = f"short-{i}"
-            eng_cmd = [sys.executable, "-m", "engine.cli", "run", str(cfg), "--runs-dir", str(work / "runs"),
-                       "--run-id", run_id, *[f"--set={s}" for s in a.engine_set]]
-            pla_cmd = [sys.executable, str(plain)]
-            if i % 2 == 0:
-                ew, ec, _ = timed(eng_cmd, env)
-                pw, pc, _ = timed(pla_cmd, env)
-            else:
-                pw, pc, _ = timed(pla_cmd, env)
-                ew, ec, _ = timed(eng_cmd, env)
-            phases = startup_of(work / "runs" / run_id)
-            row = {"pair": i, "first": "engine" if i % 2 == 0 else "plain", "engine_s": ew, "plain_s": pw,
-                   "ratio": ew / pw, "engine_cpu_s": ec, "plain_cpu_s": pc, "cpu_ratio": ec / pc,
-                   "startup": phases, "load_avg_1m": os.getloadavg()[0]}
+            order = names[i % len(names):] + names[:i % len(names)]  # each side goes first in turn
+            if i % 2:
+                order.reverse()
+            wall, cpu, phases = {}, {}, None
+            for side in order:
+                if side == "plain":
+                    cmd, env = [sys.executable, str(plain)], env_for(REPO)
+                else:
+                    run_id = f"{side}-{i}"
+                    cmd = [sys.executable, "-m", "engine.cli", "run", str(cfg), "--runs-dir", str(work / "runs"),
+                           "--run-id", run_id, *[f"--set={s}" for s in a.engine_set]]
+                    env = env_for(sides[side])
+                wall[side], cpu[side], _ = timed(cmd, env, sides[side] or REPO)
+                if side == "engine":
+                    phases = startup_of(work / "runs" / run_id)
+            row = {"round": i, "order": order, "wall_s": wall, "cpu_s": cpu, "startup": phases,
+                   "ratio": {n: wall[n] / wall["plain"] for n in names if n != "plain"},
+                   "cpu_ratio": {n: cpu[n] / cpu["plain"] for n in names if n != "plain"},
+                   "load_avg_1m": os.getloadavg()[0]}
             rows.append(row)
             ph = " ".join(f"{k} {v:.2f}" for k, v in (phases or {}).items())
-            print(f"{i:>4} {ew:>9.2f} {pw:>8.2f} {ew / pw:>6.3f}x {ec:>11.2f} {pc:>10.2f} {ec / pc:>8.3f}x  {ph}",
-                  flush=True)
+            print(f"{i:>5} " + " ".join(f"{wall[n]:>9.2f}" for n in names) + " " +
+                  " ".join(f"{row['ratio'][n]:>12.3f}x" for n in names if n != "plain") + "  " +
+                  " ".join(f"{row['cpu_ratio'][n]:.3f}" for n in names if n != "plain") + f"  {ph}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ratios = [r["ratio"] for r in rows]
-    cpus = [r["cpu_ratio"] for r in rows]
-    summary = {
-        "median_ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-        "median_engine_s": statistics.median(r["engine_s"] for r in rows),
-        "median_plain_s": statistics.median(r["plain_s"] for r in rows),
-        "median_cpu_ratio": statistics.median(cpus), "cpu_min": min(cpus), "cpu_max": max(cpus),
-    }
-    print(f"\nwall: engine {summary['median_engine_s']:.2f} s, plain {summary['median_plain_s']:.2f} s (medians); "
-          f"ratio per pair: median {summary['median_ratio']:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}")
-    print(f"CPU time ratio per pair: median {summary['median_cpu_ratio']:.3f}, range {min(cpus):.3f}-{max(cpus):.3f}; "
-          f"load average now {os.getloadavg()[0]:.2f}")
+    summary = {}
+    print()
+    for n in names:
+        if n == "plain":
+            continue
+        ratios = [r["ratio"][n] for r in rows]
+        cpus = [r["cpu_ratio"][n] for r in rows]
+        summary[n] = {"median_ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                      "median_s": statistics.median(r["wall_s"][n] for r in rows),
+                      "median_cpu_ratio": statistics.median(cpus), "cpu_min": min(cpus), "cpu_max": max(cpus)}
+        print(f"{n}/plain wall: median {summary[n]['median_ratio']:.3f}, range {min(ratios):.3f}-{max(ratios):.3f} "
+              f"({n} {summary[n]['median_s']:.2f} s); CPU time: median {summary[n]['median_cpu_ratio']:.3f}, "
+              f"range {min(cpus):.3f}-{max(cpus):.3f}")
+    summary["plain_median_s"] = statistics.median(r["wall_s"]["plain"] for r in rows)
+    print(f"plain {summary['plain_median_s']:.2f} s (median); load average now {os.getloadavg()[0]:.2f}")
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps({"args": vars(a), "machine": m, "commit": commit, "pairs": rows,
+        Path(a.json_out).write_text(json.dumps({"args": vars(a), "machine": m, "commit": commit, "rounds": rows,
                                                 "summary": summary}, indent=2))
     return 0
 
