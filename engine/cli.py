@@ -422,10 +422,32 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """Console-script entry point."""
     try:
-        sys.exit(main())
+        code = main()
     except BrokenPipeError:  # `cockpit-engine example-config | head` is fine
         sys.stderr.close()
         sys.exit(0)
+    leave(code)
+
+
+def leave(code: int) -> None:
+    """Exit as the interpreter would (join the non-daemon threads, run the atexit handlers, flush
+    the standard streams), without finalizing every module once torch is loaded: with torch and
+    TorchDynamo in, that teardown is about 1 s of every run's end, spent on nothing the run still
+    needs (bench/RESULTS.md). tests/warm.py's forked engines leave the same way. COCKPIT_FULL_EXIT=1
+    exits the ordinary way (for a profiler that writes its report at exit)."""
+    if "torch" not in sys.modules or os.environ.get("COCKPIT_FULL_EXIT", "") not in ("", "0"):
+        sys.exit(code)
+    import atexit
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined] - what the interpreter does first at exit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed or broken stream: nothing left to say
+            pass
+    os._exit(code if isinstance(code, int) else 1)
 
 
 if __name__ == "__main__":

@@ -91,3 +91,34 @@ def test_the_scalar_writer_writes_what_tensorboard_reads_and_purges_like_summary
     acc.Reload()
     points = [(s.step, s.value) for s in acc.Scalars("train/loss")]
     assert points == [(s, pytest.approx(1.0 / s)) for s in range(1, 6)] + [(s, 10.0 + s) for s in range(6, 13)]
+
+
+ATEXIT_MODEL = '''
+import atexit, os
+import torch
+
+def make(num_classes, in_channels, **_):
+    atexit.register(lambda: open(os.environ["ATEXIT_MARK"], "w").write("ran"))
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 64, num_classes))
+'''
+
+
+def test_a_finished_run_leaves_quickly_yet_runs_its_atexit_handlers(tmp_path: Path, tiny_config: Path):
+    """engine.cli.leave: no module teardown, but the threads joined, atexit run, streams flushed."""
+    from conftest import engine_env
+
+    (tmp_path / "atexit_model.py").write_text(ATEXIT_MODEL)
+    env = engine_env()
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    marks = {}
+    for name, extra in (("cold", {}), ("full", {"COCKPIT_FULL_EXIT": "1"})):
+        marks[name] = tmp_path / f"{name}.mark"
+        done = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "run", str(tiny_config), "--runs-dir", str(tmp_path / name),
+             "--set", "train.max_steps=4", "--set", 'model.name="atexit_model:make"'],
+            env={**env, **extra, "ATEXIT_MARK": str(marks[name])}, capture_output=True, text=True, timeout=240,
+            cwd=Path(__file__).resolve().parent.parent)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert marks[name].read_text() == "ran"
+        assert done.stdout.rstrip().splitlines()[-1].startswith("finished run directory")  # flushed
+        assert events_of(only_run(tmp_path / name))[-1]["state"] == "finished"
