@@ -144,3 +144,39 @@ def replay(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def _after(event: dict[str, Any], step: int) -> bool:
     value = event.get("step")
     return event.get("type") in ("step", "eval") and isinstance(value, int) and value > step
+
+
+#: How much of an events file's end `newest_event` reads before it reads the whole file.
+TAIL_BYTES = 4 << 20
+
+
+def newest_event(path: Any, kind: str | None = None, before: float | None = None) -> dict[str, Any] | None:
+    """The newest event of an events file, of `kind` if given, written before `before` if given.
+    Reads the last TAIL_BYTES first (a long run's file is large; what is asked for is near its
+    end) and the whole file only when the tail has none."""
+    def pick(lines: list[bytes]) -> dict[str, Any] | None:
+        for line in reversed(lines):
+            if kind is not None and f'"type":"{kind}"'.encode() not in line and \
+                    f'"type": "{kind}"'.encode() not in line:
+                continue
+            event = decode_event(line)
+            if event is not None and (kind is None or event.get("type") == kind) and \
+                    (before is None or float(event.get("t") or 0) < before):
+                return event
+        return None
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - TAIL_BYTES))
+            tail = f.read().splitlines()
+            if size > TAIL_BYTES:
+                tail = tail[1:]  # the first line may be cut
+            found = pick(tail)
+            if found is not None or size <= TAIL_BYTES:
+                return found
+            f.seek(0)
+            return pick(f.read().splitlines())
+    except OSError:
+        return None

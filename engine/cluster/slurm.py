@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from contracts.atomic import write_json_atomic
 from contracts.errors import BadInput
+from contracts.events import newest_event
 
 #: Where the job's files live inside the run directory.
 FOLDER = "slurm"
@@ -80,19 +81,8 @@ def job_facts(run: Path | None = None) -> dict[str, Any]:
 
 def _last_words(run: Path) -> float | None:
     """The time of the last event of the run's previous start (None before the first)."""
-    try:
-        with open(run / "events.jsonl", "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 65536))
-            tail = f.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(tail):
-        try:
-            return float(json.loads(line)["t"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
+    found = newest_event(run / "events.jsonl")
+    return float(found["t"]) if found is not None and found.get("t") else None
 
 
 def requeue_self(emit: Callable[..., Any], step: int, checkpoint: str | None) -> bool:

@@ -22,11 +22,12 @@ cumulative over the run's sessions: a resume carries the last one on (engine.run
 
 from __future__ import annotations
 
-import json
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
+
+from contracts.events import newest_event
 
 CLASSES = ("startup", "productive", "data", "communication", "bubble", "checkpoint", "evaluation", "paused",
            "lost", "other")
@@ -167,40 +168,16 @@ def worst(seconds: dict[str, float]) -> dict[str, Any] | None:
 
 def last_words(events: Path, before: float) -> float | None:
     """The time of the newest event written before `before` (this engine's start): the previous
-    engine's last words (read from the file's last MiB)."""
-    try:
-        with open(events, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - (1 << 20)))
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            t = float(json.loads(line)["t"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if t < before:
-            return t
-    return None
+    engine's last words."""
+    found = newest_event(events, before=before)
+    return float(found["t"]) if found is not None else None
 
 
 def last_ledger(events: Path) -> dict[str, Any] | None:
     """The newest `ledger` event of a run's events file (read before this session writes)."""
-    return last_event(events, "ledger")
+    return newest_event(events, "ledger")
 
 
 def last_event(events: Path, kind: str) -> dict[str, Any] | None:
     """The newest event of this type in a run's events file."""
-    found = None
-    try:
-        with open(events, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if f'"type":"{kind}"' in line or f'"type": "{kind}"' in line:
-                    try:
-                        found = json.loads(line)
-                    except ValueError:
-                        continue
-    except OSError:
-        return None
-    return found
+    return newest_event(events, kind)
