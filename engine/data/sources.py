@@ -253,14 +253,20 @@ def build_spec(cfg: Config) -> DataSpec:
     if len(train) == 0 or len(val) == 0:
         raise BadInput(f"data.name = {cfg.data.name!r}: the train or validation set is empty")
     channels = as_tensor(train[0][0]).shape[0]
-    mean, std = STATS.get(cfg.data.name, ([0.5] * channels, [0.25] * channels))
-    aug = cfg.data.augment
-    mean, std = aug.mean or mean, aug.std or std
-    if aug.normalize and (len(mean) != channels or len(std) != channels):
+    mean, std = normalization(cfg, channels)
+    if cfg.data.augment.normalize and (len(mean) != channels or len(std) != channels):
         raise BadInput(
             f"data.augment.mean/std: {len(mean)}/{len(std)} values for {channels}-channel images"
         )
     return DataSpec(train, val, num_classes, channels, list(mean), list(std))
+
+
+def normalization(cfg: Config, channels: int) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std a config normalizes with (whether it normalizes at all is
+    cfg.data.augment.normalize): data.augment.mean/std, else the data set's own statistics."""
+    mean, std = STATS.get(cfg.data.name, ([0.5] * channels, [0.25] * channels))
+    aug = cfg.data.augment
+    return list(aug.mean or mean), list(aug.std or std)
 
 
 # ---- exact-resume sampling and augmentation ---------------------------------------------

@@ -5,6 +5,12 @@ with nothing written. It is frozen (no gradients, eval mode: its BatchNorm stati
 move), never wrapped in DDP/FSDP, never compiled with the student and never given to the
 optimizer. Its identity is the SHA-256 of its weights, recorded in every checkpoint so that a
 resume with another teacher is refused.
+
+The teacher sees the student's batch: the same samples, the same crops and flips. A teacher from
+a run or checkpoint of ours was trained on inputs normalized its own way (its config's
+data.augment.normalize, mean and std); when that differs from the student's, `InputAdapter`
+turns the student's inputs back into pixels and normalizes them the teacher's way, so the
+teacher is scored and consulted on the inputs it learnt from.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import nn
 from contracts.layout import RunLayout
 from engine.checkpoint.store import best_or_latest, load
 from engine.config.schema import Config, ModelConfig
-from engine.data.sources import DataSpec
+from engine.data.sources import DataSpec, normalization
 from contracts.errors import BadInput
 from engine.model.zoo import build_model
 
@@ -38,28 +44,70 @@ def load_teacher(cfg: Config, spec: DataSpec) -> Teacher | None:
     d = cfg.distill
     if not d.enabled:
         return None
-    model, source = _build(cfg, spec)
+    model, source, teacher_cfg = _build(cfg, spec)
     _check_outputs(model, spec, d.teacher)
     model.requires_grad_(False)
     model.eval()
-    return Teacher(model, source, weights_sha256(model))
+    sha256 = weights_sha256(model)  # of the teacher's own weights, with or without an adapter
+    if teacher_cfg is not None:
+        model = InputAdapter.between(model, cfg, teacher_cfg, spec.in_channels)
+    return Teacher(model, source, sha256)
 
 
-def _build(cfg: Config, spec: DataSpec) -> tuple[nn.Module, str]:
+class InputAdapter(nn.Module):
+    """A teacher behind a change of input normalization: per channel, x * scale + shift turns
+    the student's inputs into the teacher's (pixels normalized the way its own run did)."""
+
+    def __init__(self, model: nn.Module, scale: list[float], shift: list[float]):
+        super().__init__()
+        self.model = model
+        # not persistent: the teacher's state (and its SHA-256) stays its own weights
+        self.register_buffer("scale", torch.tensor(scale).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale.to(x.dtype) + self.shift.to(x.dtype) if x.dim() == 4 else x)
+
+    @staticmethod
+    def between(model: nn.Module, student: Config, teacher: Config, channels: int) -> nn.Module:
+        """`model` itself when the two configs normalize alike, else `model` behind an adapter."""
+        s_scale, s_shift = _pixels_from(student, channels)
+        t_scale, t_shift = _pixels_from(teacher, channels)
+        if (s_scale, s_shift) == (t_scale, t_shift):
+            return model
+        # pixels = x_s * s_scale + s_shift;  x_t = (pixels - t_shift) / t_scale
+        scale = [a / b for a, b in zip(s_scale, t_scale)]
+        shift = [(c - d) / b for c, d, b in zip(s_shift, t_shift, t_scale)]
+        return InputAdapter(model, scale, shift).eval()
+
+
+def _pixels_from(cfg: Config, channels: int) -> tuple[list[float], list[float]]:
+    """(std, mean) per channel such that pixels = inputs * std + mean for this config's inputs."""
+    if not cfg.data.augment.normalize:
+        return [1.0] * channels, [0.0] * channels
+    mean, std = normalization(cfg, channels)  # (a run whose lengths differ never trained)
+    return [float(v) for v in std], [float(v) for v in mean]
+
+
+def _build(cfg: Config, spec: DataSpec) -> tuple[nn.Module, str, Config | None]:
+    """The teacher, where it came from, and its run's config (None: not a run of ours)."""
     d = cfg.distill
     path = Path(d.teacher)
-    if path.is_dir():
-        return _from_checkpoint(_run_checkpoint(path, d.teacher), spec, d.teacher), str(path)
-    if path.suffix == ".pt" or path.exists():
-        if not path.is_file():
+    if path.is_dir() or path.suffix == ".pt" or path.exists():
+        if path.is_dir():
+            checkpoint = _run_checkpoint(path, d.teacher)
+        elif path.is_file():
+            checkpoint = path
+        else:
             raise BadInput(f"distill.teacher = {d.teacher!r}: no such checkpoint file")
-        return _from_checkpoint(path, spec, d.teacher), str(path)
+        model, teacher_cfg = _from_checkpoint(checkpoint, spec, d.teacher)
+        return model, str(path), teacher_cfg
     if "/" in d.teacher:
         raise BadInput(f"distill.teacher = {d.teacher!r}: no such run directory or checkpoint file")
     teacher_cfg = Config(model=ModelConfig(name=d.teacher, factory_args=d.teacher_factory_args,
                                            weights_path=d.teacher_weights))
     try:
-        return build_model(teacher_cfg, spec), d.teacher
+        return build_model(teacher_cfg, spec), d.teacher, None
     except BadInput as exc:  # name the teacher's fields, not the student's
         text = str(exc).replace("model.weights_path", "distill.teacher_weights").replace(
             "model.factory_args", "distill.teacher_factory_args").replace("model.name", "distill.teacher")
@@ -77,7 +125,8 @@ def _run_checkpoint(run: Path, given: str) -> Path:
                    "(train it first, or name a checkpoint file)")
 
 
-def _from_checkpoint(path: Path, spec: DataSpec, given: str) -> nn.Module:
+def _from_checkpoint(path: Path, spec: DataSpec, given: str) -> tuple[nn.Module, Config]:
+    """The teacher with the checkpoint's weights, and the config its run trained with."""
     if path.is_dir():
         raise BadInput(f"distill.teacher = {given!r}: {path.name} is a sharded (FSDP) checkpoint; "
                        "a teacher must be one file (train it with one process or DDP)")
@@ -94,7 +143,7 @@ def _from_checkpoint(path: Path, spec: DataSpec, given: str) -> nn.Module:
         raise BadInput(f"distill.teacher = {given!r}: its weights do not fit the student's data "
                        f"({spec.num_classes} classes, {spec.in_channels} input channels): "
                        f"{str(exc).splitlines()[-1].strip()}") from None
-    return model
+    return model, teacher_cfg
 
 
 def _check_outputs(model: nn.Module, spec: DataSpec, given: str) -> None:
