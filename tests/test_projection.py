@@ -78,10 +78,12 @@ def test_beyond_the_runs_steps_and_too_few_points_and_reached():
     p = project(list(zip(STEPS, law(0.97, 0.5, 0.7))), "val_accuracy", 0.93, 2000)
     assert p["projected_step"] > 2000 and "not reached within this run's steps (2,000)" in p["message"]
     two = project([(100, 0.5), (200, 0.7)], "val_accuracy", 0.9, 2000)
-    assert two["projected_step"] is None and "after 3 evaluations (have 2)" in two["message"]
+    assert two["projected_step"] is None and "after 4 evaluations (have 2)" in two["message"]
     done = project([(100, 0.5), (200, 0.91), (300, 0.89)], "val_accuracy", 0.9, 2000, price_per_hour=1.0)
     assert done["reached"] is True and done["projected_step"] == 200 and done["projected_s"] == 0.0
-    assert fit([100, 200], [0.5, 0.7]) is None
+    three = project([(100, 0.5), (200, 0.7), (300, 0.8)], "val_accuracy", 0.9, 2000)
+    assert three["projected_step"] is None and "after 4 evaluations (have 3)" in three["message"]
+    assert fit([100, 200, 300], [0.5, 0.7, 0.8]) is None
 
 
 def test_the_sink_answers_each_evaluation_with_a_projection():

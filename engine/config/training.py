@@ -109,7 +109,7 @@ class TrainConfig(Section):
     compile_mode: str = Field("default", description="torch.compile mode")
     target: Optional[TargetConfig] = Field(
         None, description="What the run is for, e.g. { metric = \"val_accuracy\", value = 0.98 }: after each "
-        "evaluation (from the third) a learning curve fitted to the run's evaluations projects the step, time "
+        "evaluation (from the fourth) a learning curve fitted to the run's evaluations projects the step, time "
         "and dollars to reach it (`projection` events)")
     stop_at_target: bool = Field(
         False, description="Finish the run (state finished, exit 0) at the evaluation that reaches train.target")
