@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from contracts.events import read_events, replay  # noqa: E402
-from engine.telemetry.projection import fit, project  # noqa: E402
+from engine.telemetry.projection import MIN_POINTS, fit, project  # noqa: E402
 
 PRICE = 3.0  # $/h, a nominal on-demand GPU price: dollars are time x this
 
@@ -78,7 +78,12 @@ pruner = "none"
 """
 
 
+REUSE = False
+
+
 def run(argv: list[str], env: dict[str, str]) -> None:
+    if REUSE:
+        return
     t = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True)
@@ -115,15 +120,19 @@ def analyse(name: str, evs: list[dict], metric: str) -> dict:
         actual_s = actual_t - start
         for progress in (0.25, 0.5):
             cut = [e for e in evals if e[0] <= progress * total]
-            if len(cut) < 3:
-                cut = evals[:3]
+            if len(cut) < MIN_POINTS:
+                cut = evals[:MIN_POINTS]
             cut_step, _, cut_t = cut[-1]
             hist = [(s, v) for s, v, _ in cut]
             seen = [(t, s) for t, s in steps if t <= cut_t]
             s_per_step = (cut_t - seen[0][0]) / (cut_step - seen[0][1]) if seen and cut_step > seen[0][1] else None
             p = project(hist, metric, target, total, s_per_step, PRICE)
             curve = fit([s for s, _ in hist], [v for _, v in hist], metric)
-            row = {"target": label, "target_value": target, "progress": round(cut_step / total, 3),
+            # the better-conditioned question: where does the curve fitted so far say the run ends?
+            end = sign * curve.at(total)
+            bound = 1.0 if up else 0.0
+            row_end = {"projected_end": end, "end_error": (abs(bound - end) - abs(bound - final)) / abs(bound - final)}
+            row = {"target": label, "target_value": target, "progress": round(cut_step / total, 3), **row_end,
                    "evaluations": len(cut), "actual_step": actual_step, "actual_s": round(actual_s, 1),
                    "projected_step": p["projected_step"], "interval": p["interval"], "message": p["message"],
                    "asymptote": p["asymptote"], "residuals_rms": rms(curve.residuals),
@@ -174,6 +183,18 @@ def markdown(results: list[dict]) -> str:
                 f"{row['actual_s']:.0f} s / ${row['actual_s'] / 3600 * PRICE:.3f} | {pct(row['time_error'])} | "
                 f"{row['residuals_rms']:.4f} / {row['residuals_max']:.4f} |")
     lines.append("")
+    lines.append("The value at the run's last step that the curve fitted so far projects, against the value the run "
+                 "ended with (error: of the distance to the metric's bound, the error rate 1 - accuracy or the loss):")
+    lines.append("")
+    lines.append("| run | metric: final value | 25%: evals, projected end value | error | 50%: projected end value | error |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in results:
+        ends = {row["progress"] <= 0.45: row for row in r["rows"] if row["target"] == "final value"}
+        q, h = ends.get(True), ends.get(False)
+        cell = lambda row: (f"{row['projected_end']:.4g} | {row['end_error']:+.0%}" if row else "| ")  # noqa: E731
+        lines.append(f"| {r['run']} | {r['metric']}: {r['final']:.4g} | {q['evaluations'] if q else ''} "
+                     f"({q['progress']:.0%}): {cell(q)} | {cell(h)} |")
+    lines.append("")
     lines.append("| run | whole-run fit: residuals RMS / max | asymptote | c |")
     lines.append("|---|---|---|---|")
     for r in results:
@@ -187,9 +208,13 @@ def main() -> None:
     ap.add_argument("--only", choices=["digits", "gpt", "sweep"], action="append")
     ap.add_argument("--runs-dir", help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--reuse", action="store_true",
+                    help="analyse the runs already in --runs-dir (from an earlier call) instead of training them again")
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
                     help="the digits and gpt runs' schedule.name (the demos': cosine)")
     args = ap.parse_args()
+    global REUSE
+    REUSE = args.reuse and bool(args.runs_dir)
     which = args.only or ["digits", "gpt", "sweep"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     tmp = tempfile.TemporaryDirectory() if not args.runs_dir else None
@@ -208,7 +233,8 @@ def main() -> None:
             results.append(analyse(f"text gpt, {args.schedule}", events(runs / f"gpt-{args.schedule}"), metric))
     if "sweep" in which:
         cfg = runs / "projsweep.toml"
-        cfg.write_text(SWEEP_TOML)
+        if not REUSE:
+            cfg.write_text(SWEEP_TOML)
         run(["sweep", str(cfg), "--runs-dir", str(runs)], env)
         (trial,) = [p for p in runs.iterdir() if p.is_dir() and p.name.startswith("projsweep")]
         evs = events(trial)
