@@ -49,6 +49,8 @@ SAMPLE = {
     "metric": "val_accuracy", "target": 0.98, "reached": False, "projected_step": 4100, "projected_s": 720.0,
     "projected_dollars": 0.41, "interval": {"low": 3800, "high": None}, "asymptote": 0.991,
     "residuals": [0.001, -0.002, 0.0005], "law": "a - b * step^-c", "points": 3, "s_per_step": 0.2,
+    "parameters": 12874, "latency_ms": 0.083, "latency_batch": 1, "latency_compiled": True,
+    "latency_note": "torch.compile failed, eager latency: ...",
 }
 
 

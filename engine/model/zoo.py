@@ -47,11 +47,19 @@ class SmallCNN(nn.Module):
 
 class MLP(nn.Module):
     """Flatten, then Linear layers with ReLU: the Linear-heavy model dynamic int8 and Linear QAT
-    are for. `hidden` lists the hidden widths."""
+    are for. `hidden` lists the hidden widths; or `width` and `depth` say "depth layers of width"
+    (a sweep's two numbers for what a list would be)."""
 
     def __init__(self, num_classes: int = 10, in_features: int = 64, hidden: list[int] | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, width: int | None = None, depth: int | None = None):
         super().__init__()
+        if hidden is not None and (width is not None or depth is not None):
+            raise BadInput(f"model.factory_args: hidden = {hidden!r} with width or depth: give hidden, or "
+                           "width and depth")
+        if width is not None or depth is not None:
+            if not isinstance(depth if depth is not None else 2, int) or (depth is not None and depth < 1):
+                raise BadInput(f"model.factory_args.depth = {depth!r}: expected an integer, 1 or more")
+            hidden = [256 if width is None else width] * (2 if depth is None else depth)
         hidden = [256, 256] if hidden is None else list(hidden)
         if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
             raise BadInput(f"model.factory_args.hidden = {hidden!r}: expected a list of widths, each 1 or more")
@@ -130,7 +138,7 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
         try:
             model = MLP(num_classes, features, **cfg.model.factory_args)
         except TypeError as exc:
-            raise BadInput(f"model.factory_args = {cfg.model.factory_args!r}: mlp takes hidden and dropout "
+            raise BadInput(f"model.factory_args = {cfg.model.factory_args!r}: mlp takes hidden (or width and depth) and dropout "
                            f"({exc})") from None
     elif ":" in name:
         fn = import_factory(name, "model.name")

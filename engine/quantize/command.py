@@ -14,9 +14,7 @@ import io
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +27,7 @@ from engine.config.schema import Config
 from contracts.errors import BadInput
 from contracts.layout import RunLayout
 from engine.quantize.support import require_torchao
+from engine.train.measures import latency_ms
 
 ARTIFACTS = {"static": "static-int8.pt2", "dynamic": "dynamic-int8.pt2", "qat-convert": "qat-int8.pt2"}
 FLOAT = "float.pt2"
@@ -98,24 +97,6 @@ def _accuracy(fn: Callable[[torch.Tensor], torch.Tensor], val: Any) -> float:
 
     metrics = evaluate(fn, val, Classification(), torch.device("cpu"), "fp32")
     return metrics["accuracy"]
-
-
-def latency_ms(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor,
-               repeats: int) -> dict[str, float]:
-    """Median milliseconds per batch of each function, timed interleaved (one run of each in
-    turn, `repeats` rounds, after three warm-up rounds), so that a machine whose speed drifts
-    (a shared VM, frequency scaling) slows both sides of a comparison alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.no_grad():
-        for _ in range(3):
-            for fn in fns.values():
-                fn(x)
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn(x)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def _to_bytes(program: Any) -> bytes:

@@ -61,6 +61,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         ("--heartbeat-s", args.heartbeat_s), ("--grace-s", args.grace_s)):
         if value is not None and value < 1:
             raise BadInput(f"{name} {value}: expected 1 or more")
+    from engine.sweep.space import check_model_names
+
+    check_model_names(cfg)  # a torchvision name that is none: refused before the storage or any trial
     runs_dir = runs_root(args.runs_dir, cfg.logging.runs_dir).resolve()
     study = args.study or Path(args.config).stem
     url = args.storage or default_url(runs_dir)

@@ -21,7 +21,7 @@ from contracts.control import send_command
 from contracts.events import read_events
 
 #: The eval event's metric for each sweep.metric.
-METRIC_KEYS = {"val_accuracy": "accuracy", "val_loss": "loss"}
+METRIC_KEYS = {"val_accuracy": "accuracy", "val_loss": "loss", "val_perplexity": "perplexity"}
 
 _PR_SET_PDEATHSIG = 1
 
@@ -50,14 +50,20 @@ class Outcome:
     pruned_by_us: bool = False
     message: str = ""
     reported: dict[int, float] = field(default_factory=dict)
+    #: Every objective metric seen: the last evaluation's val_*, params and latency_ms (a
+    #: `measures` event), cost (the last ledger's dollars, or its seconds when unpriced)
+    measured: dict[str, float] = field(default_factory=dict)
+    cost_unit: str = ""             # "dollars" or "seconds"
 
 
 class TrialEngine:
     """Runs one trial's engine to its end (call `run()` on the trial's own thread)."""
 
-    def __init__(self, argv: list[str], run_dir: Path, metric: str, report: Callable[[int, float], bool],
+    def __init__(self, argv: list[str], run_dir: Path, metric: str | None, report: Callable[[int, float], bool],
                  heartbeat: Callable[[], None], heartbeat_s: float, env: dict[str, str], log: Callable[[str], None]):
-        self.argv, self.run_dir, self.metric_key = argv, run_dir, METRIC_KEYS[metric]
+        # metric: the evaluation metric reported to Optuna after each epoch (None: none is, as in a
+        # multi-objective study, which Optuna cannot prune)
+        self.argv, self.run_dir, self.metric_key = argv, run_dir, METRIC_KEYS.get(metric or "")
         self.report, self.heartbeat, self.heartbeat_s, self.env, self.log = report, heartbeat, heartbeat_s, env, log
         self.proc: subprocess.Popen | None = None
         self.done = threading.Event()
@@ -123,7 +129,8 @@ class TrialEngine:
         if not complete:
             return
         for event in read_events(complete.split(b"\n")):
-            if event.get("type") != "eval":
+            self._measured(event)
+            if event.get("type") != "eval" or self.metric_key is None:
                 continue
             value = (event.get("metrics") or {}).get(self.metric_key)
             if not isinstance(value, (int, float)):
@@ -135,6 +142,24 @@ class TrialEngine:
             self.outcome.reported[epoch] = float(value)
             if self.report(epoch, float(value)) and not self._prune_sent:
                 self._prune(epoch, float(value))
+
+    def _measured(self, event: dict[str, Any]) -> None:
+        """Keep what an event says of the objectives (the newest value of each wins)."""
+        kind, got = event.get("type"), self.outcome.measured
+        if kind == "eval":
+            metrics = event.get("metrics") or {}
+            got.update({name: float(metrics[key]) for name, key in METRIC_KEYS.items()
+                        if isinstance(metrics.get(key), (int, float))})
+        elif kind == "measures":
+            for name, key in (("params", "parameters"), ("latency_ms", "latency_ms")):
+                if isinstance(event.get(key), (int, float)):
+                    got[name] = float(event[key])
+        elif kind == "ledger":
+            dollars, seconds = event.get("dollars"), event.get("total_s")
+            if isinstance(dollars, (int, float)):
+                got["cost"], self.outcome.cost_unit = float(dollars), "dollars"
+            elif isinstance(seconds, (int, float)):
+                got["cost"], self.outcome.cost_unit = float(seconds), "seconds"
 
     def _prune(self, epoch: int, value: float) -> None:
         self._prune_sent = True

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 from contracts.layout import RunLayout
 from engine.config.schema import Config
-from engine.sweep.space import set_args, suggest
+from engine.sweep.space import overrides, set_args, suggest
 from engine.sweep.storage import MAX_RETRY, mask_url, open_storage
-from engine.sweep.trial import Outcome, TrialEngine
+from engine.sweep.trial import METRIC_KEYS, Outcome, TrialEngine
 
 
 def _is_race(exc: BaseException) -> bool:
@@ -74,25 +74,43 @@ class Worker:
         self.engines: set[TrialEngine] = set()
 
     # -- the study ----------------------------------------------------------------------------
+    def _sampler(self) -> Any:
+        """auto and tpe: TPE (multi-objective TPE with several objectives); nsga2: NSGA-II with a
+        population of at most the study's trials; random: random search. Seeded from train.seed."""
+        samplers, s, seed = self.optuna.samplers, self.o.cfg.sweep, self.o.cfg.train.seed
+        if s.sampler == "random":
+            return samplers.RandomSampler(seed=seed)
+        if s.sampler == "nsga2":
+            return samplers.NSGAIISampler(seed=seed, population_size=max(2, min(50, self.o.trials)))
+        return samplers.TPESampler(seed=seed)
+
     def _study(self) -> Any:
         optuna, s = self.optuna, self.o.cfg.sweep
-        sampler = (optuna.samplers.TPESampler(seed=self.o.cfg.train.seed) if s.sampler == "tpe"
-                   else optuna.samplers.RandomSampler(seed=self.o.cfg.train.seed))
-        if s.pruner == "median":
+        sampler = self._sampler()
+        objectives = s.resolved_objectives
+        if s.multi and s.pruner != "none":
+            self.log(f"pruner {s.pruner!r} is off: Optuna cannot prune a study of {len(objectives)} objectives")
+        if s.resolved_pruner == "median":
             pruner: Any = optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
-        elif s.pruner == "hyperband":
+        elif s.resolved_pruner == "hyperband":
             pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs),
                                                     max_resource=max(1, self.o.cfg.train.epochs))
         else:
             pruner = optuna.pruners.NopPruner()
+        directions = [d for _, d in objectives]
         study = optuna.create_study(study_name=self.o.study, storage=self.storage, sampler=sampler,
-                                    pruner=pruner, direction=s.resolved_direction, load_if_exists=True)
-        if study.direction.name.lower() != s.resolved_direction:
+                                    pruner=pruner, directions=directions, load_if_exists=True)
+        have = [d.name.lower() for d in study.directions]
+        metrics = [m for m, _ in objectives]
+        attrs = study.user_attrs
+        known = attrs.get("objectives") or ([attrs["metric"]] if "metric" in attrs else metrics)
+        if have != directions or (len(metrics) > 1 or len(known) > 1) and known != metrics:
             from contracts.errors import BadInput
 
-            raise BadInput(f"study {self.o.study!r} exists with direction {study.direction.name.lower()}, the config "
-                           f"asks {s.resolved_direction}: use another --study")
-        study.set_user_attr("metric", s.metric)
+            raise BadInput(f"study {self.o.study!r} exists with objectives {_spell(known, have)}, the config asks "
+                           f"{_spell(metrics, directions)}: use another --study")
+        study.set_user_attr("metric", metrics[0])
+        study.set_user_attr("objectives", metrics)
         study.set_user_attr("runs_dir", str(self.o.runs_dir))
         return study
 
@@ -181,7 +199,7 @@ class Worker:
     def _trial(self, trial: Any, gpu: str | None) -> None:
         TS = self.optuna.trial.TrialState
         with self.db:
-            values = suggest(trial, self.o.cfg.sweep.space)
+            values = suggest(trial, self.o.cfg.sweep.space, self.o.cfg.model.name)
             frozen = self.storage.get_trial(trial._trial_id)
             retry_of = frozen.system_attrs.get("failed_trial")
             old = frozen.user_attrs.get("run_dir")
@@ -192,7 +210,7 @@ class Worker:
         else:
             run_dir = self.o.runs_dir / trial_run_id(self.o.study, trial.number)
             argv = ["run", str(self.o.config_path), "--run-id", run_dir.name, "--runs-dir", str(self.o.runs_dir),
-                    *[f"--set={s}" for s in self.o.sets], *set_args(values)]
+                    *[f"--set={s}" for s in self.o.sets], *set_args(overrides(self.o.cfg, values))]
             self.log(f"trial {trial.number}: {run_dir.name} " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
         with self.db:
             trial.set_user_attr("run_dir", str(run_dir))
@@ -210,7 +228,9 @@ class Worker:
             with self.db:
                 self.storage.record_heartbeat(trial._trial_id)
 
-        engine = TrialEngine(argv, run_dir, self.o.cfg.sweep.metric, report, heartbeat,
+        s = self.o.cfg.sweep
+        reported = s.metric if not s.objectives else (s.objectives[0].metric if not s.multi else None)
+        engine = TrialEngine(argv, run_dir, reported if reported in METRIC_KEYS else None, report, heartbeat,
                              max(0.2, self.o.heartbeat_s / 2), env, self.log)
         engine.on_dir = lambda: self._tag(run_dir, trial, retry_of)
         self.engines.add(engine)
@@ -237,9 +257,17 @@ class Worker:
             if outcome.state == "pruned" or (outcome.pruned_by_us and outcome.state == "finished"):
                 self.study.tell(trial, state=TS.PRUNED)
                 self.log(f"trial {trial.number}: pruned after {outcome.epochs} epoch(s)")
-            elif outcome.state == "finished" and outcome.value is not None:
-                self.study.tell(trial, outcome.value)
-                self.log(f"trial {trial.number}: {self.o.cfg.sweep.metric} {outcome.value:.4g}")
+            elif outcome.state == "finished" and not self._missing(outcome):
+                metrics = [m for m, _ in self.o.cfg.sweep.resolved_objectives]
+                values = [outcome.measured[m] for m in metrics]
+                trial.set_user_attr("objectives", dict(zip(metrics, values)))
+                if outcome.cost_unit:
+                    trial.set_user_attr("cost_unit", outcome.cost_unit)
+                self.study.tell(trial, values if len(values) > 1 else values[0])
+                self.log(f"trial {trial.number}: " + ", ".join(f"{m} {v:.4g}" for m, v in zip(metrics, values)))
+            elif outcome.state == "finished":
+                self.study.tell(trial, state=TS.FAIL)
+                self.log(f"trial {trial.number}: finished without {', '.join(self._missing(outcome))}: failed")
             elif outcome.state in ("stopped", "preempted"):
                 # interrupted with a checkpoint (a signal, a stop command, this worker stopping):
                 # failed now, re-queued so that a worker resumes it
@@ -251,6 +279,16 @@ class Worker:
                 self.log(f"trial {trial.number}: {outcome.state} (exit {outcome.exit_code}): {mask_url(outcome.message)}")
         del name
 
+    @staticmethod
+    def _front_entry(t: Any, objectives: list[tuple[str, str]]) -> dict[str, Any]:
+        """One trial of the Pareto front, as the summary prints it."""
+        return {"number": t.number, "values": {m: v for (m, _), v in zip(objectives, t.values)},
+                "params": t.params, "run_dir": t.user_attrs.get("run_dir"), "run_id": t.user_attrs.get("run_id"),
+                **({"cost_unit": t.user_attrs["cost_unit"]} if "cost_unit" in t.user_attrs else {})}
+
+    def _missing(self, outcome: Outcome) -> list[str]:
+        return [m for m, _ in self.o.cfg.sweep.resolved_objectives if m not in outcome.measured]
+
     # -- the end ------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         TS = self.optuna.trial.TrialState
@@ -259,10 +297,17 @@ class Worker:
             counts: dict[str, int] = {}
             for t in trials:
                 counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+            objectives = self.o.cfg.sweep.resolved_objectives
             out: dict[str, Any] = {"study": self.o.study, "storage": mask_url(self.o.storage_url),
-                                   "metric": self.o.cfg.sweep.metric, "direction": self.o.cfg.sweep.resolved_direction,
+                                   "metric": objectives[0][0], "direction": objectives[0][1],
+                                   "objectives": [{"metric": m, "direction": d} for m, d in objectives],
                                    "trials": counts, "best": None, "importances": None}
             complete = [t for t in trials if t.state == TS.COMPLETE]
+            if len(objectives) > 1:
+                out["pareto"] = [self._front_entry(t, objectives) for t in sorted(
+                    self.study.best_trials, key=lambda t: t.number)] if complete else []
+                out["importances_note"] = "parameter importances: one study objective at a time (not computed here)"
+                return out
             if complete:
                 best = self.study.best_trial
                 out["best"] = {"number": best.number, "value": best.value, "params": best.params,
@@ -278,11 +323,30 @@ class Worker:
         return out
 
 
+def _spell(metrics: list[str], directions: list[str]) -> str:
+    return ", ".join(f"{d} {m}" for m, d in zip(metrics, directions))
+
+
+def _front_text(s: dict[str, Any]) -> list[str]:
+    front = s["pareto"]
+    if not front:
+        return ["no trial completed yet"]
+    lines = [f"Pareto front of {_spell([o['metric'] for o in s['objectives']], [o['direction'] for o in s['objectives']])}"
+             f": {len(front)} trial(s)"]
+    for t in front:
+        values = ", ".join(f"{m} {v:.4g}" for m, v in t["values"].items())
+        lines.append(f"  trial {t['number']}: {values}; " + ", ".join(f"{k}={v!r}" for k, v in t["params"].items()))
+        lines.append(f"    run dir: {t['run_dir']}")
+    return lines
+
+
 def summary_text(s: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(s["trials"].items()))
     lines = [f"study {s['study']} ({s['storage']}): {sum(s['trials'].values())} trials ({counts})"]
     best = s["best"]
-    if best is None:
+    if "pareto" in s:
+        lines += _front_text(s)
+    elif best is None:
         lines.append("no trial completed yet")
     else:
         lines.append(f"best trial {best['number']}: {s['metric']} {best['value']:.4g} ({s['direction']})")

@@ -21,6 +21,7 @@ from engine.model.convert import finalize
 from engine.parallel.dist import collective_failure
 from engine.parallel.wrap import check_replicas
 from engine.train.guard import Diverged
+from engine.train.measures import measure, wanted
 from engine.train.schedule import peak_for
 from engine.train.state import RunResult
 
@@ -123,6 +124,7 @@ class Obeying:
             if verdict:
                 self.tele.emit("log", level=verdict[0], message=verdict[1])
             finalize(self.model, self.converters)
+            self._measure()
         latest = self.checkpoints.latest()
         extra: dict[str, Any] = {}
         for source in self.sources:
@@ -135,6 +137,16 @@ class Obeying:
         # to it can abort at exit (seen once with two torchrun agents). A no-op in one process.
         self.dist.barrier()
         return RunResult(code, state, self.pos.step, plan.why, self.metrics, self.pos.best)
+
+    def _measure(self) -> None:
+        """A sweep trial's `measures` event (parameters, CPU latency), once, on rank 0."""
+        params, latency = wanted(self.cfg)
+        if not (params and self.dist.main):
+            return
+        try:
+            self.tele.emit("measures", **measure(self.cfg, self.spec, latency))
+        except Exception as exc:  # noqa: BLE001 - the run stays finished; the trial lacks the objective
+            self.tele.emit("log", level="warning", message=f"measuring the model for the sweep failed: {exc}")
 
     def _last_save(self, stops: bool, pending: list[Pending]) -> None:
         """The final or stop checkpoint. A stop does not wait for disk space: it tries (a
