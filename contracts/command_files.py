@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from contracts.control import ProtocolError, decode_request, encode_request
+from contracts.control import MAX_REQUEST_BYTES, ProtocolError, decode_request, encode_request
 
 FOLDER = "commands"
 #: How often the engine looks into the folder (a listing on a network filesystem is a round trip).
@@ -64,12 +64,24 @@ def take(run: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
         except OSError:  # taken meanwhile (another reader) or unreadable: not ours to answer
             continue
         try:
-            request = decode_request(raw.strip())
+            request = decode_request(_without_id(raw.strip()))
         except ProtocolError as exc:
             yield ident, None, str(exc)
             continue
-        request.pop("id", None)
         yield ident, request, None
+
+
+def _without_id(raw: bytes) -> bytes:
+    """The request line less the file's own `id` (a command that checks its fields, such as
+    `set` or `target`, would refuse it)."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return raw  # decode_request says what is wrong
+    if not isinstance(obj, dict) or "id" not in obj or len(raw) > 2 * MAX_REQUEST_BYTES:
+        return raw
+    obj.pop("id")
+    return json.dumps(obj).encode()
 
 
 def reply_of(events: list[dict[str, Any]], ident: str) -> dict[str, Any] | None:

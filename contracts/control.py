@@ -22,7 +22,10 @@ from contracts.events import json_safe
 
 #: `prune`: stop like `stop`, with reason PRUNED, so the run ends "pruned" (a sweep trial given up on).
 #: `requeue`: a Slurm job's engine checkpoints, requeues its job (scontrol requeue) and exits 3.
-COMMANDS = ("checkpoint", "pause", "continue", "stop", "prune", "set", "status", "requeue")
+#: `target`: set (or clear) train.target and train.stop_at_target while the run trains.
+COMMANDS = ("checkpoint", "pause", "continue", "stop", "prune", "set", "status", "requeue", "target")
+#: The `target` command's fields (the engine checks the metric and the value against the run's task).
+TARGET_FIELDS = ("metric", "value", "stop", "clear", "by")
 #: A request longer than this is refused unread: one command never needs more.
 MAX_REQUEST_BYTES = 4096
 #: Longest Unix socket path we bind (the kernel limit is 108 bytes with the NUL).
@@ -53,6 +56,8 @@ def decode_request(raw: bytes) -> dict[str, Any]:
         raise ProtocolError(f"unknown command {cmd!r}: expected one of {', '.join(COMMANDS)}")
     if cmd == "set":
         _check_set(obj)
+    if cmd == "target":
+        _check_target(obj)
     return obj
 
 
@@ -63,6 +68,28 @@ def _check_set(obj: dict[str, Any]) -> None:
     lr = obj.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ProtocolError(f"set: lr={lr!r}: expected a positive number")
+
+
+def _check_target(obj: dict[str, Any]) -> None:
+    """The target command's shape: {"metric": str, "value": number, "stop": bool, "by": str} or
+    {"clear": true}; whether the metric and value suit the run is the engine's to say."""
+    extra = set(obj) - {"cmd", *TARGET_FIELDS}
+    if extra:
+        raise ProtocolError(f"target: unknown field(s) {sorted(extra)}: expected {', '.join(TARGET_FIELDS)}")
+    for name in ("stop", "clear"):
+        if name in obj and not isinstance(obj[name], bool):
+            raise ProtocolError(f"target: {name}={obj[name]!r}: expected true or false")
+    if "by" in obj and (not isinstance(obj["by"], str) or len(obj["by"]) > 100):
+        raise ProtocolError(f"target: by={obj['by']!r}: expected a short text (who sets it, at most 100 characters)")
+    if obj.get("clear"):
+        if "value" in obj or "metric" in obj:
+            raise ProtocolError("target: clear=true with a metric or value: send one or the other")
+        return
+    if "metric" in obj and not isinstance(obj["metric"], str):
+        raise ProtocolError(f"target: metric={obj['metric']!r}: expected a name such as \"val_accuracy\"")
+    value = obj.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError(f"target: value={value!r}: expected a finite number (or clear=true)")
 
 
 def encode_reply(ok: bool, **fields: Any) -> bytes:

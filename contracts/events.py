@@ -57,6 +57,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "projection": ("metric", "target", "step", "value", "reached", "projected_step", "projected_s",
                    "projected_dollars", "interval", "asymptote", "residuals", "params", "law", "points",
                    "s_per_step", "message"),
+    "target": ("step", "metric", "value", "stop", "by"),
     "measures": ("parameters", "latency_ms", "latency_batch", "latency_compiled", "latency_note"),
     "log": ("level", "message"),
     "error": ("message", "traceback"),

@@ -102,6 +102,11 @@ def _add_send(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory, or run id under the runs directory")
     p.add_argument("cmd", choices=COMMANDS, help="the command")
     p.add_argument("--lr", type=float, help="learning rate, for the set command")
+    p.add_argument("--metric", help="target: val_accuracy, val_loss or val_perplexity (default: the current one)")
+    p.add_argument("--value", type=float, help="target: the value to reach")
+    p.add_argument("--stop", action=argparse.BooleanOptionalAction, default=None,
+                   help="target: finish the run when it is reached (default: as before)")
+    p.add_argument("--clear", action="store_true", help="target: remove the run's target")
     p.add_argument("--runs-dir", help="root of run directories")
     p.add_argument("--via", choices=["auto", "socket", "file"], default="auto",
                    help="the control socket (this host) or RUN/commands/ (an engine on another host, e.g. a "
@@ -371,6 +376,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     from contracts import command_files
 
     extra = {"lr": args.lr} if args.cmd == "set" else {}
+    if args.cmd == "target":
+        extra = {"clear": True} if args.clear else {k: v for k, v in (("metric", args.metric), ("value", args.value),
+                                                                       ("stop", args.stop), ("by", "cli"))
+                                                     if v is not None}
     try:
         status = json.loads(RunLayout(run).status.read_text())
     except (OSError, ValueError):

@@ -51,6 +51,7 @@ SAMPLE = {
     "residuals": [0.001, -0.002, 0.0005], "law": "a - b * step^-c", "points": 3, "s_per_step": 0.2,
     "parameters": 12874, "latency_ms": 0.083, "latency_batch": 1, "latency_compiled": True,
     "latency_note": "torch.compile failed, eager latency: ...",
+    "stop": True, "by": "cockpit",
 }
 
 
@@ -187,7 +188,7 @@ def test_replay_handles_repeated_resumes_and_a_resume_from_scratch():
 # ---- commands -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c != "set"])
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c not in ("set", "target")])
 def test_each_plain_command_is_accepted(cmd):
     assert decode_request(encode_request(cmd)) == {"cmd": cmd}
 
@@ -197,7 +198,23 @@ def test_set_with_a_positive_learning_rate_is_accepted(lr):
     assert decode_request(encode_request("set", lr=lr)) == {"cmd": "set", "lr": lr}
 
 
+@pytest.mark.parametrize("request_", [
+    {"cmd": "target", "metric": "val_accuracy", "value": 0.98, "stop": True, "by": "cockpit"},
+    {"cmd": "target", "value": 2},
+    {"cmd": "target", "clear": True},
+])
+def test_target_requests_of_the_right_shape_are_accepted(request_):
+    assert decode_request(encode_request(**request_)) == request_
+
+
 @pytest.mark.parametrize("raw, message", [
+    (b'{"cmd": "target"}', r"target: value=None: expected a finite number \(or clear=true\)"),
+    (b'{"cmd": "target", "value": "0.9"}', r"target: value='0.9': expected a finite number"),
+    (b'{"cmd": "target", "value": NaN}', r"target: value=nan: expected a finite number"),
+    (b'{"cmd": "target", "value": 0.9, "stop": "yes"}', r"target: stop='yes': expected true or false"),
+    (b'{"cmd": "target", "value": 0.9, "metric": 3}', r"target: metric=3: expected a name"),
+    (b'{"cmd": "target", "value": 0.9, "when": 3}', r"target: unknown field\(s\) \['when'\]"),
+    (b'{"cmd": "target", "clear": true, "value": 0.9}', r"target: clear=true with a metric or value"),
     (b"{cmd: status}", r"malformed request: not JSON"),
     (b'{"cmd": "status"', r"malformed request: not JSON"),
     (b"\xff\xfe", r"malformed request: not JSON"),

@@ -95,23 +95,19 @@ def build_trainer(cfg: Config, spec: DataSpec, model: Any, run: RunDir, tele: Te
 
 def target(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Trainer, resumed: bool) -> None:
     """train.target: rank 0 projects the cost of reaching it after each evaluation (a telemetry
-    sink, `projection` events); with train.stop_at_target every rank finishes the run there."""
-    goal = cfg.train.target
-    if goal is None:
+    sink, `projection` events) and, with train.stop_at_target, finishes the run there (a hook
+    whose verdict every rank agrees on). Both are on rank 0 even without a target: the `target`
+    command may set one while the run trains."""
+    if not dist.main:
         return
-    if cfg.train.stop_at_target:
-        from engine.train.target import StopAtTarget
+    from engine.telemetry.projection import Projection, prior_histories
+    from engine.train.target import StopAtTarget
 
-        trainer.eval_hooks.append(StopAtTarget(goal))
-    if dist.main:
-        from contracts.events import read_events, replay
-        from engine.telemetry.projection import Projection, prior_history
-
-        history: list = []
-        if resumed:
-            try:
-                with open(run.events, "rb") as f:
-                    history = prior_history(replay(list(read_events(f))), goal.metric)
-            except OSError:
-                pass
-        tele.add(Projection(goal.metric, goal.value, trainer.total_steps, tele.emit, history))
+    goal = cfg.train.target
+    hook = StopAtTarget(goal, cfg.train.stop_at_target)
+    trainer.target_hook = hook
+    trainer.eval_hooks.append(hook)
+    histories = prior_histories(run.events) if resumed and goal is not None else {}
+    prior = (lambda: prior_histories(run.events)) if resumed and goal is None else None
+    tele.add(Projection(goal.metric if goal else None, goal.value if goal else None, trainer.total_steps,
+                        tele.emit, histories, prior))

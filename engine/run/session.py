@@ -245,6 +245,10 @@ def resume(run_path: Path, overrides: list[str], json_mode: bool, detached: bool
         tele.emit("resume", step=state["step"], epoch=state["trainer"]["epoch"], checkpoint=name)
         if dist.main and overrides:
             _record_changes(run, tele, before, cfg, overrides, state["step"])
+        if dist.main:  # a target set live (the `target` command) outlives the session
+            from engine.train.target import on_resume
+
+            on_resume(cfg, run.events, overrides, tele.emit)
         trainer = build_trainer(cfg, spec, model, run, tele, dist, resume=state, teacher=teacher, lease=lease)
         return _train(trainer, tele, run, console)
     finally:

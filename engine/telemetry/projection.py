@@ -265,20 +265,39 @@ def project(history: list[tuple[int, float]], metric: str, target: float, total_
 
 
 class Projection:
-    """A telemetry sink (rank 0): a `projection` event after every `eval` event.
+    """A telemetry sink (rank 0): a `projection` event after every `eval` event while the run has
+    a target, and one at once when a `target` event (the live `target` command) changes it.
 
-    `history`: evaluations of earlier sessions of the run [(step, value)] (a resume);
-    `clock`-free: times come from the events' own `t`.
+    Every metric's evaluations are kept (the target may move to another metric): `histories`
+    maps a metric's key ("accuracy") to [(step, value)], the evaluations of earlier sessions of
+    the run (a resume) when known at the start; `prior`, when they are not (a resumed run without
+    a target), reads them at the first `target` event. `clock`-free: times come from the events' `t`.
     """
 
-    def __init__(self, metric: str, target: float, total_steps: int | None, emit: Callable[..., Any],
-                 history: list[tuple[int, float]] = ()):
-        self.metric, self.target, self.total_steps, self.emit_event = metric, target, total_steps, emit
-        self.key = metric.removeprefix("val_")
-        self.history: list[tuple[int, float]] = list(history)
+    def __init__(self, metric: str | None, target: float | None, total_steps: int | None, emit: Callable[..., Any],
+                 histories: dict[str, list[tuple[int, float]]] | None = None,
+                 prior: Callable[[], dict[str, list[tuple[int, float]]]] | None = None):
+        self.total_steps, self.emit_event, self.prior = total_steps, emit, prior
+        self.metric: str | None = None
+        self.target: float | None = None
+        self._aim(metric, target)
+        self.histories: dict[str, list[tuple[int, float]]] = {k: list(v) for k, v in (histories or {}).items()}
         self.first: tuple[float, int] | None = None  # (t, step) of this session's first step event
         self.last: tuple[float, int] | None = None
         self.price: float | None = None
+
+    def _aim(self, metric: Any, target: Any) -> None:
+        ok = isinstance(metric, str) and isinstance(target, (int, float)) and not isinstance(target, bool)
+        self.metric, self.target = (metric, float(target)) if ok else (None, None)
+
+    @property
+    def key(self) -> str | None:
+        return self.metric.removeprefix("val_") if self.metric else None
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        """The target metric's evaluations so far [(step, value)]."""
+        return self.histories.get(self.key or "", [])
 
     def s_per_step(self) -> float | None:
         """Wall seconds per step this session, evaluations and checkpoints between included."""
@@ -297,8 +316,10 @@ class Projection:
         if kind == "cost" and isinstance(event.get("price_per_hour"), (int, float)):
             self.price = float(event["price_per_hour"])
         elif kind == "resume" and isinstance(step, int):
-            self.history = [(s, v) for s, v in self.history if s <= step]
+            self.histories = {k: [(s, v) for s, v in h if s <= step] for k, h in self.histories.items()}
             self.first = self.last = None
+        elif kind == "target":
+            self._retarget(event)
         elif kind in ("step", "eval") and isinstance(step, int) and isinstance(t, (int, float)):
             if kind == "step" and self.first is None:
                 self.first = (float(t), step)
@@ -308,10 +329,27 @@ class Projection:
                 self._on_eval(event, step)
 
     def _on_eval(self, event: dict[str, Any], step: int) -> None:
-        value = (event.get("metrics") or {}).get(self.key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return
-        self.history = [(s, v) for s, v in self.history if s < step] + [(step, float(value))]
+        metrics = event.get("metrics") or {}
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                h = self.histories.setdefault(key, [])
+                h[:] = [(s, v) for s, v in h if s < step] + [(step, float(value))]
+        if self.metric is not None and self.key in metrics:
+            self._project()
+
+    def _retarget(self, event: dict[str, Any]) -> None:
+        """A new target (or none): projected at once from the evaluations so far."""
+        if self.prior is not None:  # a resumed run's earlier evaluations, read once
+            loaded, self.prior = self.prior(), None
+            for key, points in loaded.items():
+                merged = dict(points)
+                merged.update(dict(self.histories.get(key, [])))
+                self.histories[key] = sorted(merged.items())
+        self._aim(event.get("metric"), event.get("value"))
+        if self.metric is not None and self.history:
+            self._project()
+
+    def _project(self) -> None:
         fields = project(self.history, self.metric, self.target, self.total_steps, self.s_per_step(), self.price)
         self.emit_event("projection", **fields)
 
@@ -319,13 +357,26 @@ class Projection:
         pass
 
 
-def prior_history(events: Iterable[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
-    """The evaluations of a run's earlier sessions (replayed events) as [(step, value)]."""
-    key = metric.removeprefix("val_")
-    out: dict[int, float] = {}
-    for e in events:
-        if e.get("type") == "eval" and isinstance(e.get("step"), int):
-            v = (e.get("metrics") or {}).get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[e["step"]] = float(v)
-    return sorted(out.items())
+def prior_histories(path: Any) -> dict[str, list[tuple[int, float]]]:
+    """Every metric's evaluations in a run's events file so far (resumes replayed), as
+    {key: [(step, value)]}; only the `eval` and `resume` lines are decoded."""
+    from contracts.events import decode_event
+
+    out: dict[str, dict[int, float]] = {}
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if b'"eval"' not in line and b'"resume"' not in line:
+                    continue
+                e = decode_event(line)
+                if e is None or not isinstance(e.get("step"), int):
+                    continue
+                if e.get("type") == "resume":
+                    out = {k: {s: v for s, v in h.items() if s <= e["step"]} for k, h in out.items()}
+                elif e.get("type") == "eval":
+                    for key, v in (e.get("metrics") or {}).items():
+                        if isinstance(v, (int, float)) and not isinstance(v, bool):
+                            out.setdefault(key, {})[e["step"]] = float(v)
+    except OSError:
+        pass
+    return {k: sorted(h.items()) for k, h in out.items()}

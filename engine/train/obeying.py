@@ -62,6 +62,8 @@ class Obeying:
             by_cmd.setdefault(p.cmd, []).append(p)
         if plan.lr >= 0:
             self._set_lr(plan.lr, by_cmd.get("set", []))
+        for p in by_cmd.get("target", []):
+            self._set_target(p)
         if plan.reason in (Reason.CHECKPOINT_DUE, Reason.CHECKPOINT_COMMAND):
             self.save("command" if plan.reason == Reason.CHECKPOINT_COMMAND else plan.why or "periodic",
                       pending=by_cmd.get("checkpoint", []))
@@ -103,6 +105,22 @@ class Obeying:
         self.tele.emit("log", level="info", message=f"learning rate set to {lr:g} at step {self.pos.step}")
         for p in pending:
             p.answer(lr=lr, peak_lr=self.pos.peak_lr, step=self.pos.step)
+
+    def _set_target(self, p: Pending) -> None:
+        """The `target` command (rank 0): a new train.target / stop_at_target from this boundary on,
+        recorded as a `target` event (the projection sink answers it; a resume keeps it)."""
+        from engine.train.target import change
+
+        if self.target_hook is None:
+            p.answer(False, error="target: this engine has no target hook (not rank 0)")
+            return
+        try:
+            fields = change(self.target_hook, p.request, self.cfg.data.name)
+        except ValueError as exc:
+            p.answer(False, error=f"{exc}; nothing was changed")
+            return
+        self.tele.emit("target", step=self.pos.step, **fields)
+        p.answer(step=self.pos.step, **fields)
 
     def _finish(self, plan: Plan) -> RunResult:
         """The last checkpoint, then the final state the reason decides (finished, stopped...)."""

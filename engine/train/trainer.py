@@ -94,6 +94,8 @@ class Trainer(Reporting, Saving, Obeying):
         self.guard = DivergenceGuard(self.model, self.dist, t.precision, self.checkpoints.last_good)
         self.watching = False  # any rank's source asked between evaluation batches (agreed in train)
         self.eval_hooks: list[EvalHook] = []
+        #: Rank 0's train.target hook (engine.train.target), which the `target` command changes.
+        self.target_hook: Any = None
         self.state, self.last_status, self.last_loss = "starting", 0.0, None
         self.metrics: dict[str, float] = {}
         self.meter: StepMeter | None = None

@@ -1,0 +1,100 @@
+"""The `target` command against a real training engine: set live over the socket and the commands
+folder, a fresh projection at once, bad values refused while the run goes on, the run finishing at
+the new target, and a resume keeping the live-set target (a resume's --set winning over it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import TINY, events_of, only_run, status_of
+from contracts import command_files
+from contracts.control import send_command
+from contracts.events import EXIT_FINISHED, EXIT_STOPPED
+from engine.config.loading import load as load_config
+from engine.train.target import on_resume
+from test_control import launch, wait_alive
+
+TRAINING = ("running", "checkpointing")
+
+
+def of(run: Path, kind: str, after: int = 0) -> list[dict]:
+    """The events of this kind after the first `after` events of the file."""
+    return [e for e in events_of(run)[after:] if e["type"] == kind]
+
+
+def test_target_set_live_projects_at_once_stops_the_run_and_outlives_a_resume(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    runs = tmp_path / "runs"
+    proc, out = launch(tmp_path, "run", str(tmp_path / "tiny.toml"), "--runs-dir", str(runs),
+                       "--set", "train.epochs=40", "--set", "checkpoint.every_steps=1000")
+    try:
+        run = wait_alive(proc, lambda: runs.is_dir() and any(runs.iterdir()) and only_run(runs), out, "the run")
+        wait_alive(proc, lambda: of(run, "eval"), out, "the first evaluation")
+        sock = status_of(run)["socket"]
+
+        # bad values: an error reply naming the field, the value and what was expected; training goes on
+        bad = send_command(sock, "target", metric="val_accuracy", value=1.5, timeout=60)
+        assert bad["ok"] is False and "value = 1.5" in bad["error"] and "0 < value <= 1" in bad["error"]
+        assert "nothing was changed" in bad["error"]
+        wrong = command_files.send(run, "target", via="file", timeout=60, metric="val_perplexity", value=3.0)
+        assert wrong["ok"] is False and "metric='val_perplexity'" in wrong["error"]
+        assert "expected one of val_accuracy, val_loss" in wrong["error"]
+        malformed = send_command(sock, "target", value="high", timeout=60)
+        assert malformed == {"ok": False, "error": "target: value='high': expected a finite number (or clear=true)"}
+        assert not of(run, "target") and proc.poll() is None
+
+        # a target out of reach, over the socket: a target event and a projection for it at once
+        reply = send_command(sock, "target", metric="val_accuracy", value=0.999, stop=False, by="test",
+                             timeout=60)
+        assert reply["ok"] is True and reply["value"] == 0.999 and reply["stop"] is False
+        (set_live,) = of(run, "target")
+        assert set_live == {**set_live, "metric": "val_accuracy", "value": 0.999, "stop": False, "by": "test",
+                            "step": reply["step"]}
+        events = events_of(run)
+        at = events.index(set_live)
+        fresh = [e for e in events[at:] if e["type"] == "projection"]
+        assert fresh, "a projection comes with the target event, before the next evaluation"
+        newest_eval = [e for e in events[:at] if e["type"] == "eval"][-1]
+        assert fresh[0]["target"] == 0.999 and fresh[0]["step"] == newest_eval["step"]
+        assert fresh[0]["reached"] is False and fresh[0]["message"].startswith("target val_accuracy 0.999")
+
+        stopped = send_command(sock, "stop", timeout=120)
+        assert stopped["ok"] is True
+        assert proc.wait(timeout=120) == EXIT_STOPPED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+
+    # a resume without --set keeps the live-set target; a new one over the file channel finishes the run
+    before = len(events_of(run))
+    proc, out = launch(tmp_path, "resume", str(run))
+    try:
+        wait_alive(proc, lambda: of(run, "projection", before), out, "a projection after the resume")
+        kept = of(run, "projection", before)[0]
+        assert (kept["metric"], kept["target"]) == ("val_accuracy", 0.999)
+        assert any("the target set live at step" in e["message"] and "is kept: val_accuracy 0.999" in e["message"]
+                   for e in of(run, "log", before))
+        reply = command_files.send(run, "target", via="file", timeout=120, value=0.5, stop=True, by="test")
+        assert reply["ok"] is True and reply["metric"] == "val_accuracy" and reply["stop"] is True
+        assert proc.wait(timeout=240) == EXIT_FINISHED, out.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    final = of(run, "state")[-1]
+    last_eval = of(run, "eval")[-1]
+    assert final["state"] == "finished" and final["step"] == last_eval["step"] < status_of(run)["total_steps"]
+    assert final["reason"].startswith("target reached: val_accuracy") and ">= 0.5" in final["reason"]
+    assert of(run, "projection")[-1]["reached"] is True
+
+    # the rule a resume follows, on this run's events: the newest target event, unless --set names it
+    cfg = load_config(run / "config.toml")
+    emitted: list[tuple[str, dict]] = []
+    on_resume(cfg, run / "events.jsonl", [], lambda kind, **f: emitted.append((kind, f)))
+    assert (cfg.train.target.metric, cfg.train.target.value, cfg.train.stop_at_target) == ("val_accuracy", 0.5, True)
+    cfg = load_config(run / "config.toml", ["train.target.value=0.7"])
+    emitted.clear()
+    on_resume(cfg, run / "events.jsonl", ["train.target.value=0.7"], lambda kind, **f: emitted.append((kind, f)))
+    assert cfg.train.target.value == 0.7 and not cfg.train.stop_at_target
+    assert emitted == [("target", {"metric": "val_accuracy", "value": 0.7, "stop": False, "by": "resume --set"})]
