@@ -72,3 +72,20 @@ def test_sigkill_then_resume_from_periodic_checkpoint_is_bit_identical(tmp_path,
     assert_same_run(run, reference)
     resumes = [e for e in events_of(run) if e["type"] == "resume"]
     assert len(resumes) == 1 and resumes[0]["step"] % 5 == 0
+
+
+def test_validating_inside_epochs_leaves_the_training_bit_identical(reference, tmp_path: Path):
+    """train.eval_every_steps: partial evaluations at every 20th step inside an epoch, the epoch ends
+    as before, and the weights and losses equal the run that validated at epoch ends only."""
+    (tmp_path / "tiny.toml").write_text(TINY.replace("[train]\n", "[train]\neval_every_steps = 20\n"))
+    done = run_engine("run", str(tmp_path / "tiny.toml"), "--runs-dir", str(tmp_path / "runs"))
+    assert done.returncode == 0, done.stderr
+    run = only_run(tmp_path / "runs")
+    assert_same_run(run, reference)
+    evals = [(e["step"], e["epoch"], bool(e.get("partial"))) for e in events_of(run) if e["type"] == "eval"]
+    assert evals == [(20, 0, True), (40, 0, True), (45, 0, False), (60, 1, True), (80, 1, True), (90, 1, False),
+                     (100, 2, True), (120, 2, True), (135, 2, False)]
+    ref_evals = {e["step"]: e["metrics"] for e in events_of(reference) if e["type"] == "eval"}
+    ours = {e["step"]: e["metrics"] for e in events_of(run) if e["type"] == "eval"}
+    assert all(ours[s] == m for s, m in ref_evals.items()), "the epoch ends' evaluations are the same numbers"
+    assert "step 20 (inside epoch 1) validation:" in (run / "engine.log").read_text()

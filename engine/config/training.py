@@ -88,6 +88,11 @@ class TrainConfig(Section):
     )
     batch_size: Int = Field(64, ge=1, description="Samples per micro-batch")
     eval_batch_size: Optional[Int] = Field(None, ge=1, description="Default: batch_size")
+    eval_every_steps: Optional[Int] = Field(
+        None, ge=1, description="Also validate every this many optimizer steps inside an epoch (as Lightning's "
+        "val_check_interval; for long epochs and one-epoch language-model runs): an `eval` event with partial = true "
+        "(a new best is checkpointed; train.target's projection and stop count it; the sweep's pruner sees epoch ends "
+        "only). Default: at each epoch's end only")
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         "fp32", description="fp32, fp16 (autocast + GradScaler) or bf16 (autocast, no scaler)"
     )

@@ -130,7 +130,7 @@ class TrialEngine:
             return
         for event in read_events(complete.split(b"\n")):
             self._measured(event)
-            if event.get("type") != "eval" or self.metric_key is None:
+            if event.get("type") != "eval" or self.metric_key is None or event.get("partial"):
                 continue
             value = (event.get("metrics") or {}).get(self.metric_key)
             if not isinstance(value, (int, float)):

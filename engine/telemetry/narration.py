@@ -14,7 +14,9 @@ def describe(event: dict[str, Any]) -> str | None:
                 f"ETA {fmt_duration(event.get('eta_s'))}")
     if kind == "eval":
         parts = " ".join(f"{k} {v:.4f}" for k, v in event["metrics"].items())
-        return f"epoch {event['epoch'] + 1} validation: {parts}"
+        where = f"step {event['step']} (inside epoch {event['epoch'] + 1})" if event.get("partial") else \
+            f"epoch {event['epoch'] + 1}"
+        return f"{where} validation: {parts}"
     if kind == "state":
         if event["state"] == "checkpointing":
             return None  # the checkpoint event gets its own line

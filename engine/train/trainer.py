@@ -264,6 +264,9 @@ class Trainer(Reporting, Saving, Obeying):
         """Log, checkpoint on schedule, and obey commands and signals: all at a step boundary."""
         if self.pos.step % self.cfg.logging.every_steps == 0 or self.pos.step == self.total_steps:
             self.log_step(meter)
+        every = self.cfg.train.eval_every_steps
+        if every and self.pos.step % every == 0 and self.pos.batch < self.batches and self.pos.step < self.total_steps:
+            self.validate(epoch_done=False)  # inside the epoch: its end validates anyway
         c = self.cfg.checkpoint
         if isinstance(c.every_steps, int) and self.pos.step % c.every_steps == 0:
             self.save("periodic")
@@ -275,10 +278,17 @@ class Trainer(Reporting, Saving, Obeying):
             self.write_status()
 
     def end_epoch(self) -> None:
-        """Validate when the epoch is complete (or the run is), tell the hooks, then checkpoint."""
+        """Validate when the epoch is complete (or the run is)."""
         epoch_done = self.pos.batch >= self.batches
         if not epoch_done and self.pos.step < self.total_steps:
             return
+        self.validate(epoch_done)
+
+    def validate(self, epoch_done: bool) -> None:
+        """Evaluate, tell the hooks, checkpoint a new best (and, at an epoch's end with
+        checkpoint.on_epoch_end, every epoch). `epoch_done` False: train.eval_every_steps inside an
+        epoch (the `eval` event says partial)."""
+        partial = not epoch_done and self.pos.batch < self.batches
         # DDP's wrapper is for training; FSDP needs its own forward (it gathers the weights)
         self.model.eval()
         began = time.monotonic()
@@ -290,15 +300,16 @@ class Trainer(Reporting, Saving, Obeying):
             self.ledger.add("evaluation", time.monotonic() - began)
         self.model.train()
         self.metrics = metrics
-        self.tele.emit("eval", step=self.pos.step, epoch=self.pos.epoch, metrics=metrics)
+        self.tele.emit("eval", step=self.pos.step, epoch=self.pos.epoch, metrics=metrics,
+                       **({"partial": True} if partial else {}))
         epoch = self.pos.epoch
         if epoch_done:
             self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
         best = improves(metrics, self.pos.best, self.cfg.checkpoint.best_metric)
         if best:
             self.pos.best = metrics[self.cfg.checkpoint.best_metric.removeprefix("val_")]
-        if best or self.cfg.checkpoint.on_epoch_end:
-            self.save("epoch", best=best)
+        if best or (self.cfg.checkpoint.on_epoch_end and not partial):
+            self.save("eval" if partial else "epoch", best=best)
         plan = hooks_plan(self.eval_hooks, self.pos.step, epoch, metrics)
         plan = plan.agreed(self.dist.agree_max(plan.vector()))  # a hook on one rank stops them all
         if plan.reason.stops:
