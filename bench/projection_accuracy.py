@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["digits", "gpt", "sweep"], action="append")
     ap.add_argument("--runs-dir", help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
+                    help="train.eval_every_steps for the digits and gpt runs (default: an evaluation per epoch)")
     ap.add_argument("--reuse", action="store_true",
                     help="analyse the runs already in --runs-dir (from an earlier call) instead of training them again")
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
@@ -221,6 +223,8 @@ def main() -> None:
     runs = Path(args.runs_dir or tmp.name)
     results = []
     sched = ["--set", f'schedule.name="{args.schedule}"']
+    if args.eval_every:
+        sched += ["--set", f"train.eval_every_steps={args.eval_every}"]
     if "digits" in which:
         run(["run", "engine/demo.toml", "--runs-dir", str(runs), "--run-id", f"digits-{args.schedule}", *DIGITS, *sched,
              "--set", f"cost.price_per_hour={PRICE}"], env)
