@@ -5,13 +5,23 @@ seconds on average, checkpointing every sqrt(2 C M) seconds minimises the expect
 (the stalls plus the work redone after an interruption, on average half an interval): Young
 (1974), refined by Daly (2006), whose higher-order terms matter only when C is not much smaller
 than M. C is measured (the loop's stall in each save, smoothed); M comes from
-`spot.interruptions_per_hour`, else a conservative default by where the run is: spot capacity
-(a notice every few hours at worst) or anything else (a day).
+`spot.interruptions_per_hour`, else the capacity's interruption-frequency band as AWS's Spot
+Instance Advisor publishes it (`spot.interruption_band`, or looked up for this instance's type
+and region in the advisor's data file, `spot.advisor_data`), else a conservative default by where
+the run is: spot capacity (a notice every few hours at worst) or anything else (a day).
+
+A band is the share of instances of that type and region that AWS reclaimed during the past
+month ("<5%", "5-10%", ...). Taken at its upper edge p (">20%" has none: taken as 50%) and as a
+constant rate over a month of 730 hours, M = 730 h / -ln(1 - p): about 14,000 h for "<5%", 1,050 h
+for ">20%". The advisor's figure is an average over a month and a fleet; interruptions come in
+bursts, so an explicit `spot.interruptions_per_hour` wins over it.
 """
 
 from __future__ import annotations
 
 import math
+
+from engine.config.spot_advisor import BANDS
 
 #: Mean time between interruptions when nothing says otherwise (seconds).
 DEFAULT_MTBI_S = {"spot": 2 * 3600.0, "other": 24 * 3600.0}
@@ -26,10 +36,23 @@ def young_daly(stall_s: float, mtbi_s: float) -> float:
     return math.sqrt(2.0 * max(stall_s, 1e-6) * mtbi_s)
 
 
-def mtbi_for(interruptions_per_hour: float | None, spot: bool) -> tuple[float, str]:
+MONTH_H = 730.0
+
+
+def mtbi_of_band(band: str) -> float:
+    """M in seconds for an advisor band (module docstring)."""
+    return MONTH_H * 3600.0 / -math.log(1.0 - BANDS[band])
+
+
+def mtbi_for(interruptions_per_hour: float | None, spot: bool, band: str | None = None,
+             band_source: str = "spot.interruption_band") -> tuple[float, str]:
     """(M in seconds, where it came from)."""
     if interruptions_per_hour:
         return 3600.0 / interruptions_per_hour, f"spot.interruptions_per_hour = {interruptions_per_hour:g}"
+    if band is not None:
+        m = mtbi_of_band(band)
+        return m, (f"{band_source}: interrupted {band} a month (Spot Instance Advisor), taken as "
+                   f"{BANDS[band]:.0%}: one in {m / 3600:,.0f} h")
     kind = "spot" if spot else "other"
     return DEFAULT_MTBI_S[kind], (f"default for spot capacity ({DEFAULT_MTBI_S['spot'] / 3600:g} h)" if spot
                                   else f"default ({DEFAULT_MTBI_S['other'] / 3600:g} h)")
@@ -43,6 +66,11 @@ class AutoInterval:
         self.stall_s: float | None = None
         self.every: int | None = None
         self.interval_s: float | None = None
+
+    def set_mtbi(self, mtbi_s: float, source: str) -> None:
+        """A new M (the instance's band, learnt once the metadata service answered): the next
+        update announces the interval it gives."""
+        self.mtbi_s, self.source, self.every = mtbi_s, source, None
 
     def stalled(self, seconds: float) -> None:
         """One save's stall (an exponential average: a slow first save weighs less over time)."""

@@ -198,7 +198,14 @@ class SpotConfig(Section):
         "AWS_EC2_METADATA_DISABLED=true turns it off everywhere)")
     interruptions_per_hour: Optional[float] = Field(
         None, gt=0, description="How often this capacity is interrupted, for checkpoint.every_steps = 'auto' "
-        "(default: every 2 h on spot, every 24 h elsewhere)")
+        "(default: the interruption band below where known, else every 2 h on spot, every 24 h elsewhere)")
+    interruption_band: Optional[Literal["<5%", "5-10%", "10-15%", "15-20%", ">20%"]] = Field(
+        None, description="The capacity's frequency of interruption as AWS's Spot Instance Advisor shows it "
+        "(the share reclaimed in a month), for checkpoint.every_steps = 'auto'; taken at the band's upper edge "
+        "(>20%: 50%)")
+    advisor_data: Optional[str] = Field(
+        None, description="A downloaded copy of the Spot Instance Advisor's spot-advisor-data.json: on EC2 the "
+        "band of this instance's type and region is looked up in it (nothing is fetched)")
     poll_s: float = Field(
         5.0, gt=0, le=SPOT_POLL_MAX_S,
         description="Seconds between polls of the notice (AWS advises 5 s or faster: the notice comes "
@@ -211,4 +218,8 @@ class SpotConfig(Section):
     def _check(self) -> "SpotConfig":
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint={self.endpoint!r}: expected an http:// or https:// URL")
+        if self.advisor_data is not None:
+            from engine.config.spot_advisor import load
+
+            load(self.advisor_data)  # readable and shaped like the advisor's file, or the field is named
         return self

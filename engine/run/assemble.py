@@ -7,7 +7,7 @@ here and nowhere else: `sources()` and `converters()`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from contracts.stops import Source
 from engine.config import machine
@@ -65,8 +65,8 @@ def sources(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Any,
     if cfg.checkpoint.every_steps == "auto" and main:  # rank 0 decides when; the ranks agree
         from engine.checkpoint.interval import AutoInterval, mtbi_for
 
-        mtbi, why = mtbi_for(cfg.spot.interruptions_per_hour, cfg.spot.enabled)
-        found.append(AutoCheckpoint(AutoInterval(mtbi, why), trainer, tele.emit))
+        mtbi, why = mtbi_for(cfg.spot.interruptions_per_hour, cfg.spot.enabled, cfg.spot.interruption_band)
+        found.append(AutoCheckpoint(AutoInterval(mtbi, why), trainer, tele.emit, band_lookup(cfg, spot)))
     if under_slurm():  # USR1 straight to the engine (srun without a batch-script trap): save and requeue
         found.append(SlurmSignal())
     if lease is not None:  # another engine took the run over in S3: stop (exit 3)
@@ -74,6 +74,32 @@ def sources(cfg: Config, run: RunDir, tele: Telemetry, dist: Dist, trainer: Any,
 
         found.append(LeaseWatch(lease))
     return found, socket
+
+
+def band_lookup(cfg: Config, spot: Any) -> Callable[[], Any] | None:
+    """For checkpoint.every_steps = "auto" with no rate or band given: once the metadata service has
+    said what this instance is, (M, why) from spot.advisor_data's band for its type and region (or
+    the spot default, on spot capacity the config did not call spot); None until then."""
+    s = cfg.spot
+    if spot is None or s.interruptions_per_hour or s.interruption_band:
+        return None
+    from engine.checkpoint.interval import mtbi_for
+    from engine.config.spot_advisor import band_of, load
+
+    data = load(s.advisor_data) if s.advisor_data else None
+
+    def lookup() -> Any:
+        f = spot.facts
+        if f is None:
+            return None
+        band = band_of(data, f.region, f.instance_type) if data is not None else None
+        where = f"spot.advisor_data for {f.instance_type} in {f.region}"
+        if band is not None:
+            return mtbi_for(None, f.spot, band, where)
+        mtbi, why = mtbi_for(None, f.spot)
+        return mtbi, (f"{why}; {where}: none in the file" if data is not None else why)
+
+    return lookup
 
 
 def build_trainer(cfg: Config, spec: DataSpec, model: Any, run: RunDir, tele: Telemetry, dist: Dist,

@@ -68,12 +68,21 @@ class AutoCheckpoint(Source):
     recomputed from the measured stall and step time, each new interval a `checkpoint_interval`
     event."""
 
-    def __init__(self, auto: Any, trainer: Callable[[], Any], emit: Callable[..., Any]):
+    def __init__(self, auto: Any, trainer: Callable[[], Any], emit: Callable[..., Any],
+                 lookup: Callable[[], Any] | None = None):
         self.auto, self.trainer, self.emit = auto, trainer, emit
         self.seen_stalls = 0
+        self.lookup = lookup  # M from what the metadata service says this instance is (assemble.band_lookup)
 
     def poll(self) -> Plan:
         t = self.trainer()
+        if self.lookup is not None:
+            found = self.lookup()
+            if found is not None:
+                self.lookup = None
+                mtbi, why = found
+                if (mtbi, why) != (self.auto.mtbi_s, self.auto.source):
+                    self.auto.set_mtbi(mtbi, why)
         for stall in t.stalls[self.seen_stalls:]:
             self.auto.stalled(stall)
         if len(t.stalls) != self.seen_stalls or self.auto.every is None:
