@@ -70,6 +70,8 @@ class RunHistory:
     slurm: dict[str, Any] = field(default_factory=dict)
     #: The newest `projection` event (train.target): what reaching the target will take.
     projection: dict[str, Any] = field(default_factory=dict)
+    #: The newest `target` event (a target set live): metric (None: cleared), value, stop, by, step.
+    target: dict[str, Any] = field(default_factory=dict)
     #: The newest `ledger` event (cockpit/goodput.py): where the run's time and dollars went.
     ledger: dict[str, Any] = field(default_factory=dict)
     events_seen: int = 0
@@ -207,6 +209,20 @@ class RunHistory:
             "reached": e.get("reached") is True,
             "low": _number(interval.get("low")), "high": _number(interval.get("high")),
         }
+
+    def _on_target(self, e: dict[str, Any]) -> None:
+        metric, value = e.get("metric"), _number(e.get("value"))
+        self.target = {"metric": clean(str(metric)) if metric is not None and value is not None else None,
+                       "value": value, "stop": e.get("stop") is True, "by": clean(str(e.get("by") or "command")),
+                       "step": _number(e.get("step"))}
+        what = f"{self.target['metric']} {value:g}" if self.target["metric"] else "none"
+        if self.target["metric"] is None or self.projection.get("metric") != self.target["metric"] \
+                or self.projection.get("target") != value:
+            self.projection = {}  # for the target before (a fresh one follows when there are evaluations)
+        step = self.target["step"]
+        self.logs.append(("info", f"target set at step {'?' if step is None else int(step)} by {self.target['by']}: "
+                                  f"{what}"
+                                  + (", stop when reached" if self.target["stop"] and self.target["metric"] else "")))
 
     def _on_ledger(self, e: dict[str, Any]) -> None:
         self.ledger = fold_ledger(e)  # cumulative over the sessions: the newest is the whole story

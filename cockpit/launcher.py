@@ -76,11 +76,13 @@ def resume_run(run: Path, overrides: list[str] = ()) -> Launch:
     return _run(_engine("resume", str(run), "--detach", *[f"--set={s}" for s in overrides]))
 
 
-def start_sweep(config: str, runs_root: Path, trials: int, parallel: int = 1, storage: str | None = None) -> Launch:
-    """`cockpit-engine sweep CONFIG --trials N --parallel K --detach --runs-dir D`: a detached
-    sweep worker; the message is its `started sweep worker <study> (pid N, log <path>)` line, or
-    its error."""
-    cmd = _engine("sweep", config, "--trials", str(trials), "--parallel", str(parallel), "--detach",
+def start_sweep(config: str, runs_root: Path, trials: int | None = None, parallel: int = 1,
+                storage: str | None = None, study: str | None = None) -> Launch:
+    """`cockpit-engine sweep CONFIG [--trials N] --parallel K [--study S] --detach --runs-dir D`: a
+    detached sweep worker (no --trials: the config's sweep.trials); the message is its `started sweep
+    worker <study> (pid N, log <path>)` line, or its error."""
+    cmd = _engine("sweep", config, *(["--trials", str(trials)] if trials else []), "--parallel", str(parallel),
+                  *(["--study", study] if study else []), "--detach",
                   "--runs-dir", str(runs_root), *(["--storage", storage] if storage else []))
     done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     text = done.stdout.strip() if done.returncode == 0 else (done.stderr.strip() or done.stdout.strip())
@@ -97,6 +99,17 @@ def slurm_submit_cmd(config: str, runs_root: Path, nodes: int = 1, gpus_per_node
 
 
 @dataclass
+    return _sweep_worker(cmd)
+
+
+def start_demo_sweep(runs_root: Path, overrides: list[str] = (), storage: str | None = None) -> Launch:
+    """`cockpit-engine demo --sweep --detach --runs-dir D`: the demo sweep's worker, detached (a new
+    study each time); the message is its `started sweep worker <study> ...` line, or its error."""
+    return _sweep_worker(_engine("demo", "--sweep", "--detach", "--runs-dir", str(runs_root),
+                                 *[f"--set={s}" for s in overrides], *(["--storage", storage] if storage else [])))
+
+
+def _sweep_worker(cmd: list[str]) -> Launch:
 class Submitted:
     """The outcome of `cockpit-engine slurm submit`: exit code, job id and run directory (when
     submitted), and its message (the refusal on stderr, for exit 2: bad input)."""

@@ -1,4 +1,5 @@
-"""The keys that drive the followed run: checkpoint, pause, stop, resume, new run; and their replies."""
+"""The keys that drive the followed run: checkpoint, pause, stop, resume, fix, target, new run; and
+their replies."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import json
 import time
 from pathlib import Path
 
-from cockpit import launcher
+from cockpit import launcher, run_target
 from cockpit.link import RunLink
 from cockpit.messages import CommandAnswered
 from cockpit.sanitize import clean
 from cockpit.runs import pid_alive, read_status
 from cockpit.screens.modals import ConfirmFix, ConfirmStop, NewRunScreen, SlurmSubmit
+from cockpit.screens.target_form import TargetChange, TargetScreen
 from cockpit.widgets.steptime_pane import verdict_line
 from contracts.events import FINAL_STATES
 
@@ -168,6 +170,25 @@ class RunControl:
         self.notify(f"{field} = {value}: checkpointing, stopping and resuming {link.name}", markup=False)
         self.run_worker(work, thread=True, group="launch", name="fix")
 
+    def action_target(self) -> None:
+        """Set (or clear) the run's target while it trains: the form, prefilled with the current
+        target, then the `target` command; the projection beside the ETA follows the new target."""
+        if not self._need_link():
+            return
+        link = self.link
+        if link.vanished or link.history.state in FINAL_STATES:
+            self.notify(f"the run is {link.history.state or 'gone'}: a target is set while it trains "
+                        "(resume --set train.target.value=... for a stopped run)", severity="warning", markup=False)
+            return
+        now = run_target.current(link.run, link.history.target)
+
+        def answered(change: TargetChange | None) -> None:
+            if change is not None:
+                self._send("target", **change.command())
+
+        self.app.push_screen(TargetScreen(link.name, run_target.metrics_of(link.run, link.history.last_eval), now),
+                             answered)
+
     def action_new_run(self) -> None:
         """Ask for a config file, start a run from it, and follow it; where sbatch is on PATH the form
         also offers "submit to Slurm" (then the runs list shows the job)."""
@@ -218,5 +239,9 @@ class RunControl:
                         f"{float(reply.get('seconds') or 0):.2f} s)", markup=False)
         elif message.cmd in ("pause", "continue"):
             self.notify(f"{reply.get('state')} at step {reply.get('step')}", markup=False)
+        elif message.cmd == "target":
+            what = (f"{reply.get('metric')} {reply.get('value')}" if reply.get("metric") else "none (cleared)")
+            stops = ", the run finishes when it is reached" if reply.get("stop") and reply.get("metric") else ""
+            self.notify(clean(f"target {what} from step {reply.get('step')}{stops}"), markup=False)
         elif message.cmd == "stop":
             self.notify(f"stopped at step {reply.get('step')}; checkpoint {reply.get('path')}", markup=False)

@@ -65,6 +65,9 @@ class RunScreen(RunControl, SizedScreen):
         Binding("n", "new_run", "New run", id="new-run", tooltip="Start a new run from a config file"),
         Binding("f", "fix", "Fix", id="fix",
                 tooltip="Apply the doctor's remedy: checkpoint, stop and resume with the field it names changed"),
+        Binding("T", "target", "Target", id="target",
+                tooltip="Set the run's target (metric, value, stop when reached) while it trains; the "
+                        "projection beside the ETA follows it"),
         Binding("l", "runs", "Runs", id="runs", tooltip="Show the runs list, to follow another run"),
         Binding("y", "log_scale", "Log y", id="log-scale", tooltip="Toggle a logarithmic scale on the loss chart"),
         Binding("a", "swap_chart", "Acc/lr", id="swap-chart",

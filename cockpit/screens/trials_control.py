@@ -8,8 +8,9 @@ from cockpit import launcher
 from cockpit.link import RunLink
 from cockpit.messages import RunChosen
 from cockpit.sanitize import clean
-from cockpit.screens.modals import ConfirmStop, LaunchTrialsScreen, PromoteScreen, Promotion, SweepLaunch
-from cockpit.sweeps import (StudyView, SweepReader, TrialRow, base_config, base_epochs, promoted_config,
+from cockpit.screens.modals import ConfirmStop, PromoteScreen, Promotion
+from cockpit.screens.sweep_launch import LaunchTrialsScreen, SweepLaunch
+from cockpit.sweeps import (StudyView, SweepReader, TrialRow, base_config, base_epochs, mask_url, promoted_config,
                             promoted_path, storage_url, write_promoted)
 
 
@@ -75,23 +76,34 @@ class TrialsControl:
         self.app.push_screen(ConfirmStop(trial.run_id or Path(trial.run_dir).name), answered)
 
     def action_launch(self) -> None:
-        """Ask for a sweep config, N trials and K at once; start a detached worker in a thread."""
+        """Ask for a sweep config, its trials, K at once and the study (the form takes the config's
+        defaults); start a detached worker in a thread."""
         def chosen(answer: SweepLaunch | None) -> None:
             if answer is None:
                 return
 
             def work() -> None:
-                result = launcher.start_sweep(answer.config, self.runs_root, answer.trials, answer.parallel,
+                result = launcher.start_sweep(answer.config, self.runs_root, answer.trials or None, answer.parallel,
                                               storage=self.reader.url if self.url != storage_url(self.runs_root)
-                                              else None)
+                                              else None, study=answer.study or None)
                 self.app.call_from_thread(self._launched, answer, result)
 
             self.notify(f"starting a sweep worker for {answer.config}...", markup=False, timeout=5)
             self.run_worker(work, thread=True, group="sweep-launch", name="launch sweep")
 
-        self.app.push_screen(LaunchTrialsScreen(), chosen)
+        self.app.push_screen(LaunchTrialsScreen(mask_url(self.url)), chosen)
 
-    def _launched(self, answer: SweepLaunch, result: launcher.Launch) -> None:
+    def launch_demo(self, overrides: list[str]) -> None:
+        """`cockpit demo --sweep`: start the demo sweep's worker; its study is shown as it runs."""
+        def work() -> None:
+            result = launcher.start_demo_sweep(self.runs_root, overrides,
+                                               storage=self.url if self.url != storage_url(self.runs_root) else None)
+            self.app.call_from_thread(self._launched, None, result)
+
+        self.notify("starting the demo sweep: 6 short trials of the digits demo...", timeout=8)
+        self.run_worker(work, thread=True, group="sweep-launch", name="launch demo sweep")
+
+    def _launched(self, answer: SweepLaunch | None, result: launcher.Launch) -> None:
         if result.code != 0:
             self.notify(f"the sweep worker did not start (exit {result.code}):\n{clean(result.message)}",
                         severity="error", markup=False, timeout=20)

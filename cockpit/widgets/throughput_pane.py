@@ -71,6 +71,8 @@ class ThroughputPane(TextPane):
         projection = fmt_projection(h.projection)
         if projection:  # train.target: beside the ETA, what reaching the target will take
             t.append(projection + "\n", style="bold" if h.projection.get("reached") else "")
+        elif h.target.get("metric"):  # set live before the first evaluation
+            t.append(f"target {h.target['metric']} {h.target['value']:g}: projected from the evaluations\n")
         t.append(spark(h.throughput.points()[1], 32), style="dim")
         tflops, mfu = e.get("tflops"), e.get("mfu")
         if tflops:  # torch's FLOP counter; MFU where the device's peak is known (train.peak_tflops)
