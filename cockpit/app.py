@@ -50,7 +50,10 @@ class CockpitApp(App):
                  launch: tuple[str, list[str]] | None = None, user: settings_mod.Settings | None = None,
                  poll_gpu: bool = True, gpu: GpuSampler | None = None, clock=time.time,
                  storage: str | None = None):
-        if run is None and launch is None:
+        demo_sweep = launch[1] if launch and launch[0] == "demo-sweep" else None
+        if demo_sweep is not None:
+            launch, self.DEFAULT_MODE = None, "trials"  # the demo sweep's trials, as they come
+        elif run is None and launch is None:
             self.DEFAULT_MODE = "runs"  # read by App.__init__: no run yet, so start on the list
         super().__init__()
         self.runs_root, self.gpu = runs_root, gpu
@@ -62,7 +65,8 @@ class CockpitApp(App):
         self.install_screen(RunScreen(runs_root, run=run, launch=launch, gpu=gpu, poll_gpu=poll_gpu,
                                       clock=clock, closing=self.closing), "run")
         self.install_screen(RunsScreen(runs_root, clock), "runs")
-        self.install_screen(TrialsScreen(runs_root, clock, storage=storage, closing=self.closing), "trials")
+        self.install_screen(TrialsScreen(runs_root, clock, storage=storage, closing=self.closing,
+                                         demo_sweep=demo_sweep), "trials")
 
     @property
     def run_screen(self) -> RunScreen:

@@ -21,6 +21,7 @@ examples:
   cockpit                       the runs directory: pick a run to watch
   cockpit demo                  start the demo run (bundled digits) and watch it
   cockpit demo --gpt            the language-model demo (a transformer on Python's own source)
+  cockpit demo --sweep          the demo sweep: 6 short Optuna trials, on the trials screen
   cockpit attach RUN            watch a run again, with its whole history
   cockpit run run.toml --gpus 4 start a run on 4 local GPUs (DDP, torchrun underneath) and watch it
   cockpit runs                  list runs without the UI (--json: for scripts)
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="start the demo run and attach to it")
     p.add_argument("--gpt", action="store_true",
                    help="the language-model demo: a byte-level transformer on Python's own standard library")
+    p.add_argument("--sweep", action="store_true",
+                   help="the demo sweep: 6 short trials of the digits demo (Optuna), shown on the trials screen")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a demo config field, e.g. --set train.epochs=100")
     p = sub.add_parser("attach", help="attach to a run (a path or a run id)")
@@ -129,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cockpit: run {args.run!r}: no run directory here or under {str(root)!r}", file=sys.stderr)
             return 2
     elif args.command == "demo":
-        launch = ("demo-gpt" if args.gpt else "demo", args.set)
+        if args.gpt and args.sweep:
+            print("cockpit: --sweep with --gpt: the demo sweep is of the digits demo; drop one of them",
+                  file=sys.stderr)
+            return 2
+        launch = ("demo-sweep" if args.sweep else "demo-gpt" if args.gpt else "demo", args.set)
     elif args.command == "run":
         n = args.gpus if args.gpus is not None else args.nproc
         if n is not None and n < 1:

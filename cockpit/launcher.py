@@ -84,6 +84,17 @@ def start_sweep(config: str, runs_root: Path, trials: int | None = None, paralle
     cmd = _engine("sweep", config, *(["--trials", str(trials)] if trials else []), "--parallel", str(parallel),
                   *(["--study", study] if study else []), "--detach",
                   "--runs-dir", str(runs_root), *(["--storage", storage] if storage else []))
+    return _sweep_worker(cmd)
+
+
+def start_demo_sweep(runs_root: Path, overrides: list[str] = (), storage: str | None = None) -> Launch:
+    """`cockpit-engine demo --sweep --detach --runs-dir D`: the demo sweep's worker, detached (a new
+    study each time); the message is its `started sweep worker <study> ...` line, or its error."""
+    return _sweep_worker(_engine("demo", "--sweep", "--detach", "--runs-dir", str(runs_root),
+                                 *[f"--set={s}" for s in overrides], *(["--storage", storage] if storage else [])))
+
+
+def _sweep_worker(cmd: list[str]) -> Launch:
     done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     text = done.stdout.strip() if done.returncode == 0 else (done.stderr.strip() or done.stdout.strip())
     return Launch(done.returncode, None, "\n".join(text.splitlines()[-6:]))
@@ -99,17 +110,6 @@ def slurm_submit_cmd(config: str, runs_root: Path, nodes: int = 1, gpus_per_node
 
 
 @dataclass
-    return _sweep_worker(cmd)
-
-
-def start_demo_sweep(runs_root: Path, overrides: list[str] = (), storage: str | None = None) -> Launch:
-    """`cockpit-engine demo --sweep --detach --runs-dir D`: the demo sweep's worker, detached (a new
-    study each time); the message is its `started sweep worker <study> ...` line, or its error."""
-    return _sweep_worker(_engine("demo", "--sweep", "--detach", "--runs-dir", str(runs_root),
-                                 *[f"--set={s}" for s in overrides], *(["--storage", storage] if storage else [])))
-
-
-def _sweep_worker(cmd: list[str]) -> Launch:
 class Submitted:
     """The outcome of `cockpit-engine slurm submit`: exit code, job id and run directory (when
     submitted), and its message (the refusal on stderr, for exit 2: bad input)."""

@@ -1,6 +1,6 @@
 """Modal screens: help, stop confirmation, the doctor's remedy, new-run prompt (local, or submitted to
 Slurm), a Slurm job's cancel confirmation, quantization mode and report, spot launch, and the trials
-screen's forms (launch trials, promote the best trial).
+screen's promote form (its launch form is sweep_launch.py's).
 
 A form that asks for several values dismisses with one of the typed answers below (None: cancelled).
 """
@@ -42,15 +42,6 @@ class SlurmSubmit:
     gpus_per_node: int = 0
     time: str = "1:00:00"
     partition: str = ""
-
-
-@dataclass(frozen=True)
-class SweepLaunch:
-    """LaunchTrialsScreen's answer: `cockpit-engine sweep CONFIG --trials N --parallel K`."""
-
-    config: str
-    trials: int
-    parallel: int
 
 
 @dataclass(frozen=True)
@@ -325,39 +316,6 @@ class SpotLaunchScreen(ModalScreen[SpotLaunch | None]):
             return
         self.dismiss(SpotLaunch(values["launch-config"], values["launch-type"], values["launch-s3"],
                                 values["launch-region"], values["launch-ami"]))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class LaunchTrialsScreen(ModalScreen[SweepLaunch | None]):
-    """Ask for a sweep config, the number of trials and how many run at once."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="sweep-launch-cancel")]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="sweep-box"):
-            yield Label("Launch trials of a sweep config (cockpit-engine sweep ... --detach). "
-                        "Enter in the last field launches, Esc cancels.", markup=False)
-            yield Input(placeholder="sweep config file, e.g. sweep.toml", id="sweep-config")
-            yield Input(value="8", placeholder="number of trials", id="sweep-trials")
-            yield Input(value="1", placeholder="trials at once (parallel)", id="sweep-parallel")
-            yield Label("", id="sweep-error", markup=False)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        config = self.query_one("#sweep-config", Input).value.strip()
-        if not config:
-            self.query_one("#sweep-config", Input).focus()
-            return
-        numbers: dict[str, int] = {}
-        for field, what in (("sweep-trials", "trials"), ("sweep-parallel", "parallel")):
-            raw = self.query_one(f"#{field}", Input).value.strip()
-            if not raw.isdigit() or int(raw) < 1:
-                self.query_one("#sweep-error", Label).update(f"{what}: expected a whole number of 1 or more")
-                self.query_one(f"#{field}", Input).focus()
-                return
-            numbers[what] = int(raw)
-        self.dismiss(SweepLaunch(config, numbers["trials"], numbers["parallel"]))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
