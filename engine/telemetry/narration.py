@@ -38,6 +38,10 @@ def describe(event: dict[str, Any]) -> str | None:
         return f"doctor: {event['message']}"
     if kind == "resume":
         return f"resumed from {event['checkpoint']} at step {event['step']}"
+    if kind == "target":
+        what = f"{event['metric']} {event['value']:g}" if event.get("metric") else "none"
+        stop = ", the run finishes when it is reached" if event.get("stop") and event.get("metric") else ""
+        return f"target {what} from step {event['step']}{stop} (set by {event.get('by')})"
     if kind == "alert":
         return f"alert ({event['kind']}, {event['severity']}): {event['message']}"
     if kind == "log":
