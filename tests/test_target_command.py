@@ -4,9 +4,10 @@ the new target, and a resume keeping the live-set target (a resume's --set winni
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from conftest import TINY, events_of, only_run, status_of
+from conftest import TINY, events_of, only_run, run_engine, status_of
 from contracts import command_files
 from contracts.control import send_command
 from contracts.events import EXIT_FINISHED, EXIT_STOPPED
@@ -43,12 +44,13 @@ def test_target_set_live_projects_at_once_stops_the_run_and_outlives_a_resume(tm
         assert malformed == {"ok": False, "error": "target: value='high': expected a finite number (or clear=true)"}
         assert not of(run, "target") and proc.poll() is None
 
-        # a target out of reach, over the socket: a target event and a projection for it at once
-        reply = send_command(sock, "target", metric="val_accuracy", value=0.999, stop=False, by="test",
-                             timeout=60)
+        # a target out of reach, over the socket (cockpit-engine send): a target event and a projection at once
+        sent = run_engine("send", str(run), "target", "--value", "0.999", "--no-stop")
+        assert sent.returncode == 0, sent.stderr
+        reply = json.loads(sent.stdout)
         assert reply["ok"] is True and reply["value"] == 0.999 and reply["stop"] is False
         (set_live,) = of(run, "target")
-        assert set_live == {**set_live, "metric": "val_accuracy", "value": 0.999, "stop": False, "by": "test",
+        assert set_live == {**set_live, "metric": "val_accuracy", "value": 0.999, "stop": False, "by": "cli",
                             "step": reply["step"]}
         events = events_of(run)
         at = events.index(set_live)
