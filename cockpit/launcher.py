@@ -58,6 +58,21 @@ def quantize_run(run: Path, mode: str) -> Launch:
     return Launch(done.returncode, run, "\n".join(lines[-6:]))
 
 
+#: Arguments every cockpit-started compress job adds to `--detach` (none: the command's defaults,
+#: the half-width preset, two seeds, each student as long as its config says).
+COMPRESS_ARGS: list[str] = []
+
+
+def compress_run(run: Path) -> Launch:
+    """`cockpit-engine compress RUN --detach`: checked at once (bad input comes back with exit 2 and
+    its message), then the job runs on in its own session, writing RUN/compress/progress.jsonl."""
+    done = subprocess.run(_engine("compress", str(run), "--detach", *COMPRESS_ARGS),
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    text = done.stdout.strip() if done.returncode == 0 else (done.stderr.strip() or done.stdout.strip())
+    lines = [line for line in text.splitlines() if not line.startswith(("W1", "I1"))]
+    return Launch(done.returncode, run, "\n".join(lines[-6:]))
+
+
 def cloud_launch(config: str, instance_type: str, s3_uri: str, region: str = "", ami: str = "",
                  dry_run: bool = False) -> Launch:
     """`cockpit-engine cloud launch --spot CONFIG ...` to completion: an EC2 spot instance that

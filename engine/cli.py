@@ -25,6 +25,7 @@ examples:
   cockpit-engine resume runs/20261123-221500-small_cnn-3f9a
   cockpit-engine send runs/20261123-221500-small_cnn-3f9a checkpoint
   cockpit-engine quantize runs/20261123-221500-small_cnn-3f9a --mode static
+  cockpit-engine compress runs/20261123-221500-small_cnn-3f9a --preset half-width
   cockpit-engine run run.toml --gpus 4             (DDP on 4 GPUs, torchrun underneath)
   torchrun --nproc-per-node 8 -m engine.cli run run.toml --run-id big   (launch it yourself)
 """
@@ -218,6 +219,10 @@ def _add_plugged_in(sub: argparse._SubParsersAction) -> None:
     from engine.sweep.command import add_parser as add_sweep
 
     add_sweep(sub)  # sweep CONFIG: an Optuna sweep worker, each trial a run
+
+    from engine.compress.command import add_parser as add_compress
+
+    add_compress(sub)  # compress RUN: students, distillation and int8 of a finished run, the frontier
 
 
 QUANTIZE_EPILOG = """exit codes: 0 done, 2 bad input (no checkpoint, a mode the model does not suit,

@@ -53,7 +53,8 @@ def suggested_mode(run: Path) -> str:
 class RunsScreen(SizedScreen):
     """Every run, newest first, re-read every few seconds while shown; Enter follows the
     highlighted run in the run screen, `l` or Escape goes back to the run followed, `z`
-    quantizes the highlighted finished run (`cockpit-engine quantize`) and shows its report, `a`
+    quantizes the highlighted finished run (`cockpit-engine quantize`) and shows its report, `C`
+    starts its compression frontier (`cockpit-engine compress --detach`) and `F` shows it, `a`
     launches a config on an EC2 spot instance (`cockpit-engine cloud launch`), `s` stops the
     highlighted run, or, on a Slurm job's row, cancels the job (`scancel`), after a confirmation."""
 
@@ -62,6 +63,11 @@ class RunsScreen(SizedScreen):
         Binding("n", "new_run", "New run", id="runs-new-run", tooltip="Start a new run from a config file"),
         Binding("z", "quantize", "Quantize", id="runs-quantize",
                 tooltip="Quantize the highlighted finished run to int8 and show what it buys"),
+        Binding("C", "compress", "Compress", id="runs-compress",
+                tooltip="The compression frontier of the highlighted finished run: a half-width student alone and "
+                        "distilled, int8 and QAT (cockpit-engine compress --detach), then its chart"),
+        Binding("F", "frontier", "Frontier", id="runs-frontier",
+                tooltip="The highlighted run's compression frontier (RUN/compress/frontier.json) and the job's progress"),
         Binding("a", "spot_launch", "Spot launch", id="runs-spot-launch",
                 tooltip="Train a config on an EC2 spot instance, mirrored to S3 (cockpit-engine cloud launch)"),
         Binding("s", "stop", "Stop/cancel", id="runs-stop",
@@ -228,6 +234,55 @@ class RunsScreen(SizedScreen):
         else:
             self.notify(f"quantize {mode} refused (exit {result.code}):\n{clean(result.message)}",
                         severity="error", markup=False, timeout=20)
+
+    def action_compress(self) -> None:
+        """`C`: start `cockpit-engine compress RUN --detach` on the highlighted finished run in a worker;
+        once it is under way, the frontier screen follows its progress."""
+        run = self.highlighted()
+        if run is None:
+            self.notify("no run highlighted", severity="warning")
+            return
+        state = read_status(run).get("state")
+        if state != "finished":
+            self.notify(f"{run.name} is {state or 'not started'}: only a finished run can be the teacher",
+                        severity="warning", markup=False)
+            return
+        from cockpit.frontier import job_running, read_progress
+
+        if job_running(read_progress(run)):
+            self.action_frontier()
+            return
+
+        def work() -> None:
+            result = launcher.compress_run(run)
+            self.app.call_from_thread(self._compressing, run, result)
+
+        self.notify(f"checking {run.name} for compress...", markup=False, timeout=5)
+        self.run_worker(work, thread=True, group="compress", name=f"compress {run.name}")
+
+    def _compressing(self, run: Path, result: launcher.Launch) -> None:
+        if result.code == 0:
+            self.notify(clean(result.message), markup=False, timeout=10)
+            self.open_frontier(run)
+        else:
+            self.notify(f"compress refused (exit {result.code}):\n{clean(result.message)}",
+                        severity="error", markup=False, timeout=20)
+
+    def action_frontier(self) -> None:
+        """`F`: the highlighted run's frontier and its compress job's progress."""
+        from cockpit.frontier import has_compress
+
+        run = self.highlighted()
+        if run is None or not has_compress(run):
+            self.notify(f"{run.name if run else 'no run'}: no compress job yet (C starts one on a finished run)",
+                        severity="warning", markup=False)
+            return
+        self.open_frontier(run)
+
+    def open_frontier(self, run: Path) -> None:
+        from cockpit.screens.frontier_screen import FrontierScreen
+
+        self.app.push_screen(FrontierScreen(run))
 
     def action_spot_launch(self) -> None:
         """Ask for a config, an instance type and an S3 location, then launch in a worker."""
