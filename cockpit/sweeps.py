@@ -71,7 +71,8 @@ class TrialRow:
     duration_s: float | None
     run_dir: str | None
     run_id: str | None
-    best: bool = False
+    best: bool = False  # the best trial; with several objectives, a trial on the Pareto front
+    values: list[float] | None = None  # every objective's value (a complete trial)
 
 
 @dataclass
@@ -87,6 +88,17 @@ class StudyView:
     best_so_far: tuple[list[float], list[float]]  # trial numbers, best value after each
     importances: dict[str, float] | None  # None: fewer than 2 complete trials, or not computable
     note: str = ""  # e.g. why importances are missing, or that stale trials were failed
+    #: (metric, direction) of each objective; several: `best` is None and the front is marked
+    objectives: list[tuple[str, str]] | None = None
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.objectives) and len(self.objectives) > 1
+
+    @property
+    def front(self) -> list[TrialRow]:
+        """The Pareto front (several objectives), by trial number."""
+        return [r for r in self.trials if r.best and r.values is not None] if self.multi else []
 
 
 @dataclass
@@ -168,8 +180,9 @@ class SweepReader:
 
         out = []
         for s in optuna.get_all_study_summaries(self.storage(), include_best_trial=True):
-            direction = s.direction.name.lower() if s.direction is not None else "?"
-            best = s.best_trial.value if s.best_trial is not None else None
+            directions = list(s.directions or [])
+            direction = "/".join(d.name.lower() for d in directions) if directions else "?"
+            best = s.best_trial.value if s.best_trial is not None and len(directions) == 1 else None
             out.append(StudySummary(s.study_name, s.n_trials, direction, best))
         return sorted(out, key=lambda s: s.name)
 
@@ -192,6 +205,8 @@ class SweepReader:
 
         self.fail_stale(name)
         study = optuna.load_study(study_name=name, storage=self.storage())
+        if len(study.directions) > 1:
+            return self._read_multi(name, study)
         maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
         now = self.clock()
         rows: list[TrialRow] = []
@@ -229,6 +244,39 @@ class SweepReader:
                          param_names=sorted(names), best=best, best_so_far=(xs, ys),
                          importances=importances, note=note)
 
+    def _rows(self, study) -> tuple[list[TrialRow], list[str]]:
+        now = self.clock()
+        rows: list[TrialRow] = []
+        names: set[str] = set()
+        for t in study.get_trials(deepcopy=False):
+            end = t.datetime_complete.timestamp() if t.datetime_complete else now
+            rows.append(TrialRow(
+                number=t.number, state=t.state.name.lower(), params=dict(t.params),
+                value=t.values[0] if t.values else None, epochs=len(t.intermediate_values),
+                duration_s=None if t.datetime_start is None else end - t.datetime_start.timestamp(),
+                run_dir=_str_or_none(t.user_attrs.get("run_dir")), run_id=_str_or_none(t.user_attrs.get("run_id")),
+                values=list(t.values) if t.values else None))
+            names.update(t.params)
+        return rows, sorted(names)
+
+    def _read_multi(self, name: str, study) -> StudyView:
+        """A study of several objectives: every objective's value, the Pareto front marked."""
+        rows, names = self._rows(study)
+        directions = [d.name.lower() for d in study.directions]
+        metrics = study.user_attrs.get("objectives")
+        if not (isinstance(metrics, list) and len(metrics) == len(directions)):
+            metrics = [f"objective {i}" for i in range(len(directions))]
+        complete = [r for r in rows if r.state == "complete" and r.values
+                    and all(math.isfinite(v) for v in r.values)]
+        for r in pareto_front(complete, directions):
+            r.best = True
+        note = "importances: one objective at a time (not shown for several)"
+        if self.stale_refused:
+            note += "; " + self.stale_refused
+        return StudyView(name=name, direction=directions[0], metric=str(metrics[0]), trials=rows,
+                         param_names=names, best=None, best_so_far=([], []), importances=None, note=note,
+                         objectives=[(str(m), d) for m, d in zip(metrics, directions)])
+
     def _importances(self, study, complete: list[TrialRow]) -> tuple[dict[str, float] | None, str]:
         if len(complete) < 2:
             return None, "importances need 2 complete trials"
@@ -246,6 +294,18 @@ class SweepReader:
             value, note = None, f"importances: {exc}"
         self._importance_cache[study.study_name] = (key, value, note)
         return value, note
+
+
+def pareto_front(rows: list[TrialRow], directions: list[str]) -> list[TrialRow]:
+    """The rows no other row dominates (at least as good in every objective, better in one):
+    what Optuna's study.best_trials holds, told without a storage round trip."""
+    signs = [1 if d == "maximize" else -1 for d in directions]
+
+    def dominates(a: TrialRow, b: TrialRow) -> bool:
+        pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+    return [r for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
 
 
 def _str_or_none(v: Any) -> str | None:

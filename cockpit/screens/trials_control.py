@@ -114,19 +114,39 @@ class TrialsControl:
             self.study = words[1].split()[0]  # show the study the worker runs
         self.reread(force=True)
 
-    def action_promote(self) -> None:
-        """The new-run form prefilled for the best trial; a config written next to the study."""
-        view = self.view
+    def _to_promote(self, view: StudyView | None) -> TrialRow | None:
+        """The best trial; with several objectives (no single best) the highlighted one, which
+        must be complete; the notice says whether it is on the Pareto front."""
+        if view is not None and view.multi:
+            trial = self.highlighted()
+            if trial is None or trial.state != "complete":
+                what = f"trial {trial.number} is {trial.state}" if trial else "no trial highlighted"
+                self.notify(f"{what}: highlight a complete trial (the Pareto front's are starred) to promote",
+                            severity="warning", markup=False)
+                return None
+            where = "on the Pareto front" if trial.best else "not on the Pareto front (another trial dominates it)"
+            self.notify(f"trial {trial.number} is {where}", markup=False, timeout=6)
+            return trial
         if view is None or view.best is None:
             self.notify("no complete trial to promote yet", severity="warning")
+            return None
+        return view.best
+
+    def action_promote(self) -> None:
+        """The new-run form prefilled for the best trial (several objectives: the highlighted
+        one); a config written next to the study."""
+        view = self.view
+        best = self._to_promote(view)
+        if best is None:
             return
-        best = view.best
         try:
             base = base_config(best)
         except ValueError as exc:
             self.notify(f"cannot promote trial {best.number}: {clean(str(exc))}", severity="error", markup=False)
             return
         default = promoted_path(self.runs_root, view.name)
+        if view.multi:  # no single best: the file says which trial
+            default = default.with_name(default.name.replace("-best.toml", f"-t{best.number:03d}.toml"))
 
         def chosen(answer: Promotion | None) -> None:
             if answer is not None:

@@ -24,6 +24,7 @@ from cockpit.sanitize import clean
 from cockpit.screens.sized import SizedScreen
 from cockpit.screens.trials_control import TrialsControl
 from cockpit.sweeps import StudySummary, StudyView, SweepReader, TrialRow, fmt_value, mask_url, storage_url
+from cockpit.widgets.pareto_pane import ParetoPane, axis_pairs
 from cockpit.widgets.trials_table import BestChartPane, ImportancePane, TrialsTable, sort_keys
 
 #: Seconds between two reads of the storage while the screen is shown.
@@ -40,12 +41,15 @@ class TrialsScreen(TrialsControl, SizedScreen):
         Binding("n", "launch", "Launch trials", id="trials-launch",
                 tooltip="Start a sweep worker: N trials of a config (cockpit-engine sweep --detach)"),
         Binding("o", "sort", "Sort", id="trials-sort", tooltip="Order the trials by the next column"),
+        Binding("a", "axes", "Axes", id="trials-axes", show=False,
+                tooltip="A study of several objectives: put the next pair of objectives on the Pareto scatter's axes"),
         Binding("x", "prune", "Prune", id="trials-prune",
                 tooltip="Prune the highlighted running trial (its engine checkpoints and stops; the worker tells Optuna)"),
         Binding("s", "stop", "Stop trial", id="trials-stop",
                 tooltip="Checkpoint, then stop the highlighted running trial (asks first)"),
         Binding("p", "promote", "Promote best", id="trials-promote",
-                tooltip="A new full run with the best trial's parameters and more epochs"),
+                tooltip="A new full run with the best trial's parameters and more epochs (several objectives: "
+                "the highlighted trial's, on the Pareto front or not)"),
     ]
 
     def __init__(self, runs_root: Path, clock: Callable[[], float] = time.time, storage: str | None = None,
@@ -62,6 +66,8 @@ class TrialsScreen(TrialsControl, SizedScreen):
         self.studies: list[StudySummary] = []
         self.view: StudyView | None = None
         self.sort = "number"
+        #: The objectives on the Pareto scatter's axes (a study of several objectives).
+        self.axes: tuple[int, int] = (0, 1)
         self.error = ""
 
     def compose(self) -> ComposeResult:
@@ -73,6 +79,7 @@ class TrialsScreen(TrialsControl, SizedScreen):
                 yield TrialsTable(id="trials")
             with Horizontal(id="trials-bottom"):
                 yield BestChartPane()
+                yield ParetoPane()
                 yield ImportancePane()
         yield Footer()
 
@@ -128,6 +135,7 @@ class TrialsScreen(TrialsControl, SizedScreen):
         self.query_one(TrialsTable).show(view, self.sort)
         self.query_one(BestChartPane).show_study(view)
         self.query_one(ImportancePane).show_study(view)
+        self.show_front(view)
         self.show_title()
 
     def show_title(self) -> None:
@@ -144,6 +152,13 @@ class TrialsScreen(TrialsControl, SizedScreen):
                 counts[r.state] = counts.get(r.state, 0) + 1
             states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             best = f"best: trial {v.best.number} ({fmt_value(v.best.value)})" if v.best else "no complete trial yet"
+            if v.multi:
+                front = ", ".join(str(r.number) for r in v.front)
+                best = f"Pareto front: trials {front}" if front else "no complete trial yet"
+                text = (f"{v.name}: {len(v.trials)} trials ({states}) · "
+                        + ", ".join(f"{d} {m}" for m, d in v.objectives) + f" · {best} · sort: {self.sort}")
+                self.query_one("#trials-title", Static).update(Text(clean(text)))
+                return
             text = f"{v.name}: {len(v.trials)} trials ({states}) · {v.direction} {v.metric} · {best} · sort: {self.sort}"
         self.query_one("#trials-title", Static).update(Text(clean(text)))
 
@@ -185,6 +200,29 @@ class TrialsScreen(TrialsControl, SizedScreen):
 
     def action_runs(self) -> None:
         self.app.switch_mode("runs")
+
+    def show_front(self, view: StudyView | None) -> None:
+        """A study of several objectives: the Pareto scatter instead of the best-so-far chart and
+        the importances."""
+        multi = view is not None and view.multi
+        self.query_one(BestChartPane).display = not multi
+        self.query_one(ImportancePane).display = not multi
+        pane = self.query_one(ParetoPane)
+        pane.display = multi
+        if multi and not (max(self.axes) < len(view.objectives)):
+            self.axes = (0, 1)
+        pane.show_study(view, self.axes)
+
+    def action_axes(self) -> None:
+        """Put the next pair of objectives on the scatter's axes."""
+        if self.view is None or not self.view.multi:
+            self.notify("the study has one objective: no Pareto front to draw", severity="warning")
+            return
+        pairs = axis_pairs(len(self.view.objectives))
+        self.axes = pairs[(pairs.index(self.axes) + 1) % len(pairs)] if self.axes in pairs else pairs[0]
+        self.show_front(self.view)
+        x, y = (self.view.objectives[i][0] for i in self.axes)
+        self.notify(f"Pareto scatter: {y} against {x}", timeout=3)
 
     def action_sort(self) -> None:
         keys = sort_keys(self.view) if self.view else list(("number",))

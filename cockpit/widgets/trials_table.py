@@ -59,18 +59,32 @@ def short_names(params: list[str]) -> list[str]:
     return [last if lasts.count(last) == 1 else p for p, last in zip(params, lasts)]
 
 
+def metric_columns(view: StudyView | None) -> list[str]:
+    """The value columns: one per objective (several), else the study's metric."""
+    if view is not None and view.multi:
+        return [m for m, _ in view.objectives]
+    return [view.metric if view else "value"]
+
+
+def value_cells(view: StudyView, r: TrialRow) -> list[str]:
+    if view.multi:
+        return [fmt_value(v) for v in r.values] if r.values else [""] * len(view.objectives)
+    return [fmt_value(r.value) if r.value is not None else ""]
+
+
 class TrialsTable(DataTable):
-    """One row per trial (key: the trial number); the best trial marked with a star. The cursor
-    stays on the trial it was on across refreshes and re-sorts."""
+    """One row per trial (key: the trial number); the best trial (or, with several objectives,
+    each trial of the Pareto front) marked with a star. The cursor stays on the trial it was on
+    across refreshes and re-sorts."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.columns_shown: tuple = ()
 
     def show(self, view: StudyView | None, sort: str = "number") -> None:
-        metric = view.metric if view else "value"
+        metrics = metric_columns(view)
         params = view.param_names if view else []
-        header = ("trial", "state", *short_names(params), metric, "epochs", "duration")
+        header = ("trial", "state", *short_names(params), *metrics, "epochs", "duration")
         selected = self.highlighted_number()
         if (header, sort) != self.columns_shown:
             self.clear(columns=True)
@@ -78,7 +92,7 @@ class TrialsTable(DataTable):
             if sort != "number":  # say which column orders the rows
                 for i, name in enumerate(header):
                     param = params[i - 2] if 2 <= i < 2 + len(params) else None
-                    if (sort == "metric" and i == len(header) - 3) or (sort == name and param is None) \
+                    if (sort == "metric" and i == 2 + len(params)) or (sort == name and param is None) \
                             or (param is not None and sort == f"param:{param}"):
                         labels[i] = f"{name} ▼"
             self.add_columns(*(Text(clean(str(h))[:24]) for h in labels))
@@ -90,7 +104,7 @@ class TrialsTable(DataTable):
         for r in sort_rows(view, sort):
             mark = f"{r.number} {BEST_MARK}" if r.best else str(r.number)
             cells = [mark, r.state, *(fmt_value(r.params.get(p, "")) for p in view.param_names),
-                     fmt_value(r.value) if r.value is not None else "", str(r.epochs), fmt_duration(r.duration_s)]
+                     *value_cells(view, r), str(r.epochs), fmt_duration(r.duration_s)]
             style = "bold" if r.best else ""
             self.add_row(*(Text(clean(c)[:40], style=style) for c in cells), key=str(r.number))
         if selected is not None and str(selected) in self.rows:
