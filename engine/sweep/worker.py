@@ -334,7 +334,9 @@ def _front_text(s: dict[str, Any]) -> list[str]:
     lines = [f"Pareto front of {_spell([o['metric'] for o in s['objectives']], [o['direction'] for o in s['objectives']])}"
              f": {len(front)} trial(s)"]
     for t in front:
-        values = ", ".join(f"{m} {v:.4g}" for m, v in t["values"].items())
+        unit = {"dollars": "$", "seconds": " s"}.get(t.get("cost_unit", ""), "")
+        values = ", ".join(f"{m} {'$' if m == 'cost' and unit == '$' else ''}{v:.4g}"
+                           f"{' s' if m == 'cost' and unit == ' s' else ''}" for m, v in t["values"].items())
         lines.append(f"  trial {t['number']}: {values}; " + ", ".join(f"{k}={v!r}" for k, v in t["params"].items()))
         lines.append(f"    run dir: {t['run_dir']}")
     return lines
