@@ -9,6 +9,7 @@ from textual.widgets import DataTable
 
 from cockpit.sanitize import clean
 from cockpit.sweeps import StudyView, TrialRow, fmt_duration, fmt_value
+from cockpit.trial_projection import TrialProjections, cell as projection_cell
 from cockpit.widgets.chart import ChartPane
 from cockpit.widgets.pane import TextPane
 
@@ -80,11 +81,14 @@ class TrialsTable(DataTable):
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.columns_shown: tuple = ()
+        self.projections = TrialProjections()  # each trial's newest projection (train.target)
 
     def show(self, view: StudyView | None, sort: str = "number") -> None:
         metrics = metric_columns(view)
         params = view.param_names if view else []
-        header = ("trial", "state", *short_names(params), *metrics, "epochs", "duration")
+        projected = {r.number: projection_cell(self.projections.newest(r.run_dir)) for r in view.trials} if view else {}
+        extra = ("projection",) if any(projected.values()) else ()  # only where a trial has a target
+        header = ("trial", "state", *short_names(params), *metrics, "epochs", "duration", *extra)
         selected = self.highlighted_number()
         if (header, sort) != self.columns_shown:
             self.clear(columns=True)
@@ -104,7 +108,8 @@ class TrialsTable(DataTable):
         for r in sort_rows(view, sort):
             mark = f"{r.number} {BEST_MARK}" if r.best else str(r.number)
             cells = [mark, r.state, *(fmt_value(r.params.get(p, "")) for p in view.param_names),
-                     *value_cells(view, r), str(r.epochs), fmt_duration(r.duration_s)]
+                     *value_cells(view, r), str(r.epochs), fmt_duration(r.duration_s),
+                     *((projected[r.number],) if extra else ())]
             style = "bold" if r.best else ""
             self.add_row(*(Text(clean(c)[:40], style=style) for c in cells), key=str(r.number))
         if selected is not None and str(selected) in self.rows:
