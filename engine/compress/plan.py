@@ -162,7 +162,8 @@ def make_plan(run: Path, student: str | None, preset: str | None, seeds: int, ep
     length, length_sets = _length(plain, epochs, steps)
     out = run / COMPRESS
     children = Path(runs_dir) if runs_dir else out / "runs"
-    common = model_sets + length_sets + ["quantize.qat=false"]
+    # the same length for every student: none stops early at the teacher's target
+    common = model_sets + length_sets + ["quantize.qat=false", "train.stop_at_target=false"]
     teacher_dir = json.dumps(str(run.resolve()))
     trainings: list[Training] = []
     for seed in range(1, seeds + 1):
@@ -182,7 +183,8 @@ def make_plan(run: Path, student: str | None, preset: str | None, seeds: int, ep
             t = Training("qat", seed, f"qat-s{seed}", f"QAT fine-tune of the distilled student seed {seed}", base,
                          model_sets + _qat_length(length) + [
                              f"train.seed={seed}", "distill.enabled=false", "quantize.qat=true", "train.compile=false",
-                             f"model.weights_path={weights}", f"optim.lr={plain.optim.lr / 10!r}"])
+                             "train.stop_at_target=false", f"model.weights_path={weights}",
+                             f"optim.lr={plain.optim.lr / 10!r}"])
             _validate(t.config, t.sets, what)
             trainings.append(t)
     taken = [t.run_id for t in trainings if (children / t.run_id).exists()]
