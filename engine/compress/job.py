@@ -70,7 +70,7 @@ def _run(plan: Plan, progress: Progress, students: list, qats: list) -> dict[str
         progress.done("trained", run=str(plan.runs_dir / t.run_id))
 
     def measure(run: Path, mode: str, label: str) -> dict[str, Any]:
-        progress.begin(f"{label}: float and {mode} int8 measured", run=str(run))
+        progress.begin(f"measure {label}: float and {mode} int8", run=str(run))
         report = quantize(run, mode, plan.calibration_batches, plan.compile_too, plan.repeats)
         progress.done(f"float {100 * report['float']['val_accuracy']:.2f}%, int8 "
                       f"{100 * report[mode]['val_accuracy']:.2f}%", run=str(run))
