@@ -185,7 +185,7 @@ SLOWEST_FILES = [
     "test_slurm_requeue.py",  # mostly waiting on Slurm (a time limit, a requeue): first, beside the others
     "test_pipeline.py", "test_tensor_parallel.py", "test_quantize.py", "test_sweep.py", "test_sweep_objectives.py", "test_distributed.py", "test_fsdp.py", "test_trials_screen.py",
     "test_compress.py", "test_cockpit_pilot.py", "test_doctor.py", "test_spot.py", "test_s3.py", "test_distill.py", "test_goodput.py",
-    "test_alerts.py", "test_hang.py",
+    "test_alerts.py", "test_hang.py", "test_target_command.py",
 ]
 
 

@@ -100,3 +100,21 @@ def test_target_set_live_projects_at_once_stops_the_run_and_outlives_a_resume(tm
     on_resume(cfg, run / "events.jsonl", ["train.target.value=0.7"], lambda kind, **f: emitted.append((kind, f)))
     assert cfg.train.target.value == 0.7 and not cfg.train.stop_at_target
     assert emitted == [("target", {"metric": "val_accuracy", "value": 0.7, "stop": False, "by": "resume --set"})]
+
+
+def test_two_ranks_finish_together_at_the_target_rank_0_watches(tmp_path):
+    """The hook is rank 0's alone (a live target reaches rank 0 only); its verdict, agreed by
+    maximum, finishes both ranks at the same evaluation."""
+    from test_distributed import DDP_TOML, STEPS_PER_EPOCH
+
+    (tmp_path / "ddp.toml").write_text(DDP_TOML)
+    runs = tmp_path / "runs"
+    done = run_engine("run", str(tmp_path / "ddp.toml"), "--nproc", "2", "--runs-dir", str(runs),
+                      "--set", 'train.target={metric="val_loss",value=1000.0}', "--set", "train.stop_at_target=true",
+                      "--set", "train.epochs=3", timeout=240)
+    assert done.returncode == EXIT_FINISHED, done.stderr[-3000:]
+    run = only_run(runs)
+    final = of(run, "state")[-1]
+    assert final["state"] == "finished" and final["step"] == STEPS_PER_EPOCH  # the first evaluation
+    assert final["reason"].startswith("target reached: val_loss") and "<= 1000 at step" in final["reason"]
+    assert [e["step"] for e in of(run, "eval")] == [STEPS_PER_EPOCH]
