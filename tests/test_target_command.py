@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY, events_of, only_run, run_engine, status_of
 from contracts import command_files
 from contracts.control import send_command
@@ -118,3 +120,27 @@ def test_two_ranks_finish_together_at_the_target_rank_0_watches(tmp_path):
     assert final["state"] == "finished" and final["step"] == STEPS_PER_EPOCH  # the first evaluation
     assert final["reason"].startswith("target reached: val_loss") and "<= 1000 at step" in final["reason"]
     assert [e["step"] for e in of(run, "eval")] == [STEPS_PER_EPOCH]
+
+
+def test_the_projection_sink_follows_target_events_over_every_metrics_evaluations(tmp_path):
+    from engine.telemetry.projection import Projection
+
+    out: list[dict] = []
+    loads: list[int] = []
+
+    def prior():  # a resumed run's earlier evaluations, read at the first target event only
+        loads.append(1)
+        return {"loss": [(50, 0.9)], "accuracy": [(50, 0.6)]}
+
+    sink = Projection(None, None, 1000, lambda type_, **f: out.append({"type": type_, **f}), prior=prior)
+    for step, acc in ((100, 0.7), (200, 0.8)):
+        sink.emit({"type": "eval", "t": float(step), "step": step, "metrics": {"accuracy": acc, "loss": 1 - acc}})
+    assert out == []  # no target: nothing projected, every metric kept
+    sink.emit({"type": "target", "t": 300.0, "step": 210, "metric": "val_loss", "value": 0.05, "stop": False})
+    assert loads == [1] and [p["points"] for p in out] == [3] and out[-1]["metric"] == "val_loss"
+    assert out[-1]["step"] == 200 and out[-1]["value"] == pytest.approx(0.2)
+    sink.emit({"type": "target", "t": 301.0, "step": 211, "metric": "val_accuracy", "value": 0.75, "stop": True})
+    assert loads == [1] and out[-1]["reached"] is True and out[-1]["projected_step"] == 200
+    sink.emit({"type": "target", "t": 302.0, "step": 212, "metric": None, "value": None, "stop": False})
+    sink.emit({"type": "eval", "t": 400.0, "step": 300, "metrics": {"accuracy": 0.85, "loss": 0.15}})
+    assert len(out) == 2, "cleared: no projection"
