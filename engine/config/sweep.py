@@ -98,8 +98,13 @@ class SweepConfig(Section):
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median", description="Stops unpromising trials after an evaluation (state 'pruned'); Optuna cannot "
         "prune a study of several objectives: there it is off unless set, and refused if set")
-    warmup_epochs: Int = Field(1, ge=0, description="The median pruner never prunes before this many epochs")
-    startup_trials: Int = Field(2, ge=0, description="The median pruner prunes only once this many trials completed")
+    warmup_epochs: Optional[Int] = Field(
+        None, ge=0, description="The median pruner never prunes before this many epochs; default: half of "
+        "train.epochs (a fraction scales with the trials' length; on the demo sweep it pruned no more good "
+        "trials than 1 epoch: bench/RESULTS.md, #23 part 4)")
+    startup_trials: Int = Field(
+        5, ge=0, description="The median pruner prunes only once this many trials completed (Optuna's own "
+        "default; with 2, a 6-trial demo sweep lost 16% of its good trials, with 5 2%: bench/RESULTS.md, #23 part 4)")
     space: dict[str, SpaceParam] = Field(
         default_factory=dict, description="The search space: keys are dotted config field names "
         "('optim.lr', 'model.factory_args.width'), values { low, high, log, step } or { choices = [...] }")
@@ -122,6 +127,10 @@ class SweepConfig(Section):
                              "a multi-objective study (a trial's intermediate values have no single order); "
                              "set pruner = \"none\" or leave it out")
         return self
+
+    def warmup_for(self, epochs: int) -> int:
+        """The median pruner's warm-up: warmup_epochs, else half of the trials' epochs (at least 1)."""
+        return self.warmup_epochs if self.warmup_epochs is not None else max(1, epochs // 2)
 
     @property
     def resolved_direction(self) -> str:

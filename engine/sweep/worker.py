@@ -91,9 +91,10 @@ class Worker:
         if s.multi and s.pruner != "none":
             self.log(f"pruner {s.pruner!r} is off: Optuna cannot prune a study of {len(objectives)} objectives")
         if s.resolved_pruner == "median":
-            pruner: Any = optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
+            pruner: Any = optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials,
+                                                      n_warmup_steps=s.warmup_for(self.o.cfg.train.epochs))
         elif s.resolved_pruner == "hyperband":
-            pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs),
+            pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs or 1),
                                                     max_resource=max(1, self.o.cfg.train.epochs))
         else:
             pruner = optuna.pruners.NopPruner()
@@ -203,6 +204,10 @@ class Worker:
             frozen = self.storage.get_trial(trial._trial_id)
             retry_of = frozen.system_attrs.get("failed_trial")
             old = frozen.user_attrs.get("run_dir")
+        twin = self._twin(trial) if retry_of is None else None
+        if twin is not None:
+            self._reuse(trial, twin)
+            return
         if retry_of is not None and old and RunLayout(Path(old)).latest.is_file():
             run_dir = Path(old)
             argv = ["resume", str(run_dir)]
@@ -219,10 +224,12 @@ class Worker:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
 
+        last = int(values.get("train.epochs", self.o.cfg.train.epochs))
+
         def report(epoch: int, value: float) -> bool:
             with self.db:
                 trial.report(value, epoch)
-                return trial.should_prune()
+                return epoch < last and trial.should_prune()  # after the last epoch nothing is left to save
 
         def heartbeat() -> None:
             with self.db:
@@ -241,6 +248,25 @@ class Worker:
         finally:
             self.engines.discard(engine)
         self._tell(trial, outcome, TS)
+
+    def _twin(self, trial: Any) -> Any:
+        """A complete trial with the same parameters (TPE can repeat a point of a small or
+        categorical space): the same config and seed would train the same again."""
+        with self.db:
+            params = self.storage.get_trial(trial._trial_id).params
+            done = self.study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.COMPLETE,))
+        return next((t for t in done if t.number != trial.number and t.params == params), None)
+
+    def _reuse(self, trial: Any, twin: Any) -> None:
+        """Tell the twin's value(s) for this trial, its run named, and say so; nothing trains."""
+        with self.db:
+            for key in ("run_dir", "run_id", "objectives", "cost_unit"):
+                if key in twin.user_attrs:
+                    trial.set_user_attr(key, twin.user_attrs[key])
+            trial.set_user_attr("same_as", twin.number)
+            self.study.tell(trial, list(twin.values) if len(twin.values) > 1 else twin.value)
+        self.log(f"trial {trial.number}: the same parameters as complete trial {twin.number}: its value "
+                 f"{', '.join(f'{v:.4g}' for v in twin.values)} reused, nothing trained")
 
     def _tag(self, run_dir: Path, trial: Any, retry_of: Any) -> None:
         tag = {"study": self.o.study, "trial": trial.number, "storage": mask_url(self.o.storage_url)}
