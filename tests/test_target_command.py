@@ -17,11 +17,11 @@ from engine.config.loading import load as load_config
 from engine.train.target import on_resume
 from test_control import launch, wait_alive
 
-TRAINING = ("running", "checkpointing")
-
 
 def of(run: Path, kind: str, after: int = 0) -> list[dict]:
-    """The events of this kind after the first `after` events of the file."""
+    """The events of this kind after the first `after` events of the file (none before it exists)."""
+    if not (run / "events.jsonl").exists():
+        return []
     return [e for e in events_of(run)[after:] if e["type"] == kind]
 
 
