@@ -206,6 +206,11 @@ def test_a_study_of_eight_trials_by_two_workers_on_sqlite_prunes_and_reports_the
         assert by_number[n].state == TS.PRUNED and by_number[n].params["optim.lr"] == 1e-6
         assert min(by_number[n].intermediate_values) == 1, by_number[n].intermediate_values
     for t in trials:
+        if "same_as" in t.user_attrs:  # TPE repeated a point of this 4-point space: told the twin's value, not run
+            twin = by_number[t.user_attrs["same_as"]]
+            assert twin.state == TS.COMPLETE and (t.params, t.value) == (twin.params, twin.value)
+            assert t.user_attrs["run_dir"] == twin.user_attrs["run_dir"] and not (runs / f"digits-t{t.number:03d}").exists()
+            continue
         run = Path(t.user_attrs["run_dir"])
         assert run == runs / f"digits-t{t.number:03d}" and t.user_attrs["run_id"] == run.name
         assert json.loads((run / "sweep.json").read_text())["study"] == "digits"
