@@ -55,7 +55,7 @@ def test_top_level_help_lists_commands_and_exit_codes():
 
 @pytest.mark.parametrize("sub, must_mention", [
     ("run", ["config", "--set", "SECTION.KEY=VALUE", "--runs-dir", "--run-id", "--json", "--detach"]),
-    ("demo", ["--set", "--runs-dir", "--run-id", "--json"]),
+    ("demo", ["--set", "--runs-dir", "--run-id", "--json", "--sweep", "--storage"]),
     ("resume", ["run", "--set", "--runs-dir", "--json"]),
     ("send", ["run", "checkpoint", "pause", "continue", "stop", "set", "status", "--lr"]),
     ("example-config", ["--markdown"]),
