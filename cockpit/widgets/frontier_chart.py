@@ -1,5 +1,5 @@
 """The compression frontier as a scatter: accuracy against file size (or CPU latency), the points
-no other beats drawn large, in their own colour, and labelled."""
+no other beats drawn in their own colour and marker, and named."""
 
 from __future__ import annotations
 
@@ -26,14 +26,21 @@ class FrontierChart(Chart):
         plt.xlabel(X_AXES[x][0])
         plt.ylabel("val accuracy (%)")
         for on, colour, marker, label in ((False, OTHER_COLOUR, "dot", "dominated"),
-                                          (True, FRONTIER_COLOUR, "hd", "frontier")):
+                                          (True, FRONTIER_COLOUR, "\u25c6", "frontier")):
             chosen = [d for d in self.drawn if d[3] == on]
             if chosen:
                 plt.scatter([d[0] for d in chosen], [d[1] for d in chosen], color=colour, marker=marker, label=label)
-        frontier = sorted((d for d in self.drawn if d[3]), key=lambda d: d[0])
-        if len(frontier) > 1:  # the frontier as a line through its points, left to right
-            plt.plot([d[0] for d in frontier], [d[1] for d in frontier], color=FRONTIER_COLOUR, marker="braille")
+        spans = [1.0, 1.0]
+        if self.drawn:  # room around the points for their labels
+            for i, axis in enumerate((plt.xlim, plt.ylim)):
+                values = [d[i] for d in self.drawn]
+                lo, hi = min(values), max(values)
+                pad = (hi - lo) * 0.12 or abs(hi) * 0.05 or 1.0
+                axis(lo - pad, hi + pad)
+                spans[i] = hi - lo + 2 * pad
+        middle = sum(d[0] for d in self.drawn) / len(self.drawn) if self.drawn else 0.0
         for xv, yv, name, on in self.drawn:
-            if on:
-                plt.text(name, xv, yv, color=FRONTIER_COLOUR, alignment="left")
+            if on:  # named just above the point (not over it), towards the middle of the chart
+                left = xv <= middle
+                plt.text(name, xv, yv + 0.06 * spans[1], color=FRONTIER_COLOUR, alignment="left" if left else "right")
         self.refresh()
