@@ -132,6 +132,7 @@ BAD = {
                   ["sweep.objectives.1.metric = 'params'", "each metric once"]),
     "pruner-with-two": (OBJ2 + 'pruner = "median"\n', "",
                         ["sweep.pruner = 'median' with 2 objectives", "cannot prune"]),
+    "bad-sampler": (OBJ2 + 'sampler = "cmaes"\n', "", ["sweep.sampler = 'cmaes'", "'nsga2'"]),
     "metric-and-objectives": (OBJ2 + 'metric = "val_loss"\n', "", ["sweep.objectives with metric = 'val_loss'"]),
     "perplexity-on-images": ('objectives = [{ metric = "val_perplexity" }, { metric = "params" }]\n', "",
                              ["sweep.objectives.0.metric = 'val_perplexity'", "data.name = 'digits'"]),
