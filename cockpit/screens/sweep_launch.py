@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label
+from textual.widgets import Input, Label, Static
 
 #: (input id, label) of each field, in order.
 FIELDS = [
@@ -87,15 +87,15 @@ class LaunchTrialsScreen(ModalScreen[SweepLaunch | None]):
                  "sweep-parallel": f"trials at once (this machine has {cores} CPU core{'s' * (cores != 1)})",
                  "sweep-study": "the Optuna study (default: the config file's name)"}
         with Vertical(id="sweep-box"):
-            yield Label("Launch trials of a sweep config: cockpit-engine sweep CONFIG --detach. Enter launches, "
-                        "Esc cancels.", markup=False)
+            yield Static("Launch trials of a sweep config: cockpit-engine sweep CONFIG --detach. Enter launches, "
+                         "Esc cancels.", markup=False)
             for field, label in FIELDS:
                 with Horizontal(classes="form-row"):
                     yield Label(label, classes="form-label", markup=False)
                     yield Input(value="1" if field == "sweep-parallel" else "", placeholder=hints[field], id=field,
                                 tooltip=hints[field])
-            yield Label("", id="sweep-about", markup=False)
-            yield Label("", id="sweep-error", markup=False)
+            yield Static("", id="sweep-about", markup=False)  # Static: a long line wraps
+            yield Static("", id="sweep-error", markup=False)
 
     def on_mount(self) -> None:
         if self.config:
@@ -116,7 +116,7 @@ class LaunchTrialsScreen(ModalScreen[SweepLaunch | None]):
     def describe(self) -> None:
         """Fill the trials and the study from the config typed so far; say what it sweeps."""
         path = self.query_one("#sweep-config", Input).value.strip()
-        about = self.query_one("#sweep-about", Label)
+        about = self.query_one("#sweep-about", Static)
         where = f" Study stored in {self.storage}." if self.storage else ""
         if not path:
             about.update("The trials and the study name come from the config." + where)
@@ -133,7 +133,7 @@ class LaunchTrialsScreen(ModalScreen[SweepLaunch | None]):
         about.update(f"Sweeps {', '.join(sweep.space)}; {sweep.metric}, pruner {sweep.pruner}; {trials}.{where}")
 
     def refuse(self, field: str, why: str) -> None:
-        self.query_one("#sweep-error", Label).update(f"{LABELS[field]}: {why}")
+        self.query_one("#sweep-error", Static).update(f"{LABELS[field]}: {why}")
         self.query_one(f"#{field}", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
