@@ -49,6 +49,12 @@ def mask_url(text: str) -> str:
     return _QUERY_PW.sub(r"\1***", out)
 
 
+def _same_as(trial: Any) -> int | None:
+    """The complete trial whose value a repeated trial was told (the worker's user attr same_as)."""
+    n = trial.user_attrs.get("same_as")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a sqlite:/// URL, else None."""
     if not url.startswith("sqlite:///"):
@@ -73,6 +79,7 @@ class TrialRow:
     run_id: str | None
     best: bool = False  # the best trial; with several objectives, a trial on the Pareto front
     values: list[float] | None = None  # every objective's value (a complete trial)
+    same_as: int | None = None  # told that complete trial's value: the same parameters, nothing run
 
 
 @dataclass
@@ -222,7 +229,8 @@ class SweepReader:
                 number=t.number, state=t.state.name.lower(), params=dict(t.params),
                 value=value,
                 epochs=len(t.intermediate_values), duration_s=duration,
-                run_dir=_str_or_none(t.user_attrs.get("run_dir")), run_id=_str_or_none(t.user_attrs.get("run_id"))))
+                run_dir=_str_or_none(t.user_attrs.get("run_dir")), run_id=_str_or_none(t.user_attrs.get("run_id")),
+                same_as=_same_as(t)))
             names.update(t.params)
         complete = [r for r in rows if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
         best = None
@@ -255,7 +263,7 @@ class SweepReader:
                 value=t.values[0] if t.values else None, epochs=len(t.intermediate_values),
                 duration_s=None if t.datetime_start is None else end - t.datetime_start.timestamp(),
                 run_dir=_str_or_none(t.user_attrs.get("run_dir")), run_id=_str_or_none(t.user_attrs.get("run_id")),
-                values=list(t.values) if t.values else None))
+                values=list(t.values) if t.values else None, same_as=_same_as(t)))
             names.update(t.params)
         return rows, sorted(names)
 

@@ -15,7 +15,7 @@ from cockpit.app import CockpitApp  # noqa: E402
 from cockpit.screens.sweep_launch import LaunchTrialsScreen, SweepLaunch  # noqa: E402
 from cockpit.screens.trials_screen import TrialsScreen  # noqa: E402
 from cockpit.settings import Settings  # noqa: E402
-from cockpit.widgets.trials_table import TrialsTable  # noqa: E402
+from cockpit.widgets.trials_table import BEST_MARK, TrialsTable  # noqa: E402
 from cockpit_helpers import notes, until  # noqa: E402
 from conftest import ROOT, TINY, run_engine  # noqa: E402
 
@@ -151,6 +151,27 @@ trials = 2
     assert second.state == optuna.trial.TrialState.COMPLETE and second.value == 0.93
     assert second.user_attrs["same_as"] == 0 and second.user_attrs["run_dir"] == first.user_attrs["run_dir"]
     assert not (runs / "one-point-t001").exists(), "nothing trained"
+
+
+async def test_the_trials_table_says_which_trial_a_repeated_one_took_its_value_from(tmp_path: Path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    study = optuna.create_study(study_name="one-point", storage=f"sqlite:///{runs / 'sweeps.db'}",
+                                direction="maximize")
+    lr = {"optim.lr": optuna.distributions.CategoricalDistribution([0.05])}
+    for attrs in ({}, {"same_as": 0}):  # trial 1: what the worker tells for a repeated point
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": 0.05}, distributions=lr, value=0.93,
+                                                  user_attrs=attrs))
+    app = cockpit(runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, TrialsScreen), what="the trials screen")
+        table = app.screen.query_one(TrialsTable)
+        await until(pilot, lambda: table.row_count == 2, timeout=30, what="the trials")
+        states = [table.get_row_at(i)[1].plain for i in range(2)]
+        marks = [table.get_row_at(i)[0].plain for i in range(2)]
+    assert states == ["complete", "complete: same as 0"]
+    assert marks == [f"0 {BEST_MARK}", "1"]  # the first of equal values is the best
 
 
 async def test_cockpit_demo_sweep_starts_the_sweep_and_shows_its_trials(tmp_path: Path):

@@ -107,7 +107,8 @@ class TrialsTable(DataTable):
             return
         for r in sort_rows(view, sort):
             mark = f"{r.number} {BEST_MARK}" if r.best else str(r.number)
-            cells = [mark, r.state, *(fmt_value(r.params.get(p, "")) for p in view.param_names),
+            state = r.state if r.same_as is None else f"{r.state}: same as {r.same_as}"  # its value reused
+            cells = [mark, state, *(fmt_value(r.params.get(p, "")) for p in view.param_names),
                      *value_cells(view, r), str(r.epochs), fmt_duration(r.duration_s),
                      *((projected[r.number],) if extra else ())]
             style = "bold" if r.best else ""
