@@ -91,3 +91,20 @@ def test_the_teacher_is_given_the_students_very_batch():
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
     task(Recorder("student"), (x, y))
     assert seen["teacher"] is seen["student"]
+
+
+def test_the_mnist_distillation_bench_skips_with_a_message_without_mnist(tmp_path: Path, capsys):
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("distill_mnist", bench / "distill_mnist.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.main(["--mnist-root", str(tmp_path / "none"), "--keep", str(tmp_path / "work")]) == 0
+    finally:
+        sys.path.remove(str(bench))
+    assert "skipped: no MNIST idx files in" in capsys.readouterr().out
+    assert not (tmp_path / "work" / "runs").exists()
