@@ -79,7 +79,17 @@ def _run(plan: Plan, progress: Progress, students: list, qats: list) -> dict[str
     teacher = measure(plan.run, plan.teacher_mode, "teacher")
     reports = {t.run_id: measure(plan.runs_dir / t.run_id, plan.student_mode, t.label) for t in students}
     reports |= {t.run_id: measure(plan.runs_dir / t.run_id, "qat-convert", t.label) for t in qats}
+    report = frontier_report(plan, teacher, reports)
+    write_frontier(plan, report)
+    best = ", ".join(p["name"] for p in report["points"] if p["pareto"])
+    progress.finished(f"frontier: {best} ({plan.out / FRONTIER_JSON})")
+    return report
 
+
+def frontier_report(plan: Plan, teacher: dict[str, Any], reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """frontier.json from the quantize reports: the teacher's and each child run's (by run id)."""
+    students = [t for t in plan.trainings if t.key in ("alone", "distilled")]
+    qats = [t for t in plan.trainings if t.key == "qat"]
     lat = "compiled_ms" if plan.compile_too else "eager_ms"
     points = []
 
@@ -120,9 +130,11 @@ def _run(plan: Plan, progress: Progress, students: list, qats: list) -> dict[str
         "axes": {"accuracy": "max", "bytes": "min", "latency_ms": "min"},
         "points": points, "skipped": skipped,
     }
+    return report
+
+
+def write_frontier(plan: Plan, report: dict[str, Any]) -> None:
+    """frontier.json and frontier.md, each replaced atomically."""
     write_json_atomic(plan.out / FRONTIER_JSON, report)
     text = markdown(report)
     write_atomic(plan.out / FRONTIER_MD, lambda f: f.write(text.encode()))
-    best = ", ".join(p["name"] for p in points if p["pareto"])
-    progress.finished(f"frontier: {best} ({plan.out / FRONTIER_JSON})")
-    return report
