@@ -63,10 +63,10 @@ class RunsScreen(SizedScreen):
         Binding("n", "new_run", "New run", id="runs-new-run", tooltip="Start a new run from a config file"),
         Binding("z", "quantize", "Quantize", id="runs-quantize",
                 tooltip="Quantize the highlighted finished run to int8 and show what it buys"),
-        Binding("C", "compress", "Compress", id="runs-compress",
+        Binding("C", "compress", "Compress", id="runs-compress", show=False,
                 tooltip="The compression frontier of the highlighted finished run: a half-width student alone and "
                         "distilled, int8 and QAT (cockpit-engine compress --detach), then its chart"),
-        Binding("F", "frontier", "Frontier", id="runs-frontier",
+        Binding("F", "frontier", "Frontier", id="runs-frontier", show=False,
                 tooltip="The highlighted run's compression frontier (RUN/compress/frontier.json) and the job's progress"),
         Binding("a", "spot_launch", "Spot launch", id="runs-spot-launch",
                 tooltip="Train a config on an EC2 spot instance, mirrored to S3 (cockpit-engine cloud launch)"),
