@@ -80,12 +80,12 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpt", action="store_true",
                    help="the language-model demo instead: a byte-level transformer on the Python standard "
                         "library's own source (no download)")
-    _common(p)
     p.add_argument("--sweep", action="store_true",
                    help="the demo sweep instead: an Optuna study of 6 short trials over the digits demo's "
                         "learning rate and width (engine/demo_sweep.toml; --run-id names the study)")
     p.add_argument("--storage", metavar="URL", help="with --sweep: the Optuna storage (default: "
                    "sqlite:///<runs-dir>/sweeps.db)")
+    _common(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("resume", help="continue a run from its newest valid checkpoint", **sub_kw)
@@ -280,17 +280,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    args.set = args.set + _launch_sets(args)
-    raw = config_mod.tomllib.loads(resources.files("engine").joinpath(
-        "demo_gpt.toml" if args.gpt else "demo.toml").read_text())
-    if args.gpt:
-        import sysconfig
     if args.sweep:
         from engine.sweep.demo import cmd_demo_sweep
 
         return cmd_demo_sweep(args)
     if args.storage:
         raise BadInput(f"--storage {args.storage!r}: only a demo sweep (--sweep) has an Optuna storage")
+    args.set = args.set + _launch_sets(args)
+    raw = config_mod.tomllib.loads(resources.files("engine").joinpath(
+        "demo_gpt.toml" if args.gpt else "demo.toml").read_text())
+    if args.gpt:
+        import sysconfig
 
         raw["data"]["root"] = sysconfig.get_paths()["stdlib"]
     cfg = config_mod.validate(config_mod.apply_overrides(raw, args.set), "demo config")

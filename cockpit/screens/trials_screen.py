@@ -56,12 +56,12 @@ class TrialsScreen(TrialsControl, SizedScreen):
                  closing: threading.Event | None = None, demo_sweep: list[str] | None = None):
         super().__init__()
         self.runs_root, self.clock = runs_root, clock
+        #: `cockpit demo --sweep`: its --set overrides (None: no demo sweep to start).
+        self.demo_sweep = demo_sweep
         self.url = storage_url(runs_root, storage)
         self.reader = SweepReader(self.url, clock=clock)
         self.closing = closing or threading.Event()
         #: The study shown (None: not chosen yet), what was last read, and the sort order.
-        #: `cockpit demo --sweep`: its --set overrides (None: no demo sweep to start).
-        self.demo_sweep = demo_sweep
         self.study: str | None = None
         self.studies: list[StudySummary] = []
         self.view: StudyView | None = None
@@ -90,6 +90,8 @@ class TrialsScreen(TrialsControl, SizedScreen):
         self.query_one(TrialsTable).border_title = "trials"
         self.show_title()
         self.set_interval(REFRESH_S, self.reread)
+        if self.demo_sweep is not None:
+            self.launch_demo(self.demo_sweep)
 
     def on_screen_resume(self) -> None:
         self.reread(force=True)
@@ -97,8 +99,6 @@ class TrialsScreen(TrialsControl, SizedScreen):
     # ---- reading the storage (worker thread) ------------------------------------------
 
     def reread(self, force: bool = False) -> None:
-        if self.demo_sweep is not None:
-            self.launch_demo(self.demo_sweep)
         if not self.app.is_running or self.closing.is_set() or not (force or self.is_current):
             return
         self.run_worker(self._read, thread=True, exclusive=True, group="sweep-read", name="read sweeps")
