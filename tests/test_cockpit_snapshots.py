@@ -82,7 +82,7 @@ def test_each_theme(snap_compare, run: Path, theme: str):
 def test_runs_list_without_a_run(snap_compare, run: Path):
     async def listed(pilot) -> None:
         await until(pilot, lambda: pilot.app.query_one("#runs").row_count == 1, what="the runs list")
-        await pilot.pause(0.3)
+        await pilot.pause(1.0)  # a loaded machine can take longer to apply the cursor row's style
 
     assert snap_compare(cockpit(None, run.parent), terminal_size=(100, 24), run_before=listed)
 
