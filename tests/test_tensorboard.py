@@ -82,11 +82,12 @@ def pause_between_checkpoints(run: Path, not_before: int) -> int:
     for _ in range(10):
         reply = send_command(socket, "pause")
         assert reply["ok"], reply
-        if reply["step"] % EVERY != 0:
-            # Checkpoints are written in the background: the one before the pause may land a
-            # moment after the reply. Wait for it, so the test knows where a resume starts.
-            on = reply["step"] // EVERY * EVERY
-            wait_for(lambda: newest_checkpoint(run) == on, what=f"the checkpoint of step {on}")
+        if reply["step"] % EVERY != 0 and reply["step"] % STEPS_PER_EPOCH != 0:
+            # Checkpoints are written in the background: the one before the pause (every EVERY
+            # steps, and a new best at an epoch's end: step 23) may land a moment after the reply.
+            # Wait for it, so the test knows where a resume starts.
+            on = max(reply["step"] // EVERY * EVERY, reply["step"] // STEPS_PER_EPOCH * STEPS_PER_EPOCH)
+            wait_for(lambda: newest_checkpoint(run) >= on, what=f"the checkpoint of step {on}")
             return reply["step"]
         # Paused right on a checkpoint: nothing would be recomputed. Go a little further.
         send_command(socket, "continue")
