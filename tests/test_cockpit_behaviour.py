@@ -275,7 +275,8 @@ async def test_a_remapped_key_triggers_its_action(engines):
         await until(pilot, lambda: app.link.history.state == "running", timeout=30, what="running")
         await pilot.press("c")  # no longer the checkpoint key
         await pilot.pause(0.3)
-        assert not app.run_screen.checkpoint_in_flight and not notes(app)
+        # (an engine alert, such as a loss spike on the long run, may come at any time: not ours)
+        assert not app.run_screen.checkpoint_in_flight and not [n for n in notes(app) if not n.startswith("alert (")]
         await pilot.press("x")
         await until(pilot, lambda: any(n.startswith("checkpoint saved at step") for n in notes(app)),
                     what="the checkpoint")

@@ -167,8 +167,8 @@ def serve(path: str) -> None:
         importlib.import_module(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".tmp")
+    listener.listen(128)  # before the rename: a client that sees the path must find it listening
     os.rename(path + ".tmp", path)  # the client sees the socket only once we are ready
-    listener.listen(128)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
