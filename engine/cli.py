@@ -192,9 +192,9 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="static: PT2E int8, calibrated (conv nets); dynamic: int8 Linear layers, "
                         "activations quantized at run time (MLPs, transformers); qat-convert: a run "
                         "trained with quantize.qat = true")
-    p.add_argument("--calibration-batches", type=_positive, default=16, metavar="N",
+    p.add_argument("--calibration-batches", type=config_mod.positive_int, default=16, metavar="N",
                    help="training batches the static mode calibrates on (default 16)")
-    p.add_argument("--repeats", type=_positive, default=20, metavar="N",
+    p.add_argument("--repeats", type=config_mod.positive_int, default=20, metavar="N",
                    help="timed runs per latency measurement; the median is reported (default 20)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip torch.compile (quicker; static int8 is slow in eager mode, so its "
@@ -238,16 +238,6 @@ load the result (images scaled to [0, 1]; any batch size):
   model = torch.compile(torch.export.load("runs/cnn/quantized/static-int8.pt2").module())
   logits = model(images)
 """
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 1 or more")
-    return value
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from contracts.errors import BadInput
+from engine.config.loading import positive_int
 
 LOG = "compress.log"
 
@@ -34,16 +35,6 @@ examples:
   cockpit-engine compress runs/demo --student student.toml --steps 400 --no-qat --json
   cockpit-engine compress runs/demo --detach      (in the background; progress in RUN/compress/progress.jsonl)
 """
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 1 or more")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qat", action=argparse.BooleanOptionalAction, default=True,
                    help="fine-tune each distilled student with quantization-aware training (a quarter of the "
                         "students' length, lr / 10) and convert it (default: on)")
-    p.add_argument("--repeats", type=_positive, default=20, metavar="N", help="timed runs per latency (median)")
-    p.add_argument("--calibration-batches", type=_positive, default=16, metavar="N",
+    p.add_argument("--repeats", type=positive_int, default=20, metavar="N", help="timed runs per latency (median)")
+    p.add_argument("--calibration-batches", type=positive_int, default=16, metavar="N",
                    help="training batches static int8 calibrates on (default 16)")
     p.add_argument("--no-compile", action="store_true",
                    help="measure latency and accuracy eagerly (quicker; static int8 is slow uncompiled)")

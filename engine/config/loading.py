@@ -126,3 +126,17 @@ def to_toml(cfg: Config) -> str:
     import tomli_w
 
     return tomli_w.dumps(cfg.model_dump(exclude_none=True))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for a count on the command line (--repeats, --calibration-batches):
+    a whole number, 1 or more."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 1 or more")
+    return value
